@@ -1,0 +1,315 @@
+"""One typed settings tree: defaults < YAML file (``--config``) < environment (``EDGELOOP_...``).
+
+Every key is declared once here, with its type, default and a one-line doc. Nested keys map to
+environment variables with a single underscore after the section name, e.g.
+``broker.url`` is ``EDGELOOP_BROKER_URL`` and ``drift.policy`` is ``EDGELOOP_DRIFT_POLICY``.
+
+>>> s = Settings(site="lab")
+>>> s.topics.telemetry_filters(s.site)
+['edgeloop/lab/+/telemetry']
+>>> s.broker.host, s.broker.port, s.broker.tls
+('127.0.0.1', 1883, False)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edgeloop.errors import ConfigError
+
+SECRET_MASK = "********"  # noqa: S105 - the mask shown in place of secrets
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class BrokerSettings(_Section):
+    url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL: mqtt://host:port or mqtts://host:port")
+    username: str | None = Field(None, description="Username for broker auth (none: anonymous)")
+    password: SecretStr | None = Field(None, description="Password for broker auth; prefer password_file")
+    password_file: Path | None = Field(
+        None, description="File holding the broker password (Kubernetes/Vault)"
+    )
+    tls_ca_file: Path | None = Field(None, description="CA bundle that signed the broker's certificate")
+    tls_cert_file: Path | None = Field(None, description="Client certificate for mutual TLS")
+    tls_key_file: Path | None = Field(None, description="Client private key for mutual TLS")
+    tls_insecure: bool = Field(False, description="Skip hostname verification (testing only)")
+    client_id: str = Field("", description="MQTT client id; empty: derived from role, host and pid")
+    keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
+    qos: int = Field(1, ge=0, le=2, description="QoS for telemetry subscription and published predictions")
+    session_expiry: int = Field(
+        3600, ge=0, description="Seconds the broker keeps our session while we are away"
+    )
+    shared_group: str | None = Field(
+        "edgeloop", description="MQTT v5 shared-subscription group; edge replicas split the stream"
+    )
+    reconnect_max_delay: float = Field(30.0, gt=0, description="Cap of the jittered reconnect backoff (s)")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, got {value!r}")
+        if not parts.hostname:
+            raise ValueError(f"no host in {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.tls_ca_file is not None
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+
+    def resolved_password(self) -> str | None:
+        """The password from ``password_file`` if set, else ``password``."""
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password.get_secret_value() if self.password else None
+
+
+class TopicSettings(_Section):
+    telemetry: list[str] = Field(
+        ["edgeloop/{site}/+/telemetry"],
+        description="Subscription filters for telemetry ({site} is filled in)",
+    )
+    device_level: int | None = Field(
+        2, description="Topic level (0-based) holding the device id when the payload has none; null: none"
+    )
+    prediction: str = Field("edgeloop/{site}/{device}/prediction", description="Where predictions go")
+    events: str = Field("edgeloop/{site}/events", description="Where drift and model events go")
+    retrain: str = Field("edgeloop/{site}/control/retrain", description="Retrain requests to a trainer")
+
+    def telemetry_filters(self, site: str) -> list[str]:
+        return [t.format(site=site) for t in self.telemetry]
+
+
+class MappingSettings(_Section):
+    device_field: str = Field("device", description="Payload field holding the device id")
+    ts_field: str = Field("ts", description="Payload field holding the timestamp (epoch s or ISO-8601)")
+    seq_field: str = Field("seq", description="Payload field holding the sequence number")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Rename payload fields to edgeloop's names, e.g. {timestamp: ts}"
+    )
+    default_device: str = Field("default", description="Device id when neither payload nor topic has one")
+
+
+class LimitSettings(_Section):
+    max_payload_bytes: int = Field(8192, ge=64, description="Larger telemetry payloads are dropped")
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "temp_c": (-80.0, 150.0),
+            "humidity": (0.0, 100.0),
+            "voc_ppb": (0.0, 1e6),
+        },
+        description="Plausible [min, max] per field; readings outside are dropped as out_of_range",
+    )
+
+
+class ModelSettings(_Section):
+    targets: list[str] = Field(["voc_ppb"], min_length=1, description="Fields to forecast")
+    lags: int = Field(5, ge=1, le=64, description="Number of past readings a forecast sees")
+    candidates: list[Literal["persistence", "linear", "lgbm-level", "lgbm-delta"]] = Field(
+        ["persistence", "linear", "lgbm-level", "lgbm-delta"], description="Formulations tried at training"
+    )
+    min_train_samples: int = Field(400, ge=50, description="Samples a scope needs before its first training")
+    retrain_min_samples: int = Field(
+        300, ge=50, description="Readings a drifted scope collects after the alarm before it retrains"
+    )
+    train_window: int = Field(4000, ge=100, description="Most recent readings per device a training uses")
+    validation_fraction: float = Field(0.25, gt=0.05, lt=0.6, description="Newest share held out to validate")
+    promotion_margin: float = Field(
+        0.02, ge=0.0, lt=1.0, description="A challenger must beat the champion's holdout RMSE by this share"
+    )
+    probation_samples: int = Field(200, ge=10, description="Scored forecasts a new model serves on probation")
+    probation_tolerance: float = Field(
+        1.1, ge=1.0, description="Roll back if probation RMSE exceeds the old model's recent RMSE times this"
+    )
+    lgbm_rounds: int = Field(200, ge=10, description="LightGBM boosting rounds")
+
+
+class DriftSettings(_Section):
+    policy: Literal["rmse-threshold", "relative", "page-hinkley", "adwin"] = Field(
+        "page-hinkley", description="Drift policy on the forecast error stream"
+    )
+    window: int = Field(100, ge=10, description="Scored forecasts in the rolling RMSE")
+    threshold: float | None = Field(None, gt=0, description="Absolute RMSE threshold (rmse-threshold policy)")
+    relative_factor: float = Field(
+        2.0, gt=1.0, description="relative: alarm when rolling RMSE > k x reference"
+    )
+    ph_threshold: float = Field(100.0, gt=0, description="page-hinkley: alarm threshold on normalised errors")
+    ph_delta: float = Field(0.5, ge=0, description="page-hinkley: tolerated drift of normalised errors")
+    adwin_delta: float = Field(0.002, gt=0, lt=1, description="adwin: confidence parameter")
+    warmup: int = Field(100, ge=0, description="Scored forecasts ignored after a model change")
+    min_gap: int = Field(500, ge=0, description="Samples between two alarms of one scope (hysteresis)")
+    budget: int = Field(3, ge=1, description="At most this many retrains per scope per budget_window samples")
+    budget_window: int = Field(10_000, ge=100, description="Samples over which the retrain budget applies")
+
+
+class StoreSettings(_Section):
+    path: Path | None = Field(None, description="SQLite file; default <data_dir>/edgeloop.db")
+    retention_rows: int = Field(2_000_000, ge=1000, description="Sample rows kept; older rows are pruned")
+    flush_interval: float = Field(0.25, gt=0, description="Seconds between batched store commits")
+
+
+class EdgeSettings(_Section):
+    batch_max: int = Field(512, ge=1, description="Most messages the engine takes in one batch")
+    batch_wait: float = Field(0.005, ge=0, description="Seconds to wait for a batch to fill")
+    status_interval: float = Field(1.0, gt=0, description="Seconds between status snapshots to the store")
+    model_poll_interval: float = Field(5.0, gt=0, description="Seconds between champion checks (fallback)")
+    metrics_port: int | None = Field(None, description="Port for Prometheus /metrics; null: off")
+    retrain: Literal["local", "mqtt"] = Field(
+        "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
+    )
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in <data_dir>")
+    experiment: str = Field("edgeloop", description="MLflow experiment name")
+    model_prefix: str = Field("edgeloop", description="Registered model name prefix (one name per scope)")
+    enabled: bool = Field(True, description="Log runs and versions to MLflow")
+
+
+class Settings(BaseSettings):
+    """The whole configuration of edgeloop."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGELOOP_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    site: str = Field("site-1", pattern=r"^[A-Za-z0-9_.-]+$", description="Site id used in topics")
+    data_dir: Path = Field(Path("edgeloop-data"), description="Store, models and MLflow files live here")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+    log_json: bool = Field(False, description="Structured JSON logs (for ELK) instead of plain text")
+    broker: BrokerSettings = BrokerSettings()
+    topics: TopicSettings = TopicSettings()
+    mapping: MappingSettings = MappingSettings()
+    limits: LimitSettings = LimitSettings()
+    model: ModelSettings = ModelSettings()
+    drift: DriftSettings = DriftSettings()
+    store: StoreSettings = StoreSettings()
+    edge: EdgeSettings = EdgeSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Settings:
+        if self.drift.policy == "rmse-threshold" and self.drift.threshold is None:
+            raise ValueError("drift.threshold is required when drift.policy is rmse-threshold")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry the YAML file; the environment overrides it.
+        return (env_settings, init_settings, file_secret_settings)
+
+    @property
+    def store_path(self) -> Path:
+        return self.store.path or self.data_dir / "edgeloop.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, with every secret masked."""
+        data = self.model_dump(mode="json")
+        if data["broker"].get("password"):
+            data["broker"]["password"] = SECRET_MASK
+        uri = data["mlflow"].get("tracking_uri")
+        if uri and "@" in uri:
+            scheme, rest = uri.split("://", 1)
+            data["mlflow"]["tracking_uri"] = f"{scheme}://{SECRET_MASK}@{rest.split('@', 1)[1]}"
+        return data
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        env = "EDGELOOP_" + "_".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"  {key}: {err['msg']} (YAML key {key!r} or env {env})")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from an optional YAML file, the environment and explicit overrides.
+
+    Raises :class:`ConfigError` naming every bad key and why.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path is not None:
+        path = Path(path)
+        source = f"{path} and environment"
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data.update(loaded)
+    try:
+        settings = Settings(**data)
+        # Command-line overrides win over the environment, so they are applied last.
+        for key, value in overrides.items():
+            if value is not None:
+                settings = _override(settings, key, value)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from exc
+    if settings.broker.password_file is not None and not os.access(settings.broker.password_file, os.R_OK):
+        raise ConfigError(f"broker.password_file: cannot read {settings.broker.password_file}")
+    return settings
+
+
+def _override(settings: Settings, dotted: str, value: Any) -> Settings:
+    """A copy of ``settings`` with one key replaced and validated (the environment is not read again)."""
+    section, _, key = dotted.partition(".")
+    if not key:
+        checked = TypeAdapter(Settings.model_fields[section].annotation).validate_python(value)
+        return settings.model_copy(update={section: checked})
+    current = getattr(settings, section)
+    replaced = type(current).model_validate({**current.model_dump(), key: value})
+    return settings.model_copy(update={section: replaced})

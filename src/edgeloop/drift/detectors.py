@@ -1,0 +1,486 @@
+"""Drift detectors on one scope's stream of one-step forecast errors ``e = actual - forecast``.
+
+One small class per ``drift.policy``. Every detector has the same surface (:class:`Detector`):
+``update(error) -> bool`` (True: alarm on this sample), ``reset()``, ``rebase(reference_rmse)`` (new
+serving model: new validation RMSE, fresh state), and read-only ``rolling_rmse`` / ``threshold`` /
+``reference_rmse`` / ``calibrated`` for dashboards, plus ``state()`` for status.
+
+Detectors know nothing about warm-up, hysteresis or retrain budgets: :class:`edgeloop.drift.guard.DriftGuard`
+adds those around any of them. Errors arrive in target units, which vary by orders of magnitude between
+targets (VOC in hundreds of ppb, temperature in tenths of a degree), so every policy except the absolute
+``rmse-threshold`` (kept for parity with the original system) works on a unit-free scale calibrated from
+the serving model's own live errors.
+
+State is O(window); ``update`` is on the hot path, so it does plain float arithmetic, no numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol, runtime_checkable
+
+from river import drift as river_drift
+
+__all__ = [
+    "Adwin",
+    "Detector",
+    "PageHinkley",
+    "RelativeRmse",
+    "RmseThreshold",
+]
+
+# A calibrated reference may sit far below the validation RMSE: a validation slice that happened to
+# hold an event (a door opened, a sensor glitch) overstates the error, and trusting it is exactly how
+# a relative rule "went deaf". The floor only stops a degenerate calibration window (a stuck or
+# quantised sensor giving ~zero errors) from collapsing the reference towards zero, after which any
+# ordinary error would alarm.
+CALIBRATION_FLOOR = 0.05
+# Relative policy only: a first live window much worse than validation means the new model is broken
+# or was validated on a too-easy slice. Adopting that level as "normal" would make the rule blind to
+# a bad start forever; capping the reference at 2x validation keeps an alarm reachable (with k=2 it
+# fires once live RMSE exceeds 4x the validation RMSE).
+RELATIVE_CAP = 2.0
+# Normalised |e| fed to Page-Hinkley and ADWIN is clipped: one sensor glitch (a 1000-sigma error) must
+# not trip a sequential test on its own. At 10 it takes several extreme samples in a row to cross the
+# default Page-Hinkley threshold of 50, while a real 3x error increase (mean |e|/scale 0.8 -> 2.4) is
+# not affected by the clip at all.
+NORMALISED_CLIP = 10.0
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the guard, the engine and the dashboard rely on."""
+
+    name: str
+
+    def update(self, error: float) -> bool: ...
+
+    def reset(self) -> None: ...
+
+    def rebase(self, reference_rmse: float | None) -> None: ...
+
+    @property
+    def rolling_rmse(self) -> float | None: ...
+
+    @property
+    def threshold(self) -> float | None: ...
+
+    @property
+    def reference_rmse(self) -> float | None: ...
+
+    @property
+    def calibrated(self) -> bool: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+
+def _check_reference(reference_rmse: float | None) -> float | None:
+    if reference_rmse is None:
+        return None
+    ref = float(reference_rmse)
+    if not math.isfinite(ref) or ref <= 0.0:
+        # A model whose validation RMSE is 0, NaN or inf gives no usable scale; calibrate live instead.
+        return None
+    return ref
+
+
+class _Windowed:
+    """Rolling sum of squared errors over the last ``window`` finite errors, in a ring buffer."""
+
+    name = "windowed"
+
+    def __init__(self, window: int, reference_rmse: float | None = None) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        self.window = int(window)
+        self._validation_rmse = _check_reference(reference_rmse)
+        self._squares = [0.0] * self.window
+        self._clear()
+
+    def _clear(self) -> None:
+        self._pos = 0
+        self._count = 0
+        self._sum_sq = 0.0
+        self._samples = 0
+        self._ignored = 0
+        self._alarms = 0
+
+    def _push(self, error: float) -> None:
+        sq = error * error
+        squares = self._squares
+        pos = self._pos
+        resum = False
+        if self._count == self.window:
+            old = squares[pos]
+            self._sum_sq += sq - old
+            # A glitch leaving the window (its square dwarfing everything else) leaves the running sum
+            # as mostly rounding error: re-sum exactly now rather than at the end of the lap.
+            resum = self._sum_sq < old * 1e-3
+        else:
+            self._sum_sq += sq
+            self._count += 1
+        squares[pos] = sq
+        pos += 1
+        if pos == self.window:
+            pos = 0
+            # Add/subtract keeps accumulating rounding error; an exact re-sum once per lap bounds it at
+            # O(1) amortised cost.
+            resum = True
+        if resum:
+            self._sum_sq = math.fsum(squares[: self._count])
+        self._pos = pos
+
+    def _abs_errors_oldest_first(self) -> list[float]:
+        squares = self._squares
+        ordered = squares[self._pos :] + squares[: self._pos] if self._count == self.window else squares
+        return [math.sqrt(sq) for sq in ordered[: self._count]]
+
+    def update(self, error: float) -> bool:
+        """Feed one forecast error; True when this sample raises an alarm."""
+        error = float(error)
+        if not math.isfinite(error):
+            self._ignored += 1
+            return False
+        self._samples += 1
+        self._push(error)
+        alarm = self._decide(error)
+        if alarm:
+            self._alarms += 1
+        return alarm
+
+    def _decide(self, error: float) -> bool:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget every error seen; behave exactly as freshly built with the same reference."""
+        self._squares = [0.0] * self.window
+        self._clear()
+
+    def rebase(self, reference_rmse: float | None) -> None:
+        """A new model serves: take its validation RMSE as the provisional reference and reset."""
+        self._validation_rmse = _check_reference(reference_rmse)
+        self.reset()
+
+    @property
+    def window_full(self) -> bool:
+        return self._count == self.window
+
+    @property
+    def rolling_rmse(self) -> float | None:
+        """RMSE of the last ``window`` errors (fewer until the window fills); None before any error."""
+        if self._count == 0:
+            return None
+        return math.sqrt(max(self._sum_sq, 0.0) / self._count)
+
+    @property
+    def threshold(self) -> float | None:
+        return None
+
+    @property
+    def reference_rmse(self) -> float | None:
+        return self._validation_rmse
+
+    @property
+    def validation_rmse(self) -> float | None:
+        return self._validation_rmse
+
+    @property
+    def calibrated(self) -> bool:
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "policy": self.name,
+            "window": self.window,
+            "samples": self._samples,
+            "ignored_nonfinite": self._ignored,
+            "alarms": self._alarms,
+            "rolling_rmse": self.rolling_rmse,
+            "threshold": self.threshold,
+            "reference_rmse": self.reference_rmse,
+            "validation_rmse": self._validation_rmse,
+            "calibrated": self.calibrated,
+        }
+
+
+class RmseThreshold(_Windowed):
+    """Alarm while the RMSE of the last ``window`` errors exceeds an absolute ``threshold``.
+
+    The original system's rule (W=100, threshold 75, in target units). Alarms only on a full window.
+    The threshold is absolute, so it means nothing for another target and fires constantly on a
+    target whose normal error is near it; prefer ``relative`` or ``page-hinkley``.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> det = RmseThreshold(threshold=2.0, window=50)
+    >>> [det.update(e) for e in rng.normal(0, 1, 200)].count(True)
+    0
+    >>> alarms = [det.update(e) for e in rng.normal(0, 4, 100)]
+    >>> alarms.index(True) < 50, round(det.rolling_rmse, 1), det.threshold
+    (True, 4.1, 2.0)
+    """
+
+    name = "rmse-threshold"
+
+    def __init__(self, threshold: float, window: int = 100, reference_rmse: float | None = None) -> None:
+        # reference_rmse is only reported (state, dashboard); the rule itself is absolute.
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"threshold must be a positive number, got {threshold}")
+        self._threshold = float(threshold)
+        self._limit_sq = self._threshold**2
+        super().__init__(window, reference_rmse)
+
+    def _decide(self, error: float) -> bool:
+        # Compare sums of squares: no sqrt on the hot path.
+        return self._count == self.window and self._sum_sq > self._limit_sq * self.window
+
+    @property
+    def threshold(self) -> float | None:
+        return self._threshold
+
+
+class _Calibrating(_Windowed):
+    """Reference scale: validation RMSE until the first full window of live errors, then that live RMSE.
+
+    The guard feeds nothing during warm-up, so the first full window is the serving model's own
+    post-warm-up errors. The calibrated reference is bounded below by ``CALIBRATION_FLOOR`` x validation
+    RMSE (subclasses may add an upper bound). Without a validation RMSE it is the live RMSE alone; a
+    window of exactly-zero errors postpones calibration until an error is non-zero.
+    """
+
+    _cap: float | None = None
+
+    def _clear(self) -> None:
+        super()._clear()
+        self._live_reference: float | None = None
+
+    def _try_calibrate(self) -> bool:
+        if self._live_reference is not None or self._count < self.window:
+            return False
+        live = math.sqrt(max(self._sum_sq, 0.0) / self._count)
+        val = self._validation_rmse
+        if val is not None:
+            live = max(live, CALIBRATION_FLOOR * val)
+            if self._cap is not None:
+                live = min(live, self._cap * val)
+        if live <= 0.0:
+            return False
+        self._live_reference = live
+        return True
+
+    @property
+    def reference_rmse(self) -> float | None:
+        """The live-calibrated reference once calibrated, else the validation RMSE (or None)."""
+        return self._live_reference if self._live_reference is not None else self._validation_rmse
+
+    @property
+    def calibrated(self) -> bool:
+        return self._live_reference is not None
+
+
+class RelativeRmse(_Calibrating):
+    """Alarm while the rolling RMSE exceeds ``factor`` x the reference RMSE.
+
+    The reference is the serving model's validation RMSE until the first full window of live errors,
+    then that window's RMSE, bounded to [0.05x, 2x] the validation RMSE (see ``CALIBRATION_FLOOR`` and
+    ``RELATIVE_CAP``). Calibrating live is what keeps the rule from going deaf when the validation
+    slice was unrepresentative. Unit-free: scaling all errors by 1000 changes nothing.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> det = RelativeRmse(factor=2.0, window=100, reference_rmse=10.0)  # validation slice 10x too harsh
+    >>> [det.update(e) for e in rng.normal(0, 1, 2000)].count(True), det.calibrated
+    (0, True)
+    >>> 0.7 < det.reference_rmse < 1.3, det.threshold == 2.0 * det.reference_rmse  # live, not 10.0
+    (True, True)
+    >>> alarms = [det.update(e) for e in rng.normal(0, 3, 200)]
+    >>> 0 < alarms.index(True) < 100
+    True
+    """
+
+    name = "relative"
+    _cap = RELATIVE_CAP
+
+    def __init__(self, factor: float = 2.0, window: int = 100, reference_rmse: float | None = None) -> None:
+        if not factor > 1.0:
+            raise ValueError(f"factor must be > 1, got {factor}")
+        self.factor = float(factor)
+        super().__init__(window, reference_rmse)
+
+    def _decide(self, error: float) -> bool:
+        if self._count < self.window:
+            return False
+        if self._live_reference is None and not self._try_calibrate():
+            return False
+        limit = self.factor * self._live_reference  # type: ignore[operator]
+        return self._sum_sq > limit * limit * self.window
+
+    @property
+    def threshold(self) -> float | None:
+        ref = self.reference_rmse
+        return None if ref is None else self.factor * ref
+
+
+class _Sequential(_Calibrating):
+    """Feeds ``min(|e| / scale, NORMALISED_CLIP)`` to a River detector once the scale is calibrated.
+
+    |e|/scale rather than (e/scale)^2: squares make one outlier worth hundreds of normal samples.
+    The River detector is armed only at calibration, primed with the calibration window itself (so its
+    baseline is the new model's live error level and no second window is lost); before that the
+    validation RMSE alone is not trusted as a scale, since a scale 10x too small is exactly what makes
+    a sequential test storm. The cost is a blind spot of one window after warm-up, which the relative
+    level checks and the model's probation cover.
+    """
+
+    def _clear(self) -> None:
+        super()._clear()
+        self._inv_scale = 0.0
+        self._armed = False
+        self._new_river()
+
+    def _new_river(self) -> None:
+        raise NotImplementedError
+
+    def _feed(self, x: float) -> bool:
+        raise NotImplementedError
+
+    def _decide(self, error: float) -> bool:
+        if not self._armed:
+            if not self._try_calibrate():
+                return False
+            self._inv_scale = 1.0 / self._live_reference  # type: ignore[operator]
+            self._armed = True
+            alarm = False
+            for abs_error in self._abs_errors_oldest_first():
+                alarm = self._feed(min(abs_error * self._inv_scale, NORMALISED_CLIP)) or alarm
+            return alarm
+        return self._feed(min(abs(error) * self._inv_scale, NORMALISED_CLIP))
+
+    @property
+    def scale(self) -> float | None:
+        """The error scale used to normalise (the calibrated reference RMSE), None until armed."""
+        return self._live_reference
+
+
+class PageHinkley(_Sequential):
+    """Page-Hinkley test (River, mode "up") on normalised errors ``|e| / reference_rmse``.
+
+    ``threshold`` and ``delta`` are in normalised units, so the same values serve every target: with
+    |e|/scale the normal mean is ~0.8 (Gaussian errors); ``delta`` is the tolerated increase of that
+    mean and ``threshold`` the accumulated excess that alarms. Defaults (50, 0.5): a 3x error increase
+    is flagged in ~30-50 samples, a 2x one in ~120, a 1.5x one mostly not at all (delta tolerates ~60%
+    more mean |e|); no false alarm in 200,000 i.i.d. Gaussian, Student-t(3) or Laplace errors. Strongly
+    autocorrelated errors (AR(1), phi=0.9) give ~1 false alarm per 10,000 samples: the guard's job.
+    River restarts the test after each detection, so the new level becomes the baseline.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(2)
+    >>> det = PageHinkley(threshold=50.0, delta=0.5, window=100)
+    >>> [det.update(e) for e in 1000 * rng.normal(0, 1, 5000)].count(True), det.calibrated
+    (0, True)
+    >>> alarms = [det.update(e) for e in 1000 * rng.normal(0, 3, 500)]
+    >>> 20 < alarms.index(True) < 150
+    True
+    """
+
+    name = "page-hinkley"
+
+    def __init__(
+        self,
+        threshold: float = 50.0,
+        delta: float = 0.5,
+        window: int = 100,
+        reference_rmse: float | None = None,
+        *,
+        min_instances: int = 30,
+        alpha: float = 1 - 1e-4,
+    ) -> None:
+        if not threshold > 0 or not delta >= 0:
+            raise ValueError(f"need threshold > 0 and delta >= 0, got {threshold}, {delta}")
+        self.ph_threshold = float(threshold)
+        self.ph_delta = float(delta)
+        self.min_instances = int(min_instances)
+        self.alpha = float(alpha)
+        super().__init__(window, reference_rmse)
+
+    def _new_river(self) -> None:
+        self._ph = river_drift.PageHinkley(
+            min_instances=self.min_instances,
+            delta=self.ph_delta,
+            threshold=self.ph_threshold,
+            alpha=self.alpha,
+            mode="up",
+        )
+
+    def _feed(self, x: float) -> bool:
+        self._ph.update(x)
+        return bool(self._ph.drift_detected)
+
+    def state(self) -> dict[str, Any]:
+        out = super().state()
+        out.update(ph_threshold=self.ph_threshold, ph_delta=self.ph_delta, alpha=self.alpha, scale=self.scale)
+        return out
+
+
+class Adwin(_Sequential):
+    """ADWIN (River) on normalised errors ``|e| / reference_rmse``; alarms only on an increase.
+
+    ADWIN flags a change of the window mean in either direction; a drop in error is no reason to
+    retrain, so a detection alarms only if the mean of the kept (recent) sub-window is above the mean
+    before the cut. Normalising matters for ADWIN too: its cut bound assumes values of order one.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(3)
+    >>> det = Adwin(delta=0.002, window=100)
+    >>> [det.update(e) for e in 0.01 * rng.normal(0, 1, 5000)].count(True)
+    0
+    >>> alarms = [det.update(e) for e in 0.01 * rng.normal(0, 3, 500)]
+    >>> 0 < alarms.index(True) < 150
+    True
+    >>> [det.update(e) for e in 0.01 * rng.normal(0, 1, 3000)].count(True)  # error drops: no alarm
+    0
+    """
+
+    name = "adwin"
+
+    def __init__(
+        self,
+        delta: float = 0.002,
+        window: int = 100,
+        reference_rmse: float | None = None,
+        *,
+        clock: int = 32,
+    ) -> None:
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        self.adwin_delta = float(delta)
+        self.clock = int(clock)
+        super().__init__(window, reference_rmse)
+
+    def _new_river(self) -> None:
+        self._adwin = river_drift.ADWIN(delta=self.adwin_delta, clock=self.clock)
+        self._increases = 0
+        self._decreases = 0
+
+    def _feed(self, x: float) -> bool:
+        adwin = self._adwin
+        before = adwin.estimation
+        adwin.update(x)
+        if not adwin.drift_detected:
+            return False
+        # After a cut ADWIN keeps only the recent sub-window, so its estimation is the recent mean.
+        if adwin.estimation > before:
+            self._increases += 1
+            return True
+        self._decreases += 1
+        return False
+
+    def state(self) -> dict[str, Any]:
+        out = super().state()
+        out.update(
+            adwin_delta=self.adwin_delta,
+            scale=self.scale,
+            changes_up=self._increases,
+            changes_down=self._decreases,
+        )
+        return out

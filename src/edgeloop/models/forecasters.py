@@ -1,0 +1,178 @@
+"""One-step forecasters: persistence, a linear model on lags, and LightGBM in two formulations.
+
+All take a batch of windows (``(n, lags)``, oldest reading first) and return ``n`` forecasts of the
+next reading, in one call. Each serialises to text that is data, never code: LightGBM's own model
+text format, or JSON coefficients. Nothing here unpickles anything.
+
+>>> import numpy as np
+>>> from edgeloop.engine.features import training_pairs
+>>> y = np.sin(np.arange(300) / 5.0)
+>>> X, t = training_pairs(y, lags=3)
+>>> lin = LinearForecaster(lags=3).fit(X, t)
+>>> bool(rmse(lin.predict(X), t) < rmse(Persistence(lags=3).predict(X), t))
+True
+>>> clone = forecaster_from_text("linear", lin.to_text(), lags=3)
+>>> bool(np.allclose(clone.predict(X), lin.predict(X)))
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from edgeloop.engine.features import Formulation, design_matrix, from_output, to_target
+from edgeloop.errors import ModelFileError
+
+KINDS = ("persistence", "linear", "lgbm-level", "lgbm-delta")
+
+
+def rmse(forecast: np.ndarray, actual: np.ndarray) -> float:
+    diff = np.asarray(forecast, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
+    return float(np.sqrt(np.mean(diff * diff))) if len(diff) else float("nan")
+
+
+class Forecaster(Protocol):
+    kind: str
+    lags: int
+
+    def predict(self, windows: np.ndarray) -> np.ndarray: ...
+
+    def to_text(self) -> str: ...
+
+
+class Persistence:
+    """Repeat the last reading: the floor every model must beat."""
+
+    kind = "persistence"
+
+    def __init__(self, lags: int) -> None:
+        self.lags = lags
+
+    def fit(self, windows: np.ndarray, next_values: np.ndarray) -> Persistence:
+        return self
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        return np.asarray(windows, dtype=np.float64)[:, -1].copy()
+
+    def to_text(self) -> str:
+        return "{}"
+
+
+class LinearForecaster:
+    """Ridge regression on the raw lags with an intercept: cheap, and it extrapolates."""
+
+    kind = "linear"
+
+    def __init__(self, lags: int, alpha: float = 1e-3) -> None:
+        self.lags = lags
+        self.alpha = alpha
+        self.coef = np.zeros(lags)
+        self.intercept = 0.0
+
+    def fit(self, windows: np.ndarray, next_values: np.ndarray) -> LinearForecaster:
+        X = np.asarray(windows, dtype=np.float64)
+        y = np.asarray(next_values, dtype=np.float64)
+        # Centre first so the ridge penalty does not shrink the intercept.
+        x_mean, y_mean = X.mean(axis=0), y.mean()
+        Xc, yc = X - x_mean, y - y_mean
+        scale = max(float(np.mean(Xc * Xc)), 1e-12)
+        gram = Xc.T @ Xc + self.alpha * scale * len(X) * np.eye(X.shape[1])
+        self.coef = np.linalg.solve(gram, Xc.T @ yc)
+        self.intercept = float(y_mean - x_mean @ self.coef)
+        return self
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        return np.asarray(windows, dtype=np.float64) @ self.coef + self.intercept
+
+    def to_text(self) -> str:
+        return orjson.dumps({"coef": self.coef.tolist(), "intercept": self.intercept}).decode()
+
+    @classmethod
+    def from_text(cls, text: str, lags: int) -> LinearForecaster:
+        data = orjson.loads(text)
+        model = cls(lags)
+        coef = np.asarray(data["coef"], dtype=np.float64)
+        if coef.shape != (lags,) or not np.all(np.isfinite(coef)):
+            raise ModelFileError(f"linear model has {coef.shape} coefficients, expected {lags}")
+        model.coef, model.intercept = coef, float(data["intercept"])
+        return model
+
+
+class LightGBMForecaster:
+    """LightGBM on lag features, forecasting the level itself or the change from the last reading."""
+
+    def __init__(self, lags: int, formulation: Formulation, *, rounds: int = 200, seed: int = 0) -> None:
+        self.lags = lags
+        self.formulation: Formulation = formulation
+        self.kind = f"lgbm-{formulation}"
+        self.rounds = rounds
+        self.seed = seed
+        self.booster: Any = None
+
+    def fit(self, windows: np.ndarray, next_values: np.ndarray) -> LightGBMForecaster:
+        import lightgbm as lgb
+
+        X = design_matrix(windows, self.formulation)
+        y = to_target(next_values, windows, self.formulation)
+        params = {
+            "objective": "regression",
+            "learning_rate": 0.05,
+            "num_leaves": 15,
+            "min_data_in_leaf": 20,
+            "feature_fraction": 1.0,
+            "lambda_l2": 1.0,
+            "num_threads": 1,  # training runs beside the edge on a small machine; never take every core
+            "seed": self.seed,
+            "deterministic": True,
+            "verbosity": -1,
+        }
+        self.booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=self.rounds)
+        return self
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        windows = np.asarray(windows, dtype=np.float64)
+        out = self.booster.predict(design_matrix(windows, self.formulation), num_threads=1)
+        return from_output(out, windows, self.formulation)
+
+    def to_text(self) -> str:
+        return str(self.booster.model_to_string())
+
+    @classmethod
+    def from_text(cls, text: str, lags: int, formulation: Formulation) -> LightGBMForecaster:
+        import lightgbm as lgb
+
+        model = cls(lags, formulation)
+        try:
+            model.booster = lgb.Booster(model_str=text)
+        except lgb.basic.LightGBMError as exc:
+            raise ModelFileError(f"not a LightGBM model: {exc}") from exc
+        # design_matrix keeps one column per lag in both formulations.
+        if model.booster.num_feature() != lags:
+            raise ModelFileError(f"model has {model.booster.num_feature()} features, expected {lags}")
+        return model
+
+
+def make_forecaster(kind: str, lags: int, *, rounds: int = 200, seed: int = 0) -> Any:
+    if kind == "persistence":
+        return Persistence(lags)
+    if kind == "linear":
+        return LinearForecaster(lags)
+    if kind in ("lgbm-level", "lgbm-delta"):
+        return LightGBMForecaster(
+            lags, "level" if kind == "lgbm-level" else "delta", rounds=rounds, seed=seed
+        )
+    raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
+
+
+def forecaster_from_text(kind: str, text: str, lags: int) -> Forecaster:
+    """Rebuild a forecaster from its saved text (never code)."""
+    if kind == "persistence":
+        return Persistence(lags)
+    if kind == "linear":
+        return LinearForecaster.from_text(text, lags)
+    if kind in ("lgbm-level", "lgbm-delta"):
+        return LightGBMForecaster.from_text(text, lags, "level" if kind == "lgbm-level" else "delta")
+    raise ModelFileError(f"unknown model kind {kind!r}")

@@ -1,0 +1,148 @@
+"""What ``edgeloop models list | promote | rollback`` do, with the same checks as the automatic loop."""
+
+from __future__ import annotations
+
+import time
+
+from edgeloop.adapters.store import Store
+from edgeloop.config import Settings
+from edgeloop.engine.engine import parse_scope
+from edgeloop.errors import ModelFileError
+from edgeloop.models.forecasters import Persistence, rmse
+from edgeloop.models.training import NotEnoughData, split_series
+from edgeloop.registry.local import LocalRegistry, parse_label, version_label
+from edgeloop.registry.tracking import Tracker
+from edgeloop.retrain.job import serving_model
+from edgeloop.telemetry.schema import Event
+
+
+def _tracker(settings: Settings) -> Tracker:
+    return Tracker(
+        settings.tracking_uri,
+        settings.mlflow.experiment,
+        settings.mlflow.model_prefix,
+        enabled=settings.mlflow.enabled,
+    )
+
+
+def list_versions(settings: Settings) -> list[str]:
+    registry = LocalRegistry(settings.models_dir)
+    lines = []
+    for scope in registry.scopes():
+        champion = registry.champion(scope)
+        for version in registry.versions(scope):
+            try:
+                meta = registry.meta(scope, version)
+            except ModelFileError as exc:
+                lines.append(f"{version_label(scope, version):<28} unreadable: {exc}")
+                continue
+            nan = float("nan")
+            scores = meta.get("scores", {})
+            mark = "* champion" if version == champion else ""
+            lines.append(
+                f"{meta['label']:<28} {meta['kind']:<12} val RMSE {scores.get('val_rmse', nan):>9.4g}"
+                f"  vs {scores.get('champion', '?')} {scores.get('champion_rmse', nan):.4g}"
+                f"  persistence {scores.get('persistence_rmse', nan):.4g}"
+                f"  {meta.get('trigger', '')} {mark}"
+            )
+    return lines
+
+
+def _record(settings: Settings, event: Event) -> None:
+    store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
+    try:
+        store.write(events=[(event, settings.site)])
+    finally:
+        store.close()
+
+
+def _mlflow_run(settings: Settings, scope: str, version: int) -> str | None:
+    store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
+    try:
+        for row in store.model_versions(scope):
+            if row["version"] == version:
+                return row.get("mlflow_run_id")
+    finally:
+        store.close()
+    return None
+
+
+def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[bool, str]:
+    """Promote ``label`` if it beats the model serving its scope on the newest holdout (or ``force``)."""
+    try:
+        scope, version = parse_label(label)
+    except ValueError as exc:
+        return False, str(exc)
+    registry = LocalRegistry(settings.models_dir)
+    lags = settings.model.lags
+    try:
+        candidate = registry.load(scope, version, lags=lags)
+    except (ModelFileError, ValueError) as exc:
+        return False, f"cannot promote {label}: {exc}"
+    current = serving_model(registry, scope, lags)
+    if current is not None and current.label == label:
+        return True, f"{label} is already the champion"
+    target, device = parse_scope(scope)
+    store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
+    try:
+        series = store.series(target, device=device, limit=settings.model.train_window)
+    finally:
+        store.close()
+    try:
+        split = split_series(series, lags, settings.model.validation_fraction)
+        new = rmse(candidate.forecaster.predict(split.val_x), split.val_y)
+        champion = current.forecaster if current else Persistence(lags)
+        old = rmse(champion.predict(split.val_x), split.val_y)
+        verdict = f"holdout RMSE {new:.4g} vs {current.label if current else 'persistence'} {old:.4g}"
+        better = new < old * (1 - settings.model.promotion_margin)
+    except NotEnoughData:
+        better, verdict = False, "not enough recent data to check it"
+    if not better and not force:
+        return False, f"refused: {label} does not beat the champion ({verdict}); --force overrides"
+    registry.promote(scope, version, reason=f"manual: {verdict}")
+    run_id = _mlflow_run(settings, scope, version)
+    if run_id:
+        _tracker(settings).set_champion_by_run(scope, run_id)
+    _record(
+        settings,
+        Event(
+            "model_promoted",
+            scope,
+            time.time(),
+            reason=f"manual promotion: {verdict}",
+            version=label,
+            previous_version=current.label if current else None,
+        ),
+    )
+    return True, f"promoted {label} ({verdict}); edges pick it up within edge.model_poll_interval"
+
+
+def rollback(settings: Settings, scope: str) -> tuple[bool, str]:
+    registry = LocalRegistry(settings.models_dir)
+    try:
+        current = registry.champion(scope)
+    except ValueError as exc:
+        return False, str(exc)
+    if current is None:
+        return False, f"{scope} has no champion to roll back"
+    restored = registry.rollback(scope, reason="manual rollback")
+    restored_label = version_label(scope, restored) if restored else None
+    if restored:
+        run_id = _mlflow_run(settings, scope, restored)
+        if run_id:
+            _tracker(settings).set_champion_by_run(scope, run_id)
+    else:
+        _tracker(settings).clear_champion(scope)
+    _record(
+        settings,
+        Event(
+            "model_rolled_back",
+            scope,
+            time.time(),
+            reason="manual rollback",
+            version=restored_label,
+            previous_version=version_label(scope, current),
+        ),
+    )
+    fallback = restored_label or ("the fleet model" if "@" in scope else "persistence")
+    return True, f"rolled back {version_label(scope, current)}; now serving {fallback}"

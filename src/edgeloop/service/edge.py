@@ -1,0 +1,362 @@
+"""The edge service: MQTT in, engine, predictions and events out, store and models around it.
+
+Threads: paho's network thread only appends raw messages to a queue; one loop thread takes them
+in batches, runs the engine, publishes, hands rows to the store writer thread, and between batches
+swaps models, dispatches retrains and writes status. Training runs in another process, so nothing
+here ever waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from edgeloop.adapters.mqtt import MqttSession, topic_for
+from edgeloop.adapters.store import StoreWriter
+from edgeloop.config import Settings
+from edgeloop.drift import make_guarded
+from edgeloop.engine.engine import Engine, EngineOutput, Rollback
+from edgeloop.errors import MessageError, ModelFileError
+from edgeloop.registry.local import LocalRegistry, parse_label, version_label
+from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
+from edgeloop.retrain.job import RetrainOutcome
+from edgeloop.service import metrics
+from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
+
+log = logging.getLogger(__name__)
+
+DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
+
+
+def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
+    """The engine as the live edge configures it; the evaluator and benchmarks use this too."""
+    drift = settings.drift
+    return Engine(
+        targets=settings.model.targets,
+        lags=settings.model.lags,
+        guard_factory=lambda reference: make_guarded(drift, reference),
+        window=drift.window,
+        min_train_samples=settings.model.min_train_samples,
+        retrain_min_samples=settings.model.retrain_min_samples,
+        probation_samples=settings.model.probation_samples,
+        probation_tolerance=settings.model.probation_tolerance,
+        auto_train=auto_train,
+    )
+
+
+@dataclass
+class EdgeStats:
+    """Counters for the live status display and tests."""
+
+    received: int = 0
+    processed: int = 0
+    predictions: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    swaps: int = 0
+    retrains_requested: int = 0
+    events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
+
+
+class EdgeService:
+    """Runs until :meth:`stop`; construct, then :meth:`run` (blocking) or :meth:`start` (a thread)."""
+
+    def __init__(
+        self, settings: Settings, *, dispatcher: Dispatcher | None = None, protocol: str = "5"
+    ) -> None:
+        self.settings = settings
+        self.site = settings.site
+        self.parser: TelemetryParser = parser_from_settings(settings)
+        self.engine = build_engine(settings)
+        self.registry = LocalRegistry(settings.models_dir)
+        self.stats = EdgeStats()
+        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self._control: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._events_topic = topic_for(settings.topics.events, site=self.site)
+        self._prediction_template = settings.topics.prediction
+        self._last_drop_log = 0.0
+        self._dropped_since_log: Counter[str] = Counter()
+        self._protocol = protocol
+        self.session = MqttSession(
+            settings.broker,
+            role="edge",
+            clean_start=False,
+            session_expiry=settings.broker.session_expiry,
+            protocol=protocol,  # type: ignore[arg-type]
+            on_message=self._on_message,
+        )
+        if dispatcher is not None:
+            self.dispatcher: Dispatcher = dispatcher
+        elif settings.edge.retrain == "mqtt":
+            self.dispatcher = MqttDispatcher(self.session, topic_for(settings.topics.retrain, site=self.site))
+        else:
+            self.dispatcher = LocalDispatcher(settings)
+        self.writer: StoreWriter | None = None
+        self.ready = threading.Event()
+        self._failed_versions: set[tuple[str, int]] = set()
+
+    # -- paho's thread: enqueue only --------------------------------------------------------------
+    def _on_message(self, message: Any) -> None:
+        if message.topic == self._events_topic:
+            self._control.put(message.payload)
+        else:
+            self._inbox.put((message.topic, message.payload))
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> EdgeService:
+        self._thread = threading.Thread(target=self.run, name="edgeloop-edge", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        s = self.settings
+        self.session.start()  # first: a broker that cannot be reached fails the start, before anything else runs
+        self.writer = StoreWriter(
+            s.store_path, retention_rows=s.store.retention_rows, flush_interval=s.store.flush_interval
+        )
+        self._sync_models()
+        group = s.broker.shared_group if self._protocol == "5" else None
+        self.session.subscribe(s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group)
+        self.session.subscribe([self._events_topic], qos=1)
+        log.info(
+            "edge up: site %s, targets %s, subscribed %s",
+            self.site,
+            s.model.targets,
+            s.topics.telemetry_filters(self.site),
+        )
+        self.ready.set()
+        next_status = next_poll = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
+                if batch:
+                    self._handle(batch)
+                now = time.monotonic()
+                self._handle_control()
+                self._handle_outcomes()
+                if now >= next_poll:
+                    self._sync_models()
+                    next_poll = now + s.edge.model_poll_interval
+                if now >= next_status:
+                    self.writer.put(status=self.engine.status_rows(time.time()))
+                    next_status = now + s.edge.status_interval
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        # Answer what was received, disconnect (sending the last predictions), then flush the store.
+        # Readings that slip in between the last batch and the disconnect are stored but their
+        # predictions cannot be sent; they were acknowledged by paho on receipt.
+        self._drain()
+        self.session.close()
+        late = self._drain()
+        if late:
+            log.warning("%d readings arrived during shutdown; stored, predictions not sent", late)
+        if self.writer is not None:
+            self.writer.put(status=self.engine.status_rows(time.time()))
+            self.writer.close()
+        self.dispatcher.close()
+        log.info(
+            "edge stopped: %d processed, %d dropped", self.stats.processed, sum(self.stats.dropped.values())
+        )
+
+    def _drain(self) -> int:
+        count = 0
+        while batch := self._take_batch(self.settings.edge.batch_max, 0.0):
+            self._handle(batch)
+            count += len(batch)
+        return count
+
+    def _take_batch(self, limit: int, wait: float) -> list[tuple[str, bytes]]:
+        try:
+            first = self._inbox.get(timeout=0.05) if wait > 0 else self._inbox.get_nowait()
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + wait
+        while len(batch) < limit:
+            try:
+                batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(wait / 5 if wait > 0 else 0)
+                if wait <= 0:
+                    break
+        return batch
+
+    # -- the batch path ---------------------------------------------------------------------------
+    def _handle(self, batch: list[tuple[str, bytes]]) -> None:
+        readings: list[Telemetry] = []
+        for topic, payload in batch:
+            try:
+                readings.append(self.parser.parse(topic, payload))
+            except MessageError as exc:
+                self._dropped(exc, topic)
+        self.stats.received += len(batch)
+        metrics.RECEIVED.inc(len(batch))
+        if not readings:
+            return
+        with metrics.BATCH_SECONDS.time():
+            out = self.engine.process(readings)
+        qos = self.settings.broker.qos
+        for prediction in out.predictions:
+            topic = self._prediction_template.format(site=self.site, device=prediction.device)
+            self.session.publish(topic, prediction.to_json(), qos=qos)
+        self.stats.processed += len(readings)
+        self.stats.predictions += len(out.predictions)
+        metrics.PREDICTIONS.inc(len(out.predictions))
+        assert self.writer is not None
+        self.writer.put(samples=out.samples)
+        self._after_engine(out)
+
+    def _after_engine(self, out: EngineOutput) -> None:
+        self._emit(out.events)
+        for request in out.retrains:
+            self.stats.retrains_requested += 1
+            metrics.RETRAINS.labels(trigger=request.trigger).inc()
+            self.dispatcher.submit(request)
+        for rollback in out.rollbacks:
+            self._persist_rollback(rollback)
+
+    def _dropped(self, exc: MessageError, topic: str) -> None:
+        self.stats.dropped[exc.reason] += 1
+        self._dropped_since_log[exc.reason] += 1
+        metrics.DROPPED.labels(reason=exc.reason).inc()
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            log.warning(
+                "dropped malformed telemetry: %s (last: %s on %s)",
+                dict(self._dropped_since_log),
+                str(exc)[:120],
+                topic[:80],
+            )
+            self._dropped_since_log.clear()
+            self._last_drop_log = now
+
+    def _emit(self, events: list[Event]) -> None:
+        if not events:
+            return
+        assert self.writer is not None
+        self.writer.put(events=[(e, self.site) for e in events])
+        for event in events:
+            self.stats.events.append(event)
+            metrics.EVENTS.labels(kind=event.kind).inc()
+            log.info("event %s %s: %s", event.kind, event.scope, event.reason)
+            self.session.publish(self._events_topic, orjson.dumps(event.to_dict(self.site)), qos=1)
+
+    # -- models -----------------------------------------------------------------------------------
+    def _handle_outcomes(self) -> None:
+        for outcome in self.dispatcher.poll():
+            self._apply_outcome(outcome)
+
+    def _apply_outcome(self, outcome: RetrainOutcome) -> None:
+        events = [Event.from_dict(e) for e in outcome.events]
+        self._emit(events)
+        installed = False
+        if outcome.decision == "promoted" and outcome.version is not None:
+            installed = self._install(outcome.scope, outcome.version)
+        self.engine.retrain_finished(outcome.scope, installed=installed)
+
+    def _handle_control(self) -> None:
+        """Events from other processes (trainer service, other replicas): swap models they promote."""
+        while True:
+            try:
+                payload = self._control.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                event = Event.from_dict(orjson.loads(payload))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("ignored an unreadable event on %s", self._events_topic)
+                continue
+            if event.kind == "model_promoted" and event.version:
+                try:
+                    scope, version = parse_label(event.version)
+                except ValueError:
+                    continue
+                if (
+                    self.engine.serving.get(scope) is None
+                    or self.engine.serving[scope].model.label != event.version
+                ):
+                    self.engine.retrain_finished(scope, installed=self._install(scope, version))
+            elif event.kind in ("model_rejected", "model_rolled_back") or (
+                event.kind == "retrain_finished" and not event.metrics
+            ):
+                if event.kind == "model_rolled_back":
+                    self._sync_models()
+                elif event.scope in self.engine.pending:
+                    self.engine.retrain_finished(event.scope, installed=False)
+
+    def _install(self, scope: str, version: int) -> bool:
+        label = version_label(scope, version)
+        try:
+            model = self.registry.load(scope, version, lags=self.settings.model.lags)
+        except (ModelFileError, OSError, ValueError) as exc:
+            metrics.MODEL_LOAD_FAILURES.inc()
+            self._emit(
+                [
+                    Event(
+                        "model_load_failed",
+                        scope,
+                        self.engine.stream_ts,
+                        reason=f"refused {label}: {exc}; the current model keeps serving",
+                        version=label,
+                        previous_version=self.engine.serving[scope].model.label
+                        if scope in self.engine.serving
+                        else None,
+                    )
+                ]
+            )
+            return False
+        self.engine.install(scope, model, probation=True)
+        self.stats.swaps += 1
+        metrics.SWAPS.inc()
+        log.info("now serving %s (%s)", label, model.meta.get("kind"))
+        return True
+
+    def _sync_models(self) -> None:
+        """Registry polling: serve every scope's champion (also the start-up load)."""
+        for scope in self.registry.scopes():
+            try:
+                version = self.registry.champion(scope)
+            except ModelFileError as exc:
+                log.warning("cannot read champion of %s: %s", scope, exc)
+                continue
+            serving = self.engine.serving.get(scope)
+            if version is None:
+                if serving is not None:
+                    self.engine.uninstall(scope)
+                continue
+            if serving is None or serving.model.label != version_label(scope, version):
+                if self._failed_recently(scope, version):
+                    continue
+                if not self._install(scope, version):
+                    self._failed_versions.add((scope, version))
+
+    def _failed_recently(self, scope: str, version: int) -> bool:
+        # A version that failed verification is not retried every poll; a new version is.
+        return (scope, version) in self._failed_versions
+
+    def _persist_rollback(self, rollback: Rollback) -> None:
+        try:
+            restored = self.registry.rollback(
+                rollback.scope, reason=f"probation failed for {rollback.rejected}"
+            )
+        except (ModelFileError, OSError) as exc:
+            log.error("could not record rollback of %s: %s", rollback.scope, exc)
+            return
+        log.warning("rolled back %s -> %s", rollback.rejected, restored)

@@ -1,0 +1,260 @@
+"""The real dashboard (``launch.run_dashboard``) over a filled store, driven in headless Chromium.
+
+Screenshots land in ``build/`` (dashboard-fleet.png, -device.png, -models.png, -events.png).
+``filled_store`` writes realistic rows through the Store API; it can be swapped for a short
+``edgeloop demo`` run that fills the same tables.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeloop.adapters.store import SampleRow, StatusRow, Store
+from edgeloop.dashboard.launch import run_dashboard, wait_ready
+from edgeloop.telemetry.schema import Event
+
+CHROMIUM = Path("/usr/bin/chromium")
+BUILD = Path(__file__).resolve().parents[2] / "build"
+TARGET = "voc_ppb"
+DEVICES = [f"dev-{i:03d}" for i in range(1, 13)]
+N = 900  # readings per device, one a second, ending now
+WINDOW = 100
+THRESHOLD = 12.0
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
+]
+
+
+def _rmse(err: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(err**2)))
+
+
+def filled_store(path: Path) -> dict[str, object]:
+    """Fill a store at ``path`` as an edge would after 15 minutes of 12 VOC sensors; returns facts
+    the test checks (devices, versions, a status and the RMSE figure shown for one device).
+
+    Story: a fleet model (voc_ppb:v1, later v2) serves everyone after 400 readings; dev-003 drifts
+    at t-300 s, gets its own model voc_ppb@dev-003:v1 (on probation); dev-007's own model was rolled
+    back to the fleet's; dev-011 is retraining; dev-012 went silent 5 minutes ago.
+    """
+    rng = np.random.default_rng(7)
+    now = time.time()
+    t0 = now - N
+    store = Store(path)
+    samples: list[SampleRow] = []
+    status: list[StatusRow] = []
+    facts: dict[str, object] = {"devices": DEVICES, "rmse": {}}
+    for i, dev in enumerate(DEVICES):
+        n = N - 300 if dev == "dev-012" else N
+        ts = t0 + np.arange(n, dtype=float)
+        level = 180 + 25 * i
+        value = level + 30 * np.sin(2 * np.pi * np.arange(n) / 600 + i) + rng.normal(0, 4, n)
+        if dev == "dev-003":
+            value[N - 300 :] += 60 + 0.3 * np.arange(300)  # a new VOC source: level and trend shift
+        persistence = np.concatenate([[np.nan], value[:-1]])
+        noise = rng.normal(0, 3.5, n)
+        forecast = persistence.copy()
+        model = np.array(["persistence"] * n, dtype=object)
+        trained = slice(400, n)
+        forecast[trained] = value[trained] + noise[trained]
+        model[trained] = "voc_ppb:v1"
+        model[650:n] = "voc_ppb:v2"
+        if dev == "dev-003":
+            forecast[N - 300 : N - 120] = persistence[N - 300 : N - 120] - 25  # the fleet model lags
+            forecast[N - 120 :] = value[N - 120 :] + noise[N - 120 :] * 0.8
+            model[N - 120 :] = "voc_ppb@dev-003:v1"
+        if dev == "dev-011":
+            forecast[N - 150 :] = value[N - 150 :] + rng.normal(0, 11, 150)
+        if dev == "dev-005":  # a sensor fault: the model no longer fits
+            value[N - 120 :] += rng.normal(0, 15, 120)
+            forecast[N - 120 :] = value[N - 121 : -1] + rng.normal(0, 4, 120)
+        samples += [
+            SampleRow(dev, TARGET, float(ts[k]), k, float(value[k]),
+                      None if np.isnan(forecast[k]) else float(forecast[k]),
+                      None if np.isnan(persistence[k]) else float(persistence[k]),
+                      float(value[k]), str(model[k]))
+            for k in range(n)
+        ]  # fmt: skip
+        err = (value - forecast)[-WINDOW:]
+        rmse = _rmse(err)
+        facts["rmse"][dev] = rmse  # type: ignore[index]
+        st = {
+            "dev-003": "probation",
+            "dev-007": "rolled_back",
+            "dev-011": "retraining",
+            "dev-005": "drifting",
+        }
+        updated = now - 300 if dev == "dev-012" else now
+        status.append(
+            StatusRow(dev, TARGET, float(ts[-1]), n, 1.0, rmse, THRESHOLD,
+                      _rmse(np.diff(value[-WINDOW - 1 :])), float(np.std(value[-WINDOW:])),
+                      str(model[-1]), st.get(dev, "healthy"), updated)
+        )  # fmt: skip
+    events = [
+        Event("retrain_finished", TARGET, t0 + 395, "first training", {"val_rmse": 3.9}, "voc_ppb:v1"),
+        Event("model_promoted", TARGET, t0 + 400, "first model beats persistence", {"val_rmse": 3.9},
+              "voc_ppb:v1", "persistence"),
+        Event("model_promoted", TARGET, t0 + 650, "beats champion by 6%", {"val_rmse": 3.6},
+              "voc_ppb:v2", "voc_ppb:v1"),
+        Event("drift_detected", f"{TARGET}@dev-003", t0 + N - 260, "page-hinkley alarm",
+              {"rmse": 31.2, "threshold": THRESHOLD}),
+        Event("retrain_requested", f"{TARGET}@dev-003", t0 + N - 259, "drift", {}),
+        Event("retrain_started", f"{TARGET}@dev-003", t0 + N - 250, "drift", {"n_samples": 1200}),
+        Event("retrain_finished", f"{TARGET}@dev-003", t0 + N - 125, "drift", {"val_rmse": 3.1},
+              f"{TARGET}@dev-003:v1"),
+        Event("model_promoted", f"{TARGET}@dev-003", t0 + N - 120, "beats champion by 88%",
+              {"val_rmse": 3.1, "champion_rmse": 26.4}, f"{TARGET}@dev-003:v1", "voc_ppb:v2"),
+        Event("model_promoted", f"{TARGET}@dev-007", t0 + N - 400, "beats champion by 4%",
+              {"val_rmse": 3.4}, f"{TARGET}@dev-007:v1", "voc_ppb:v2"),
+        Event("model_rolled_back", f"{TARGET}@dev-007", t0 + N - 200, "probation RMSE 5.9 > 1.1 x 3.6",
+              {"probation_rmse": 5.9}, "voc_ppb:v2", f"{TARGET}@dev-007:v1"),
+        Event("drift_detected", f"{TARGET}@dev-011", t0 + N - 140, "page-hinkley alarm", {"rmse": 10.8}),
+        Event("drift_detected", f"{TARGET}@dev-005", t0 + N - 40, "page-hinkley alarm", {"rmse": 19.5}),
+        Event("retrain_requested", f"{TARGET}@dev-005", t0 + N - 39, "drift", {}),
+        Event("model_rejected", TARGET, t0 + N - 60, "does not beat champion by 2%",
+              {"val_rmse": 3.7, "champion_rmse": 3.6}, "voc_ppb:v3", "voc_ppb:v2"),
+    ]  # fmt: skip
+    store.write(samples, [(e, "site-1") for e in events], status)
+    versions = [
+        (TARGET, 1, t0 + 395, 3.9, None, "retired", "first model beats persistence", "lgbm-delta"),
+        (TARGET, 2, t0 + 645, 3.6, 3.85, "champion", "beats champion by 6%", "lgbm-delta"),
+        (TARGET, 3, t0 + N - 60, 3.7, 3.6, "rejected", "does not beat champion by 2%", "linear"),
+        (f"{TARGET}@dev-003", 1, t0 + N - 125, 3.1, 26.4, "promoted", "beats champion by 88%", "lgbm-level"),
+        (f"{TARGET}@dev-007", 1, t0 + N - 405, 3.4, 3.55, "rolled_back", "probation RMSE 5.9 > 1.1 x 3.6",
+         "linear"),
+    ]  # fmt: skip
+    for scope, version, created, val, champ, decision, reason, formulation in versions:
+        store.record_model_version(
+            scope=scope, version=version, label=f"{scope}:v{version}", created=created,
+            formulation=formulation, trigger="drift" if "@" in scope else "schedule", val_rmse=val,
+            champion_rmse=champ, persistence_rmse=5.6, mean_rmse=21.0, window_start=created - 400,
+            window_end=created - 5, n_samples=400 * (12 if "@" not in scope else 1), decision=decision,
+            reason=reason, mlflow_run_id=f"{version:02d}{abs(hash(scope)) % 10**8:08d}abcdef0123456789ab",
+        )  # fmt: skip
+    store.close()
+    facts["versions"] = [f"{s}:v{v}" for s, v, *_ in versions]
+    return facts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, dict[str, object]]]:
+    data = tmp_path / "data"
+    facts = filled_store(data / "edgeloop.db")
+    config = tmp_path / "edgeloop.yaml"
+    config.write_text(f"site: lab-7\ndata_dir: {data}\n")
+    port = _free_port()
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
+    # The test's rows are written once; keep them "live" for the whole test.
+    env["EDGELOOP_DASHBOARD_SILENT_AFTER"] = "120"
+    env["EDGELOOP_DASHBOARD_REFRESH"] = "2"
+    proc = run_dashboard(config, port, env=env, log_file=tmp_path / "streamlit.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=60, proc=proc)
+        yield url, facts
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except Exception:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def cell(grid: Any, text: str) -> Any:
+    """A cell of an st.dataframe showing exactly ``text``. The grid draws on a canvas and mirrors the
+    rendered rows into a visually hidden ARIA table, so the lookup includes hidden elements."""
+    return grid.get_by_role("gridcell", name=text, exact=True, include_hidden=True).first
+
+
+def snap(page: Any, name: str) -> None:
+    """Screenshot the whole app: Streamlit scrolls inside its main block, not the document, so the
+    viewport grows to the content's height first."""
+    page.wait_for_timeout(800)  # charts and grids finish drawing after the element appears
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], section')]"
+        ".map(e => e.scrollHeight), 600)"
+    )
+    page.set_viewport_size({"width": 1600, "height": min(int(height) + 40, 4000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(BUILD / name))
+    page.set_viewport_size({"width": 1600, "height": 1000})
+
+
+def test_dashboard_in_chromium(dashboard: tuple[str, dict[str, object]]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, facts = dashboard
+    BUILD.mkdir(exist_ok=True)
+    rmse = facts["rmse"]["dev-003"]  # type: ignore[index]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(url)
+            expect(page.get_by_text("edgeloop · lab-7")).to_be_visible(timeout=30_000)
+            # The fleet: summary metrics and the table (a canvas grid with an accessible DOM copy).
+            grid = page.get_by_test_id("stDataFrame")
+            expect(grid).to_be_visible(timeout=30_000)
+            expect(page.get_by_test_id("stMetric").filter(has_text="Devices")).to_contain_text("12")
+            for dev in ("dev-001", "dev-003", "dev-012"):
+                expect(cell(grid, dev)).to_be_attached()
+            expect(cell(grid, "silent")).to_be_attached()
+            expect(cell(grid, "on probation")).to_be_attached()
+            expect(cell(grid, "voc_ppb@dev-003:v1")).to_be_attached()
+            # The ARIA copy holds raw values (the canvas shows them rounded): find dev-011's RMSE.
+            shown = [_float(t) for t in grid.locator("td[role=gridcell]").all_inner_texts()]
+            assert any(abs(x - facts["rmse"]["dev-011"]) < 1e-9 for x in shown if x is not None)  # type: ignore[index]
+            snap(page, "dashboard-fleet.png")
+
+            # The device view, opened by URL as a bookmark would.
+            page.goto(f"{url}/?view=Device&device=dev-003")
+            rolling = page.get_by_test_id("stMetric").filter(has_text="Rolling RMSE")
+            expect(rolling).to_contain_text(f"{rmse:.2f}", timeout=30_000)
+            expect(page.get_by_text("serving voc_ppb@dev-003:v1")).to_be_visible()
+            expect(page.get_by_text("on probation").first).to_be_visible()
+            expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
+            snap(page, "dashboard-device.png")
+
+            page.goto(f"{url}/?view=Models")
+            grid = page.get_by_test_id("stDataFrame")
+            expect(grid).to_be_visible(timeout=30_000)
+            for label in facts["versions"]:  # type: ignore[attr-defined]
+                expect(cell(grid, label)).to_be_attached()
+            snap(page, "dashboard-models.png")
+
+            page.goto(f"{url}/?view=Events")
+            grid = page.get_by_test_id("stDataFrame")
+            expect(grid).to_be_visible(timeout=30_000)
+            expect(cell(grid, "model_rolled_back")).to_be_attached()
+            snap(page, "dashboard-events.png")
+        finally:
+            browser.close()

@@ -1,0 +1,329 @@
+"""The dashboard's views and empty states through Streamlit's AppTest, and its queries' index use.
+
+Each test builds a small store in ``tmp_path`` with the Store API and points the app at it through
+``EDGELOOP_DATA_DIR`` (or a config file given after ``--``, as ``streamlit run`` passes it).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from edgeloop.adapters.store import SampleRow, StatusRow, Store
+from edgeloop.dashboard import queries as q
+from edgeloop.dashboard.launch import APP_PATH, dashboard_command, wait_ready
+from edgeloop.telemetry.schema import Event
+
+TARGET = "voc_ppb"
+N = 150  # readings per device
+
+
+def fill(db: Path, *, trained: bool = True) -> dict[str, float]:
+    """Three devices: dev-a healthy, dev-b drifting, dev-c silent (its status row is 10 min old).
+
+    Timestamps are replayed ones from 2021 while ``updated`` is wall clock, as during a replay.
+    Returns each device's rolling RMSE as written to scope_status.
+    """
+    rng = np.random.default_rng(1)
+    now = time.time()
+    t0 = 1_610_000_000.0
+    store = Store(db)
+    samples, status, rmses = [], [], {}
+    model = "voc_ppb:v1" if trained else "persistence"
+    for i, dev in enumerate(["dev-a", "dev-b", "dev-c"]):
+        value = 200 + 10 * i + rng.normal(0, 3, N)
+        err = rng.normal(0, 20 if dev == "dev-b" else 2, N)
+        for k in range(N):
+            forecast = None if k == 0 else float(value[k] + err[k])
+            prev = None if k == 0 else float(value[k - 1])
+            samples.append(SampleRow(dev, TARGET, t0 + k, k, float(value[k]), forecast, prev, None, model))
+        rmses[dev] = float(np.sqrt(np.mean(err[-100:] ** 2)))
+        status.append(
+            StatusRow(
+                dev,
+                TARGET,
+                t0 + N - 1,
+                N,
+                2.0 + i,
+                rmses[dev],
+                10.0,
+                4.0,
+                9.0,
+                model,
+                "drifting" if dev == "dev-b" else "healthy",
+                now - 600 if dev == "dev-c" else now,
+            )
+        )
+    events = []
+    if trained:
+        events = [
+            (Event("model_promoted", TARGET, t0 + 20, "first model", {"val_rmse": 2.1}, "voc_ppb:v1"), "s"),
+            (Event("drift_detected", f"{TARGET}@dev-b", t0 + 120, "page-hinkley alarm", {"rmse": 19.5}), "s"),
+            (Event("retrain_requested", f"{TARGET}@dev-b", t0 + 121, "drift"), "s"),
+        ]
+    store.write(samples, events, status)
+    if trained:
+        for version, decision, val, champ in ((1, "champion", 2.1, None), (2, "rejected", 2.3, 2.0)):
+            store.record_model_version(
+                scope=TARGET, version=version, label=f"{TARGET}:v{version}", created=t0 + 10 * version,
+                val_rmse=val, champion_rmse=champ, persistence_rmse=4.2, mean_rmse=9.1,
+                window_start=t0, window_end=t0 + 100, n_samples=300, decision=decision,
+                reason="does not beat the champion by 2%" if decision == "rejected" else "first model",
+                mlflow_run_id=f"run{version}", formulation="linear", trigger="schedule",
+            )  # fmt: skip
+    store.close()
+    return rmses
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in [k for k in os.environ if k.startswith("EDGELOOP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("EDGELOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", [str(APP_PATH)])
+    return tmp_path
+
+
+def run(view: str = "Fleet", **state: Any) -> AppTest:
+    at = AppTest.from_file(str(APP_PATH), default_timeout=30)
+    at.session_state["view"] = view
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(
+        str(e.value) for kind in ("info", "markdown", "caption", "warning", "error") for e in at.get(kind)
+    )
+
+
+# -- fleet ---------------------------------------------------------------------------------------
+def test_fleet_lists_every_device_with_status_rmse_and_model(data_dir: Path) -> None:
+    rmses = fill(data_dir / "edgeloop.db")
+    at = run("Fleet")
+    m = metrics(at)
+    assert (m["Devices"], m["Drifting"], m["Silent"], m["Need attention"]) == ("3", "1", "1", "2")
+    assert m["Messages/s"] == "5.0"  # the silent device's rate is not counted
+    table = at.dataframe[0].value
+    assert table["device"].tolist() == ["dev-b", "dev-c", "dev-a"]  # drifting, silent, healthy
+    assert table["status"].tolist() == ["drifting", "silent", "healthy"]
+    assert table["model"].unique().tolist() == ["voc_ppb:v1"]
+    assert table.set_index("device")["rmse"].to_dict() == pytest.approx(rmses)
+    assert table.set_index("device")["rmse_ratio"]["dev-b"] == pytest.approx(rmses["dev-b"] / 10.0)
+
+
+def test_fleet_filters_by_status_and_device_name(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    at = run("Fleet")
+    at.button_group(key="fleet_status").set_value(["silent", "healthy"]).run()
+    assert at.dataframe[0].value["device"].tolist() == ["dev-c", "dev-a"]
+    at.text_input(key="fleet_search").input("DEV-A").run()
+    assert at.dataframe[0].value["device"].tolist() == ["dev-a"]
+    at.text_input(key="fleet_search").input("nope").run()
+    assert not at.dataframe
+    assert "No device matches the filter." in texts(at)
+
+
+def test_no_store_yet_says_where_data_should_come_from(data_dir: Path) -> None:
+    at = run("Fleet")
+    assert (
+        "No data yet: is a publisher running on mqtt://127.0.0.1:1883 topic edgeloop/site-1/+/telemetry?"
+        in (texts(at))
+    )
+    assert not (data_dir / "edgeloop.db").exists()  # the dashboard never creates the store
+    for view in ("Device", "Events"):
+        at = run(view)
+        assert not at.dataframe
+
+
+def test_empty_store_uses_the_configured_broker_and_topics(data_dir: Path, tmp_path: Path) -> None:
+    Store(data_dir / "edgeloop.db").close()
+    config = tmp_path / "edge.yaml"
+    config.write_text(
+        f"site: plant-9\ndata_dir: {data_dir}\nbroker: {{url: 'mqtt://broker.lan:1884'}}\n"
+        "topics: {telemetry: ['factory/{site}/+/data']}\n"
+    )
+    sys.argv = [str(APP_PATH), "--config", str(config)]
+    at = run("Fleet")
+    assert at.title[0].value == "edgeloop · plant-9"
+    assert "is a publisher running on mqtt://broker.lan:1884 topic factory/plant-9/+/data?" in texts(at)
+
+
+def test_invalid_config_is_reported_not_raised(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGELOOP_DRIFT_POLICY", "sometimes")
+    at = AppTest.from_file(str(APP_PATH), default_timeout=30).run()
+    assert not at.exception
+    assert "drift.policy" in at.error[0].value
+
+
+# -- device --------------------------------------------------------------------------------------
+def test_device_view_shows_metrics_charts_markers_and_events(data_dir: Path) -> None:
+    rmses = fill(data_dir / "edgeloop.db")
+    at = run("Device", device="dev-b")
+    m = metrics(at)
+    assert m["Rolling RMSE"] == f"{rmses['dev-b']:.2f}"
+    assert (m["Drift threshold"], m["Persistence RMSE"], m["Mean RMSE"]) == ("10.00", "4.00", "9.00")
+    header = texts(at)
+    assert "dev-b" in header and "drifting" in header and "serving **voc_ppb:v1**" in header
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    spec = charts[0].proto.spec
+    assert '"drift"' in spec and '"retrain"' in spec  # the event markers are layered on the chart
+    events = at.dataframe[0].value
+    assert events["kind"].tolist() == ["retrain_requested", "drift_detected", "model_promoted"]
+
+
+def test_device_can_be_opened_by_url(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    at = AppTest.from_file(str(APP_PATH), default_timeout=30)
+    at.query_params["view"] = "Device"
+    at.query_params["device"] = "dev-c"
+    at.run()
+    assert at.selectbox(key="device").value == "dev-c"
+    assert "silent" in texts(at)
+
+
+def test_device_without_model_explains_when_training_starts(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGELOOP_MODEL_MIN_TRAIN_SAMPLES", "250")
+    fill(data_dir / "edgeloop.db", trained=False)
+    at = run("Device", device="dev-a")
+    assert f"No model yet: training starts after 250 samples** (dev-a has {N} so far)" in texts(at)
+    assert len(at.get("vega_lite_chart")) == 2  # readings are still charted against persistence
+
+
+# -- models --------------------------------------------------------------------------------------
+def test_models_view_lists_versions_scores_reasons_and_mlflow_links(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGELOOP_DASHBOARD_MLFLOW_URL", "http://mlflow.lan:5000/")
+    fill(data_dir / "edgeloop.db")
+    at = run("Models")
+    table = at.dataframe[0].value
+    assert table["label"].tolist() == ["voc_ppb:v2", "voc_ppb:v1"]  # newest first
+    v2 = table.iloc[0]
+    assert (v2["decision"], v2["val_rmse"], v2["champion_rmse"]) == ("rejected", 2.3, 2.0)
+    assert v2["gain"] == pytest.approx(-0.15)
+    assert v2["reason"] == "does not beat the champion by 2%"
+    assert v2["mlflow"] == "http://mlflow.lan:5000/#/runs/run2"
+    assert v2["window"].startswith("2021-01-07 06:13:20 → ")
+    assert metrics(at)["Rejected"] == "1"
+
+
+def test_models_view_without_models(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db", trained=False)
+    at = run("Models")
+    assert "No model yet: training starts after 400 samples" in texts(at)
+    assert not at.dataframe
+
+
+# -- events --------------------------------------------------------------------------------------
+def test_events_newest_first_filtered_by_kind_and_scope(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    at = run("Events")
+    assert at.dataframe[0].value["kind"].tolist() == ["retrain_requested", "drift_detected", "model_promoted"]
+    at.multiselect(key="event_kinds").set_value(["drift_detected", "model_promoted"]).run()
+    assert at.dataframe[0].value["kind"].tolist() == ["drift_detected", "model_promoted"]
+    at.text_input(key="event_scope").input("@dev-b").run()
+    events = at.dataframe[0].value
+    assert events["scope"].tolist() == ["voc_ppb@dev-b"]
+    assert events["metrics"].tolist() == ["rmse=19.5"]
+    at.text_input(key="event_scope").input("dev-z").run()
+    assert "No event matches the filter." in texts(at)
+
+
+def test_events_empty_state(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db", trained=False)
+    at = run("Events")
+    assert "No drift or model events yet" in texts(at)
+
+
+# -- queries -------------------------------------------------------------------------------------
+@pytest.fixture
+def conn(tmp_path: Path) -> Any:
+    fill(tmp_path / "edgeloop.db")
+    c = q.open_store(tmp_path / "edgeloop.db")
+    assert c is not None
+    yield c
+    c.close()
+
+
+def test_device_series_reads_the_newest_points_through_the_index(conn: sqlite3.Connection) -> None:
+    df = q.device_series(conn, TARGET, "dev-a", points=50, window=20)
+    assert len(df) == 50
+    assert df["ts"].is_monotonic_increasing and df["ts"].iloc[-1] == 1_610_000_000.0 + N - 1
+    assert df["rolling_rmse"].notna().all()  # the extra window rows fill the first points' window
+    plan = q.query_plan(conn, q.SERIES_SQL, (TARGET, "dev-a", 10))
+    assert "USING INDEX samples_scope_ts" in plan and "TEMP B-TREE" not in plan
+    assert "SCAN samples" in q.query_plan(conn, q.SERIES_SQL_NO_INDEX, (TARGET, "dev-a", 10))
+
+
+def test_event_queries_use_their_indexes(conn: sqlite3.Connection) -> None:
+    plan = q.query_plan(conn, q.DEVICE_EVENTS_SQL, (TARGET, f"{TARGET}@dev-a", 0.0, 1e12, 10))
+    assert "events_scope_ts" in plan
+    plan = q.query_plan(conn, "SELECT ts FROM events ORDER BY ts DESC LIMIT 5")
+    assert "events_ts" in plan
+
+
+def test_silence_uses_the_wall_clock_not_replayed_timestamps(conn: sqlite3.Connection) -> None:
+    # The readings are from 2021, yet only dev-c (status row 10 minutes old) is silent.
+    fleet = q.fleet(conn, TARGET, now=time.time(), silent_after=30)
+    assert fleet.set_index("device")["status"].to_dict() == {
+        "dev-a": "healthy",
+        "dev-b": "drifting",
+        "dev-c": "silent",
+    }
+
+
+def test_model_scopes_match_target_prefix_exactly(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    for scope in ("voc_ppb", "voc_ppb@dev-1", "voc_ppbx", "voc_ppb_2@dev-1", "temp_c"):
+        store.record_model_version(scope=scope, version=1, label=f"{scope}:v1", created=1.0)
+    assert q.model_scopes(store.conn, "voc_ppb") == ["voc_ppb", "voc_ppb@dev-1"]
+    assert q.model_versions(store.conn, "voc_ppb", scope="voc_ppb@dev-1")["label"].tolist() == [
+        "voc_ppb@dev-1:v1"
+    ]
+    store.close()
+
+
+def test_events_query_rejects_unknown_kinds(conn: sqlite3.Connection) -> None:
+    with pytest.raises(ValueError, match="unknown event kinds"):
+        q.events(conn, kinds=["nope"])
+    assert isinstance(q.events(conn, limit=1), pd.DataFrame)
+
+
+# -- launch --------------------------------------------------------------------------------------
+def test_dashboard_command_passes_config_after_double_dash(tmp_path: Path) -> None:
+    cmd = dashboard_command(tmp_path / "c.yaml", 9999, host="0.0.0.0", headless=False)
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--server.headless") + 1] == "false"
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+    assert cmd[cmd.index("--") + 1 :] == ["--config", str(tmp_path / "c.yaml")]
+    assert "--config" not in dashboard_command(None, 9999)
+
+
+def test_wait_ready_fails_fast_when_the_process_died() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    proc.wait()
+    with pytest.raises(RuntimeError, match="code 3"):
+        wait_ready("http://127.0.0.1:9", timeout=5, proc=proc)
+    with pytest.raises(TimeoutError):
+        wait_ready("http://127.0.0.1:9", timeout=0.2)
