@@ -210,24 +210,22 @@ VIEWS: dict[str, Callable[[Path, str, int], int]] = {
 }
 
 
-def _app_view(view: str) -> Callable[[Path, str, int], int]:
-    """The whole Streamlit script for one tab, server side (queries, pandas, Altair specs, Arrow
-    serialization), run by AppTest: what a refresh costs the server beyond the bare queries."""
-    from streamlit.testing.v1 import AppTest
+def charts(path: Path, device: str, points: int) -> int:
+    """The device tab's two Altair specs, built and validated as ``st.altair_chart`` needs them."""
+    from edgeloop.dashboard import app
 
-    from edgeloop.dashboard.launch import APP_PATH
-
-    def run(path: Path, device: str, points: int) -> int:
-        os.environ["EDGELOOP_DATA_DIR"] = str(path.parent)
-        at = AppTest.from_file(str(APP_PATH), default_timeout=60)
-        at.session_state["view"] = view
-        at.session_state["device"] = device
-        at.run()
-        if at.exception:
-            raise RuntimeError(at.exception[0].message)
-        return len(at.dataframe) + len(at.get("vega_lite_chart"))
-
-    return run
+    conn = q.open_store(path)
+    assert conn is not None
+    try:
+        series = q.device_series(conn, TARGET, device, points=points, window=100)
+        markers = q.device_events(
+            conn, TARGET, device, start_ts=series["ts"].iloc[0], end_ts=series["ts"].iloc[-1]
+        )
+    finally:
+        conn.close()
+    app.forecast_chart(series, markers, TARGET).to_dict()
+    app.rmse_chart(series, markers, 12.0, 21.0).to_dict()
+    return 2
 
 
 def _timed(
@@ -269,9 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--points", type=int, default=500, help="readings in the device chart")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument(
-        "--no-app", dest="app", action="store_false", help="skip timing the whole script with AppTest"
-    )
     args = parser.parse_args(argv)
 
     info = machine()
@@ -293,14 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             return sum(fn(p, d, n) for fn in VIEWS.values())
 
         results["full refresh (all 4 views)"] = _timed(full, path, device, args.points, args.reps)
-        if args.app:
-            import logging
-
-            logging.getLogger("streamlit").setLevel(logging.ERROR)  # AppTest's bare-mode warnings
-            for view in ("Fleet", "Device", "Models", "Events"):
-                results[f"app script, {view} tab (AppTest)"] = _timed(
-                    _app_view(view), path, device, args.points, max(3, args.reps // 4)
-                )
+        results["device charts (series + Altair specs)"] = _timed(
+            charts, path, device, args.points, args.reps
+        )
         results["device query, index"] = _timed(
             _raw_series(q.SERIES_SQL), path, device, args.points, args.reps
         )

@@ -161,10 +161,15 @@ class DriftSettings(_Section):
     relative_factor: float = Field(
         2.0, gt=1.0, description="relative: alarm when rolling RMSE > k x reference"
     )
-    ph_threshold: float = Field(100.0, gt=0, description="page-hinkley: alarm threshold on normalised errors")
+    ph_threshold: float = Field(150.0, gt=0, description="page-hinkley: alarm threshold on normalised errors")
     ph_delta: float = Field(0.5, ge=0, description="page-hinkley: tolerated drift of normalised errors")
     adwin_delta: float = Field(0.002, gt=0, lt=1, description="adwin: confidence parameter")
     warmup: int = Field(100, ge=0, description="Scored forecasts ignored after a model change")
+    calibration: int = Field(
+        1440,
+        ge=10,
+        description="Live errors whose RMSE sets a new model's error scale; cover one cycle (a day at 1/min)",
+    )
     min_gap: int = Field(500, ge=0, description="Samples between two alarms of one scope (hysteresis)")
     budget: int = Field(3, ge=1, description="At most this many retrains per scope per budget_window samples")
     budget_window: int = Field(10_000, ge=100, description="Samples over which the retrain budget applies")
@@ -308,7 +313,7 @@ def _override(settings: Settings, dotted: str, value: Any) -> Settings:
     """A copy of ``settings`` with one key replaced and validated (the environment is not read again)."""
     section, _, key = dotted.partition(".")
     if not key:
-        checked = TypeAdapter(Settings.model_fields[section].annotation).validate_python(value)
+        checked = TypeAdapter(Settings.model_fields[section].annotation).validate_python(value)  # type: ignore[arg-type]
         return settings.model_copy(update={section: checked})
     current = getattr(settings, section)
     replaced = type(current).model_validate({**current.model_dump(), key: value})

@@ -1,15 +1,21 @@
 """The real dashboard (``launch.run_dashboard``) over a filled store, driven in headless Chromium.
 
-Screenshots land in ``build/`` (dashboard-fleet.png, -device.png, -models.png, -events.png).
+Screenshots land in ``build/`` (dashboard-fleet.png, -device.png, -models.png, -events.png,
+-empty.png).
 ``filled_store`` writes realistic rows through the Store API; it can be swapped for a short
 ``edgeloop demo`` run that fills the same tables.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ DEVICES = [f"dev-{i:03d}" for i in range(1, 13)]
 N = 900  # readings per device, one a second, ending now
 WINDOW = 100
 THRESHOLD = 12.0
+ROW_PX = 35  # st.dataframe's header and row height
 
 pytestmark = [
     pytest.mark.e2e,
@@ -38,13 +45,23 @@ def _rmse(err: np.ndarray) -> float:
     return float(np.sqrt(np.mean(err**2)))
 
 
-def filled_store(path: Path) -> dict[str, object]:
+@dataclass
+class Facts:
+    """What ``filled_store`` wrote that the test expects to see."""
+
+    devices: list[str]
+    rmse: dict[str, float] = field(default_factory=dict)  # rolling RMSE per device, as in scope_status
+    versions: list[str] = field(default_factory=list)
+
+
+def filled_store(path: Path) -> Facts:
     """Fill a store at ``path`` as an edge would after 15 minutes of 12 VOC sensors; returns facts
     the test checks (devices, versions, a status and the RMSE figure shown for one device).
 
     Story: a fleet model (voc_ppb:v1, later v2) serves everyone after 400 readings; dev-003 drifts
-    at t-300 s, gets its own model voc_ppb@dev-003:v1 (on probation); dev-007's own model was rolled
-    back to the fleet's; dev-011 is retraining; dev-012 went silent 5 minutes ago.
+    at t-300 s, gets its own model voc_ppb@dev-003:v1 (on probation); dev-005 drifts now (a sensor
+    fault, a retrain requested); dev-007's own model was rolled back to the fleet's; dev-011 is
+    retraining; dev-012 went silent 5 minutes ago.
     """
     rng = np.random.default_rng(7)
     now = time.time()
@@ -52,7 +69,7 @@ def filled_store(path: Path) -> dict[str, object]:
     store = Store(path)
     samples: list[SampleRow] = []
     status: list[StatusRow] = []
-    facts: dict[str, object] = {"devices": DEVICES, "rmse": {}}
+    facts = Facts(devices=DEVICES)
     for i, dev in enumerate(DEVICES):
         n = N - 300 if dev == "dev-012" else N
         ts = t0 + np.arange(n, dtype=float)
@@ -86,7 +103,7 @@ def filled_store(path: Path) -> dict[str, object]:
         ]  # fmt: skip
         err = (value - forecast)[-WINDOW:]
         rmse = _rmse(err)
-        facts["rmse"][dev] = rmse  # type: ignore[index]
+        facts.rmse[dev] = rmse
         st = {
             "dev-003": "probation",
             "dev-007": "rolled_back",
@@ -138,10 +155,10 @@ def filled_store(path: Path) -> dict[str, object]:
             formulation=formulation, trigger="drift" if "@" in scope else "schedule", val_rmse=val,
             champion_rmse=champ, persistence_rmse=5.6, mean_rmse=21.0, window_start=created - 400,
             window_end=created - 5, n_samples=400 * (12 if "@" not in scope else 1), decision=decision,
-            reason=reason, mlflow_run_id=f"{version:02d}{abs(hash(scope)) % 10**8:08d}abcdef0123456789ab",
+            reason=reason, mlflow_run_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{scope}:v{version}").hex,
         )  # fmt: skip
     store.close()
-    facts["versions"] = [f"{s}:v{v}" for s, v, *_ in versions]
+    facts.versions = [f"{s}:v{v}" for s, v, *_ in versions]
     return facts
 
 
@@ -151,31 +168,51 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[tuple[str, dict[str, object]]]:
-    data = tmp_path / "data"
-    facts = filled_store(data / "edgeloop.db")
+@contextmanager
+def serving(tmp_path: Path, data: Path) -> Iterator[str]:
+    """The dashboard over the store in ``data``, started as a user would (a config file, a port)."""
     config = tmp_path / "edgeloop.yaml"
     config.write_text(f"site: lab-7\ndata_dir: {data}\n")
     port = _free_port()
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
     # The test's rows are written once; keep them "live" for the whole test.
     env["EDGELOOP_DASHBOARD_SILENT_AFTER"] = "120"
-    env["EDGELOOP_DASHBOARD_REFRESH"] = "2"
+    env["EDGELOOP_DASHBOARD_REFRESH"] = "1"
     proc = run_dashboard(config, port, env=env, log_file=tmp_path / "streamlit.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout=60, proc=proc)
-        yield url, facts
+        yield url
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=15)
-        except Exception:
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, Facts]]:
+    facts = filled_store(tmp_path / "data" / "edgeloop.db")
+    with serving(tmp_path, tmp_path / "data") as url:
+        yield url, facts
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            yield browser.new_page(viewport={"width": 1600, "height": 1000})
+        finally:
+            browser.close()
 
 
 def _float(text: str) -> float | None:
@@ -205,56 +242,77 @@ def snap(page: Any, name: str) -> None:
     page.set_viewport_size({"width": 1600, "height": 1000})
 
 
-def test_dashboard_in_chromium(dashboard: tuple[str, dict[str, object]]) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_dashboard_in_chromium(dashboard: tuple[str, Facts]) -> None:
+    from playwright.sync_api import expect
 
     url, facts = dashboard
     BUILD.mkdir(exist_ok=True)
-    rmse = facts["rmse"]["dev-003"]  # type: ignore[index]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(url)
-            expect(page.get_by_text("edgeloop · lab-7")).to_be_visible(timeout=30_000)
-            # The fleet: summary metrics and the table (a canvas grid with an accessible DOM copy).
-            grid = page.get_by_test_id("stDataFrame")
-            expect(grid).to_be_visible(timeout=30_000)
-            expect(page.get_by_test_id("stMetric").filter(has_text="Devices")).to_contain_text("12")
-            for dev in ("dev-001", "dev-003", "dev-012"):
-                expect(cell(grid, dev)).to_be_attached()
-            expect(cell(grid, "silent")).to_be_attached()
-            expect(cell(grid, "on probation")).to_be_attached()
-            expect(cell(grid, "voc_ppb@dev-003:v1")).to_be_attached()
-            # The ARIA copy holds raw values (the canvas shows them rounded): find dev-011's RMSE.
-            shown = [_float(t) for t in grid.locator("td[role=gridcell]").all_inner_texts()]
-            assert any(abs(x - facts["rmse"]["dev-011"]) < 1e-9 for x in shown if x is not None)  # type: ignore[index]
-            snap(page, "dashboard-fleet.png")
+    with chromium() as page:
+        page.goto(url)
+        expect(page.get_by_text("edgeloop · lab-7")).to_be_visible(timeout=30_000)
+        # The fleet: summary metrics and the table (a canvas grid with an accessible DOM copy).
+        grid = page.get_by_test_id("stDataFrame")
+        expect(grid).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stMetric").filter(has_text="Devices")).to_contain_text("12")
+        for dev in ("dev-001", "dev-003", "dev-012"):
+            expect(cell(grid, dev)).to_be_attached()
+        expect(cell(grid, "silent")).to_be_attached()
+        expect(cell(grid, "on probation")).to_be_attached()
+        expect(cell(grid, "voc_ppb@dev-003:v1")).to_be_attached()
+        # The ARIA copy holds raw values (the canvas shows them rounded): find dev-011's RMSE.
+        shown = [_float(t) for t in grid.locator("td[role=gridcell]").all_inner_texts()]
+        assert any(abs(x - facts.rmse["dev-011"]) < 1e-9 for x in shown if x is not None)
+        snap(page, "dashboard-fleet.png")
 
-            # The device view, opened by URL as a bookmark would.
-            page.goto(f"{url}/?view=Device&device=dev-003")
-            rolling = page.get_by_test_id("stMetric").filter(has_text="Rolling RMSE")
-            expect(rolling).to_contain_text(f"{rmse:.2f}", timeout=30_000)
-            expect(page.get_by_text("serving voc_ppb@dev-003:v1")).to_be_visible()
-            expect(page.get_by_text("on probation").first).to_be_visible()
-            expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
-            snap(page, "dashboard-device.png")
+        # Selecting a row opens that device's view.
+        row = int(cell(grid, "dev-005").get_attribute("data-testid").rsplit("-", 1)[1])
+        box = grid.bounding_box()
+        page.mouse.click(box["x"] + 15, box["y"] + ROW_PX * (row + 1) + ROW_PX / 2)
+        expect(page.get_by_role("tab", name="Device", selected=True)).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("serving voc_ppb:v2")).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stMetric").filter(has_text="Rolling RMSE")).to_contain_text(
+            f"{facts.rmse['dev-005']:.2f}"
+        )
 
-            page.goto(f"{url}/?view=Models")
-            grid = page.get_by_test_id("stDataFrame")
-            expect(grid).to_be_visible(timeout=30_000)
-            for label in facts["versions"]:  # type: ignore[attr-defined]
-                expect(cell(grid, label)).to_be_attached()
-            snap(page, "dashboard-models.png")
+        # The device view, opened by URL as a bookmark would.
+        page.goto(f"{url}/?view=Device&device=dev-003")
+        rolling = page.get_by_test_id("stMetric").filter(has_text="Rolling RMSE")
+        expect(rolling).to_contain_text(f"{facts.rmse['dev-003']:.2f}", timeout=30_000)
+        expect(page.get_by_text("serving voc_ppb@dev-003:v1")).to_be_visible()
+        expect(page.get_by_text("on probation").first).to_be_visible()
+        expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
+        snap(page, "dashboard-device.png")
 
-            page.goto(f"{url}/?view=Events")
-            grid = page.get_by_test_id("stDataFrame")
-            expect(grid).to_be_visible(timeout=30_000)
-            expect(cell(grid, "model_rolled_back")).to_be_attached()
-            snap(page, "dashboard-events.png")
-        finally:
-            browser.close()
+        page.goto(f"{url}/?view=Models")
+        grid = page.get_by_test_id("stDataFrame")
+        expect(grid).to_be_visible(timeout=30_000)
+        for label in facts.versions:
+            expect(cell(grid, label)).to_be_attached()
+        links = grid.locator("td[role=gridcell]", has_text="/#/runs/")
+        expect(links.first).to_contain_text("http://127.0.0.1:5000/#/runs/")
+        snap(page, "dashboard-models.png")
+
+        page.goto(f"{url}/?view=Events")
+        grid = page.get_by_test_id("stDataFrame")
+        expect(grid).to_be_visible(timeout=30_000)
+        expect(cell(grid, "model_rolled_back")).to_be_attached()
+        snap(page, "dashboard-events.png")
+
+
+def test_empty_dashboard_fills_itself_when_data_arrives(tmp_path: Path) -> None:
+    """No store yet: the page explains what to start; once an edge writes, it shows the fleet without
+    a reload (the views refresh themselves)."""
+    from playwright.sync_api import expect
+
+    data = tmp_path / "data"
+    with serving(tmp_path, data) as url, chromium() as page:
+        page.goto(url)
+        hint = page.get_by_text("No data yet: is a publisher running on mqtt://127.0.0.1:1883")
+        expect(hint).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("topic edgeloop/lab-7/+/telemetry?")).to_be_visible()
+        snap(page, "dashboard-empty.png")
+        facts = filled_store(data / "edgeloop.db")
+        grid = page.get_by_test_id("stDataFrame")
+        expect(grid).to_be_visible(timeout=30_000)
+        expect(cell(grid, facts.devices[0])).to_be_attached()
+        expect(hint).to_have_count(0)

@@ -59,7 +59,7 @@ def site(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_settings(mosquitto: MosquittoBroker, tmp_path: Path, site: str) -> Callable[..., Settings]:
-    """Settings for an edge on the private broker, with a fresh data dir; keyword overrides are dotted keys."""
+    """Settings for an edge on the private broker and a fresh data dir; overrides are dotted keys."""
 
     def build(**overrides: Any) -> Settings:
         base = {
@@ -90,3 +90,38 @@ def run_edge() -> Iterator[Callable[[Settings], EdgeService]]:
     yield start
     for edge in started:
         edge.stop()
+
+
+class SimStream:
+    """Publishes a simulator's readings over MQTT, step by step, when asked."""
+
+    def __init__(self, broker: MosquittoBroker, site: str, simulator: Any) -> None:
+        self.simulator = simulator
+        self.site = site
+        self.session = MqttSession(broker.settings(), role="sim-stream")
+        self.session.start()
+        self.step = 0
+
+    def publish(self, steps: int, *, pause_every: int = 200, pause: float = 0.05) -> None:
+        for _ in range(steps):
+            for payload in self.simulator.step():
+                self.session.publish(
+                    f"edgeloop/{self.site}/{payload['device']}/telemetry", orjson.dumps(payload), qos=1
+                )
+            self.step += 1
+            if self.step % pause_every == 0:
+                time.sleep(pause)  # a steady stream, not one burst the broker must queue
+
+    def publish_in_step(self, steps: int, edge: Any, chunk: int = 50) -> None:
+        """Publish ``steps`` steps in chunks, each time waiting until ``edge`` processed everything."""
+        devices = len(self.simulator.devices)
+        for _ in range(0, steps, chunk):
+            self.publish(chunk)
+            wait_until(lambda: edge.stats.processed >= devices * self.step, 60, "the edge to catch up")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def events_of(collector: Collector, kind: str, scope: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in collector.payloads() if e["kind"] == kind and (scope is None or e["scope"] == scope)]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from tests.integration.conftest import Collector, wait_until
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
 from edgeloop.config import Settings
 from edgeloop.service.edge import EdgeService
-from tests.integration.conftest import Collector, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,17 @@ def test_invalid_config_is_reported_not_raised(data_dir: Path, monkeypatch: pyte
     at = AppTest.from_file(str(APP_PATH), default_timeout=30).run()
     assert not at.exception
     assert "drift.policy" in at.error[0].value
+    monkeypatch.delenv("EDGELOOP_DRIFT_POLICY")
+    monkeypatch.setenv("EDGELOOP_DASHBOARD_REFRESH", "soon")
+    at = AppTest.from_file(str(APP_PATH), default_timeout=30).run()
+    assert "EDGELOOP_DASHBOARD_REFRESH='soon' is not a valid float" in at.error[0].value
+
+
+def test_unreadable_store_is_reported_not_raised(data_dir: Path) -> None:
+    (data_dir / "edgeloop.db").write_bytes(b"this is not a database" * 100)
+    for view in ("Fleet", "Device", "Models", "Events"):
+        at = run(view)
+        assert "Cannot read the store" in at.error[0].value
 
 
 # -- device --------------------------------------------------------------------------------------
@@ -293,6 +305,35 @@ def test_silence_uses_the_wall_clock_not_replayed_timestamps(conn: sqlite3.Conne
     }
 
 
+def test_a_fleet_that_stopped_publishing_turns_silent_while_the_edge_runs(tmp_path: Path) -> None:
+    # The edge rewrites every status row each second (fresh ``updated``) even when no reading
+    # arrives; only the unchanged reading counts show that every publisher stopped.
+    fill(tmp_path / "edgeloop.db")
+    with closing(sqlite3.connect(tmp_path / "edgeloop.db")) as writer, writer:
+        writer.execute("UPDATE scope_status SET updated = ?", (time.time(),))
+    store = Store(tmp_path / "edgeloop.db", readonly=True)
+    conn = store.conn
+    clock = q.SilenceClock()
+    now = time.time()
+    assert "silent" not in q.fleet(conn, TARGET, now=now, silent_after=30, clock=clock)["status"].tolist()
+    later = q.fleet(conn, TARGET, now=now + 31, silent_after=30, clock=clock)
+    assert later["status"].tolist() == ["silent"] * 3
+    assert later["age_s"].min() == pytest.approx(31, abs=1)
+    store.close()
+
+
+def test_policies_without_an_rmse_threshold_say_so(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    with closing(sqlite3.connect(data_dir / "edgeloop.db")) as c, c:
+        c.execute("UPDATE scope_status SET threshold = NULL")
+    at = run("Fleet")
+    assert at.dataframe[0].value["rmse_ratio"].isna().all()
+    assert "Drift policy page-hinkley has no fixed RMSE threshold" in texts(at)
+    at = run("Device", device="dev-a")
+    assert metrics(at)["Drift threshold"] == "—"
+    assert len(at.get("vega_lite_chart")) == 2
+
+
 def test_model_scopes_match_target_prefix_exactly(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     for scope in ("voc_ppb", "voc_ppb@dev-1", "voc_ppbx", "voc_ppb_2@dev-1", "temp_c"):
@@ -304,10 +345,34 @@ def test_model_scopes_match_target_prefix_exactly(tmp_path: Path) -> None:
     store.close()
 
 
+def test_null_scores_are_nan_not_errors(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.record_model_version(
+        scope="voc_ppb", version=1, label="voc_ppb:v1", created=1.0, decision="champion"
+    )
+    df = q.model_versions(store.conn, "voc_ppb")
+    assert df["gain"].isna().all() and df["val_rmse"].isna().all()
+    assert q.model_versions(store.conn, "temp_c").empty
+    store.close()
+
+
 def test_events_query_rejects_unknown_kinds(conn: sqlite3.Connection) -> None:
     with pytest.raises(ValueError, match="unknown event kinds"):
         q.events(conn, kinds=["nope"])
     assert isinstance(q.events(conn, limit=1), pd.DataFrame)
+
+
+def test_options_flags_beat_environment_beat_settings() -> None:
+    from edgeloop.config import Settings
+    from edgeloop.dashboard.app import parse_options
+
+    settings = Settings(edge={"status_interval": 2.5})
+    opts = parse_options([], {}, settings)
+    assert (opts.refresh, opts.silent_after, opts.points) == (5.0, 30.0, 500)  # refresh: 2 status intervals
+    env = {"EDGELOOP_DASHBOARD_REFRESH": "3", "EDGELOOP_DASHBOARD_MLFLOW_URL": "http://m:1"}
+    opts = parse_options(["--refresh", "7", "--co"], env, settings)  # "--co" is not "--config"
+    assert (opts.refresh, opts.mlflow_url, opts.config) == (7.0, "http://m:1", None)
+    assert parse_options(["--config", "x.yaml"], {}).config == Path("x.yaml")
 
 
 # -- launch --------------------------------------------------------------------------------------

@@ -386,3 +386,16 @@ def test_guard_invariants(
     # The first detector alarm after warm-up always passes: the guard delays, it does not go deaf.
     first = next((i for i in range(warmup, len(alarms)) if alarms[i]), None)
     assert (passed[0] if passed else None) == first
+
+
+def test_a_long_calibration_takes_the_scale_of_a_whole_cycle() -> None:
+    """Errors that swing with a cycle (calm nights, busy days) must not alarm at every sunrise."""
+    rng = np.random.default_rng(11)
+    day = np.where((np.arange(1440) // 720) == 0, 0.5, 1.5)  # half a cycle calm, half busy
+    errors = np.concatenate([rng.normal(0, 1, 1440) * day for _ in range(10)])
+    short = PageHinkley(threshold=150, delta=0.5, window=100)
+    long = PageHinkley(threshold=150, delta=0.5, window=100, calibration=1440)
+    short_alarms = sum(short.update(e) for e in errors)
+    long_alarms = sum(long.update(e) for e in errors)
+    print(f"\ncyclic errors: {short_alarms} alarms calibrated on one window, {long_alarms} on a whole cycle")
+    assert long_alarms <= 1 and short_alarms >= 5

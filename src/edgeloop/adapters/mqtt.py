@@ -17,6 +17,7 @@ reconnects in lock-step. :class:`MqttSession` draws each wait from [d/2, d] of t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -101,9 +102,13 @@ def jittered_backoff(attempt: int, cap: float, base: float = RECONNECT_MIN_DELAY
     return random.uniform(delay / 2, delay)
 
 
-def default_client_id(role: str) -> str:
-    """``edgeloop-<role>-<host>-<pid>`` restricted to characters every broker accepts."""
-    raw = f"edgeloop-{role}-{socket.gethostname()}-{os.getpid()}"
+def default_client_id(role: str, *, stable: bool = False) -> str:
+    """``edgeloop-<role>-<host>-<pid>`` restricted to characters every broker accepts.
+
+    ``stable`` leaves out the pid: a service with a persistent session must come back under the same
+    id after a restart, or the broker keeps an orphaned session queueing its share of the stream.
+    """
+    raw = f"edgeloop-{role}-{socket.gethostname()}" + ("" if stable else f"-{os.getpid()}")
     return re.sub(r"[^A-Za-z0-9_-]", "-", raw)
 
 
@@ -358,11 +363,10 @@ class MqttSession:
         self._closing = True
         last = self._last_publish
         if last is not None and self.connected:
-            try:
-                # paho sends in order, so once the last publish is out, every earlier one is too.
+            # paho sends in order, so once the last publish is out, every earlier one is too. Not queued
+            # (disconnected meanwhile): nothing to wait for.
+            with contextlib.suppress(RuntimeError, ValueError):
                 last.wait_for_publish(drain_timeout)
-            except (RuntimeError, ValueError):  # not queued (disconnected meanwhile): nothing to wait for
-                pass
         self.client.disconnect()
         self.client.loop_stop()
         self._connected.clear()

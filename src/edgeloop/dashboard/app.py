@@ -17,6 +17,7 @@ have no key in :class:`Settings`, so they are environment variables (or flags af
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import sys
@@ -80,8 +81,8 @@ SERIES_COLORS = {"actual": "#1f2937", "predicted": "#4e79a7"}
 RMSE_COLORS = {"model": "#4e79a7", "persistence": "#b0b7c3"}
 FLEET_COLUMNS = ("device", "status", "model", "rmse", "threshold", "rmse_ratio", "rate", "last_seen", "age_s")
 MODEL_COLUMNS = (
-    "label", "decision", "val_rmse", "champion_rmse", "gain", "reason", "window", "mlflow", "persistence_rmse",
-    "mean_rmse", "n_samples", "formulation", "trigger", "created",
+    "label", "decision", "val_rmse", "champion_rmse", "gain", "reason", "window", "mlflow",
+    "persistence_rmse", "mean_rmse", "n_samples", "formulation", "trigger", "created",
 )  # fmt: skip
 UTC_FORMAT = "YYYY-MM-DD HH:mm:ss"
 
@@ -100,7 +101,9 @@ class Options:
 def parse_options(
     argv: Sequence[str], environ: Mapping[str, str], settings: Settings | None = None
 ) -> Options:
-    """Flags after ``--`` win over ``EDGELOOP_DASHBOARD_*`` variables, which win over defaults."""
+    """Flags after ``--`` win over ``EDGELOOP_DASHBOARD_*`` variables, which win over defaults.
+
+    Raises :class:`ConfigError` for a variable that does not parse."""
     # allow_abbrev=False: under AppTest argv is pytest's, and "--co" must not be taken for "--config".
     parser = argparse.ArgumentParser(prog="edgeloop-dashboard", allow_abbrev=False, add_help=False)
     parser.add_argument("--config", type=Path, default=None)
@@ -115,7 +118,10 @@ def parse_options(
         if flag is not None:
             return flag
         raw = environ.get(env)
-        return cast(raw) if raw else default
+        try:
+            return cast(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not a valid {cast.__name__}") from None
 
     return Options(
         config=args.config,
@@ -163,7 +169,7 @@ def no_data(ctx: Context) -> None:
         f"**No data yet: is a publisher running on {ctx.settings.broker.url} topic {filters}?**\n\n"
         f"The dashboard reads `{ctx.settings.store_path}`, which the edge service fills "
         f"(`edgeloop edge` or `edgeloop demo`). This page refreshes by itself.",
-        icon="📭",
+        icon=":material/inbox:",
     )
 
 
@@ -173,11 +179,24 @@ def no_model(ctx: Context, device: str | None = None, count: int | None = None) 
     st.info(
         f"**No model yet: training starts after {n} samples**{have}. Until then the edge forecasts "
         f"each reading with the previous one (persistence).",
-        icon="⏳",
+        icon=":material/hourglass_empty:",
     )
 
 
 # -- fleet ---------------------------------------------------------------------------------------
+def fleet_of(conn: sqlite3.Connection, ctx: Context) -> pd.DataFrame:
+    """The fleet table, with silence judged by this session's memory of each device's reading count."""
+    clock = st.session_state.setdefault("_silence_clock", q.SilenceClock())
+    return q.fleet(conn, ctx.target, now=time.time(), silent_after=ctx.options.silent_after, clock=clock)
+
+
+def no_threshold_note(ctx: Context) -> str:
+    return (
+        f"Drift policy {ctx.settings.drift.policy} has no fixed RMSE threshold: it alarms on a sustained "
+        "rise of the normalised forecast error."
+    )
+
+
 def open_selected_device() -> None:
     """Fleet row clicked: show that device. Runs as a callback, before the rerun, so it may set the
     state of widgets (tabs, device picker) that the rerun then creates."""
@@ -203,11 +222,7 @@ def fleet_view(ctx: Context) -> None:
     if st.session_state.pop("_jump", False):
         st.rerun()  # the whole app, so the tabs switch to the device view
     with store(ctx.settings) as conn:
-        df = (
-            pd.DataFrame()
-            if conn is None
-            else q.fleet(conn, ctx.target, now=time.time(), silent_after=ctx.options.silent_after)
-        )
+        df = pd.DataFrame() if conn is None else fleet_of(conn, ctx)
     if df.empty:
         no_data(ctx)
         refreshed_caption(ctx)
@@ -222,7 +237,7 @@ def fleet_view(ctx: Context) -> None:
         summary.silent,
         border=True,
         icon=":material/sensors_off:",
-        help=f"No update for {ctx.options.silent_after:g} s",
+        help=f"No reading for {ctx.options.silent_after:g} s",
     )
     cols[4].metric(
         "Need attention",
@@ -260,6 +275,7 @@ def fleet_view(ctx: Context) -> None:
     st.dataframe(
         styled(shown, "status", STATUS_LOOK),
         hide_index=True,
+        placeholder="—",
         height=min(38 + 35 * len(shown), 640),
         column_order=FLEET_COLUMNS,
         column_config={
@@ -280,16 +296,19 @@ def fleet_view(ctx: Context) -> None:
             "rate": st.column_config.NumberColumn("Msgs/s", format="%.1f"),
             "last_seen": st.column_config.DatetimeColumn("Last reading (UTC)", format=UTC_FORMAT),
             "age_s": st.column_config.NumberColumn(
-                "Seen (s ago)", format="%.0f", help="Seconds since the edge last updated this device"
+                "Seen (s ago)",
+                format="%.0f",
+                help="Seconds since this device's last reading reached the edge",
             ),
         },
         key="fleet_table",
         on_select=open_selected_device,
         selection_mode="single-row",
     )
+    note = f" · {no_threshold_note(ctx)}" if shown["threshold"].isna().all() else ""
     st.caption(
-        f"{len(shown)} of {len(df)} devices · select a row to open its device view · silent: no update "
-        f"for {ctx.options.silent_after:g} s"
+        f"{len(shown)} of {len(df)} devices · select a row to open its device view · silent: no reading "
+        f"for {ctx.options.silent_after:g} s{note}"
     )
     refreshed_caption(ctx)
 
@@ -437,11 +456,7 @@ def rmse_chart(
 
 def device_view(ctx: Context) -> None:
     with store(ctx.settings) as conn:
-        fleet = (
-            pd.DataFrame()
-            if conn is None
-            else q.fleet(conn, ctx.target, now=time.time(), silent_after=ctx.options.silent_after)
-        )
+        fleet = pd.DataFrame() if conn is None else fleet_of(conn, ctx)
         if conn is None or fleet.empty:
             no_data(ctx)
             refreshed_caption(ctx)
@@ -479,7 +494,7 @@ def device_view(ctx: Context) -> None:
         f"#### {device} · :{look.md}[{look.icon} {look.label}]\n"
         f":material/model_training: serving **{row['model'] or '—'}** · {rate} · "
         f"{count if count is not None else 0:,} readings · "
-        f"last reading {row['last_seen']:%Y-%m-%d %H:%M:%S} UTC"
+        f"last reading {_when(row['last_seen'])}"
     )
     ratio = row["rmse_ratio"]
     cols = st.columns(4)
@@ -496,7 +511,9 @@ def device_view(ctx: Context) -> None:
         "Drift threshold",
         _num(row["threshold"]),
         border=True,
-        help=f"Drift policy {ctx.settings.drift.policy}",
+        help=f"Drift policy {ctx.settings.drift.policy}"
+        if pd.notna(row["threshold"])
+        else no_threshold_note(ctx),
     )
     cols[2].metric(
         "Persistence RMSE",
@@ -529,8 +546,12 @@ def device_view(ctx: Context) -> None:
     if recent.empty:
         st.caption("No drift or model events for this device yet.")
     else:
-        st.dataframe(event_table(recent), hide_index=True, column_config=_event_columns())
+        st.dataframe(event_table(recent), hide_index=True, placeholder="—", column_config=_event_columns())
     refreshed_caption(ctx)
+
+
+def _when(value: Any) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC" if value is not None and pd.notna(value) else "—"
 
 
 def _num(value: Any) -> str:
@@ -576,6 +597,7 @@ def models_view(ctx: Context) -> None:
     st.dataframe(
         styled(table, "decision", DECISION_LOOK),
         hide_index=True,
+        placeholder="—",
         height=min(38 + 35 * len(table), 640),
         column_order=MODEL_COLUMNS,
         column_config={
@@ -658,6 +680,7 @@ def events_view(ctx: Context) -> None:
         st.dataframe(
             event_table(df),
             hide_index=True,
+            placeholder="—",
             height=min(38 + 35 * len(df), 640),
             column_config=_event_columns(),
         )
@@ -665,21 +688,37 @@ def events_view(ctx: Context) -> None:
     refreshed_caption(ctx)
 
 
+def guarded(view: Callable[[Context], None]) -> Callable[[Context], None]:
+    """The view, reporting a store it cannot read instead of raising; the next refresh retries."""
+
+    @functools.wraps(view)
+    def run(ctx: Context) -> None:
+        try:
+            view(ctx)
+        except sqlite3.Error as exc:
+            st.error(f"Cannot read the store `{ctx.settings.store_path}`: {exc}", icon=":material/error:")
+            refreshed_caption(ctx)
+
+    return run
+
+
 # -- page ----------------------------------------------------------------------------------------
 def main() -> None:
     st.set_page_config(page_title="edgeloop", page_icon=":material/sensors:", layout="wide")
-    first = parse_options(sys.argv[1:], os.environ)
     try:
-        settings = load_settings(first.config)
+        settings = load_settings(parse_options(sys.argv[1:], os.environ).config)
+        options = parse_options(sys.argv[1:], os.environ, settings)
     except ConfigError as exc:
         st.error(f"**Invalid configuration**\n\n```\n{exc}\n```")
         st.stop()
-    options = parse_options(sys.argv[1:], os.environ, settings)
 
     with st.sidebar:
         st.header(":material/sensors: edgeloop")
-        with store(settings, quiet=True) as conn:
-            known = q.targets(conn) if conn is not None else []
+        try:
+            with store(settings, quiet=True) as conn:
+                known = q.targets(conn) if conn is not None else []
+        except sqlite3.Error:
+            known = []  # the open view reports it
         choices = list(dict.fromkeys([*settings.model.targets, *known]))
         target = st.selectbox("Target", choices, key="target", bind="query-params") or choices[0]
         live = st.toggle("Live refresh", value=True, key="live", help=f"every {options.refresh:g} s")
@@ -699,7 +738,9 @@ def main() -> None:
         with tab:
             # Only the open tab runs its queries; it then refreshes alone, as a fragment.
             if tab.open:
-                st.fragment(view, run_every=run_every)(ctx)
+                st.fragment(guarded(view), run_every=run_every)(ctx)
 
 
-main()
+# Streamlit runs this file as __main__; importing it (benchmarks, tools) only defines the views.
+if __name__ == "__main__":
+    main()

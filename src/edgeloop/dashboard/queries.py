@@ -58,7 +58,7 @@ STATUS_SEVERITY = {
 }
 
 FLEET_SQL = (
-    "SELECT device, last_seen, rate, rmse, threshold, model, status, updated FROM scope_status"
+    "SELECT device, last_seen, count, rate, rmse, threshold, model, status, updated FROM scope_status"
     " WHERE target = ?"
 )
 DEVICE_STATUS_SQL = (
@@ -131,6 +131,25 @@ def open_store(path: Path | str) -> sqlite3.Connection | None:
     return connect(path, readonly=True)
 
 
+_TEXT_COLUMNS = frozenset(
+    {"device", "target", "model", "status", "kind", "scope", "reason", "version", "previous_version",
+     "metrics", "label", "formulation", "trigger", "decision", "mlflow_run_id"}
+)  # fmt: skip
+
+
+def _frame(conn: sqlite3.Connection, sql: str, params: Any = ()) -> pd.DataFrame:
+    """Rows of ``sql`` as a DataFrame (without pandas' SQL layer: less overhead, sqlite3 errors).
+
+    Every non-text column is float, so a column of NULLs is NaN, not ``None`` objects.
+    """
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    df = pd.DataFrame(cur.fetchall(), columns=names)
+    numeric = [n for n in names if n not in _TEXT_COLUMNS]
+    df[numeric] = df[numeric].astype("float64")
+    return df
+
+
 def _to_time(seconds: pd.Series) -> pd.Series:
     # Naive datetimes that are UTC (columns say so): tz-aware ones make pyarrow warn under pandas 3.
     return pd.to_datetime(seconds, unit="s")
@@ -147,25 +166,72 @@ def has_samples(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT EXISTS (SELECT 1 FROM samples)").fetchone()[0] == 1
 
 
-def fleet(conn: sqlite3.Connection, target: str, *, now: float, silent_after: float) -> pd.DataFrame:
+class SilenceClock:
+    """Wall-clock seconds since each device's reading count last changed, as this dashboard saw it.
+
+    The edge rewrites every device's status row each second, even for a device that stopped
+    talking, so ``updated`` alone only reveals a stopped edge; this catches a publisher that stopped
+    while the edge runs. It remembers one count per device, for one browser session.
+
+    >>> clock = SilenceClock()
+    >>> clock.idle("t", ["a", "b"], [5, 7], now=100.0)
+    [0.0, 0.0]
+    >>> clock.idle("t", ["a", "b"], [5, 9], now=130.0)
+    [30.0, 0.0]
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[int | None, float]] = {}
+
+    def idle(self, target: str, devices: list[str], counts: list[Any], now: float) -> list[float]:
+        out = []
+        for device, count in zip(devices, counts, strict=True):
+            key = (target, device)
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != count:
+                self._seen[key] = (count, now)
+                out.append(0.0)
+            else:
+                out.append(max(now - seen[1], 0.0))
+        return out
+
+
+def fleet(
+    conn: sqlite3.Connection,
+    target: str,
+    *,
+    now: float,
+    silent_after: float,
+    clock: SilenceClock | None = None,
+) -> pd.DataFrame:
     """One row per device of ``target``, the most urgent first, with the derived ``silent`` status.
 
-    A device is silent when its status row has not been refreshed for ``silent_after`` wall-clock
-    seconds (``updated``: the edge or the device stopped), or when its newest reading lags the
-    fleet's newest reading by that much (``last_seen`` is message time, which may be replayed or
-    simulated, so it is only ever compared with other message times). ``age_s`` is the larger lag.
+    ``age_s`` is the longest of three lags, and a device is silent when it exceeds ``silent_after``:
+
+    - wall clock since its status row was written (``updated``): the edge stopped;
+    - message time between the fleet's newest reading and the device's (``last_seen``): this device
+      stopped while others talk. Message time may be replayed or simulated, so it is only ever
+      compared with other message times, never with the wall clock;
+    - wall clock since its reading count last moved, if a ``clock`` remembers earlier refreshes:
+      every publisher stopped while the edge runs.
     """
-    df = pd.read_sql_query(FLEET_SQL, conn, params=(target,))
+    df = _frame(conn, FLEET_SQL, (target,))
     if df.empty:
         return df.assign(age_s=pd.Series(dtype=float), rmse_ratio=pd.Series(dtype=float))
-    wall_lag = (now - df["updated"]).clip(lower=0)
-    data_lag = (df["last_seen"].max() - df["last_seen"]).clip(lower=0)
-    df["age_s"] = pd.concat([wall_lag, data_lag], axis=1).max(axis=1)
+    lags = [
+        (now - df["updated"]).clip(lower=0),
+        (df["last_seen"].max() - df["last_seen"]).clip(lower=0),
+    ]
+    if clock is not None:
+        lags.append(
+            pd.Series(clock.idle(target, df["device"].tolist(), df["count"].tolist(), now), index=df.index)
+        )
+    df["age_s"] = pd.concat(lags, axis=1).max(axis=1)
     df["status"] = df["status"].where(df["age_s"] <= silent_after, "silent").fillna("healthy")
     df["rmse_ratio"] = df["rmse"] / df["threshold"].where(df["threshold"] > 0)
     df["last_seen"] = _to_time(df["last_seen"])
     df["severity"] = df["status"].map(STATUS_SEVERITY).fillna(len(STATUS_SEVERITY))
-    df = df.sort_values(["severity", "device"], kind="stable").drop(columns=["severity", "updated"])
+    df = df.sort_values(["severity", "device"], kind="stable").drop(columns=["severity", "updated", "count"])
     return df.reset_index(drop=True)
 
 
@@ -261,10 +327,8 @@ def device_events(
 
     These are the chart's markers; ``marker`` groups the kinds (drift, retrain, promotion, ...).
     """
-    df = pd.read_sql_query(
-        DEVICE_EVENTS_SQL,
-        conn,
-        params=(scope_name(target, device), scope_name(target), start_ts, end_ts, limit),
+    df = _frame(
+        conn, DEVICE_EVENTS_SQL, (scope_name(target, device), scope_name(target), start_ts, end_ts, limit)
     )
     df["marker"] = df["kind"].map(MARKER_KINDS)
     df.insert(1, "time", _to_time(df["ts"]))
@@ -275,9 +339,7 @@ def recent_device_events(
     conn: sqlite3.Connection, target: str, device: str, *, limit: int = 20
 ) -> pd.DataFrame:
     """The newest events of the device's scope and the fleet scope, newest first, at any time."""
-    df = pd.read_sql_query(
-        RECENT_DEVICE_EVENTS_SQL, conn, params=(scope_name(target, device), scope_name(target), limit)
-    )
+    df = _frame(conn, RECENT_DEVICE_EVENTS_SQL, (scope_name(target, device), scope_name(target), limit))
     return _event_frame(df)
 
 
@@ -311,10 +373,10 @@ def model_versions(
         clause, args = "scope = ?", (scope,)
     else:
         clause, args = _target_scope_clause(target)
-    df = pd.read_sql_query(
-        f"SELECT {MODEL_COLUMNS} FROM model_versions WHERE {clause} ORDER BY created DESC LIMIT ?",
+    df = _frame(
         conn,
-        params=(*args, limit),
+        f"SELECT {MODEL_COLUMNS} FROM model_versions WHERE {clause} ORDER BY created DESC LIMIT ?",
+        (*args, limit),
     )
     df["gain"] = (df["champion_rmse"] - df["val_rmse"]) / df["champion_rmse"].where(df["champion_rmse"] > 0)
     for col in ("created", "window_start", "window_end"):
@@ -379,7 +441,7 @@ def events(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY ts DESC LIMIT ?"
     args.append(limit)
-    return _event_frame(pd.read_sql_query(sql, conn, params=args))
+    return _event_frame(_frame(conn, sql, args))
 
 
 # -- diagnostics ---------------------------------------------------------------------------------

@@ -39,7 +39,10 @@ def make_detector(settings: DriftSettings, reference_rmse: float | None = None) 
         )
     if policy == "relative":
         return RelativeRmse(
-            factor=settings.relative_factor, window=settings.window, reference_rmse=reference_rmse
+            factor=settings.relative_factor,
+            window=settings.window,
+            reference_rmse=reference_rmse,
+            calibration=settings.calibration,
         )
     if policy == "page-hinkley":
         return PageHinkley(
@@ -47,9 +50,15 @@ def make_detector(settings: DriftSettings, reference_rmse: float | None = None) 
             delta=settings.ph_delta,
             window=settings.window,
             reference_rmse=reference_rmse,
+            calibration=settings.calibration,
         )
     if policy == "adwin":
-        return Adwin(delta=settings.adwin_delta, window=settings.window, reference_rmse=reference_rmse)
+        return Adwin(
+            delta=settings.adwin_delta,
+            window=settings.window,
+            reference_rmse=reference_rmse,
+            calibration=settings.calibration,
+        )
     raise ConfigError(f"drift.policy: unknown policy {policy!r}")
 
 

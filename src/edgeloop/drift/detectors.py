@@ -250,14 +250,33 @@ class _Calibrating(_Windowed):
 
     _cap: float | None = None
 
+    def __init__(
+        self, window: int, reference_rmse: float | None = None, calibration: int | None = None
+    ) -> None:
+        # Errors whose RMSE becomes the reference; longer than the window when errors swing with a
+        # cycle (day and night): a calm hour must not set the scale for a busy day.
+        self.calibration = max(int(calibration or window), window)
+        super().__init__(window, reference_rmse)
+
     def _clear(self) -> None:
         super()._clear()
         self._live_reference: float | None = None
+        self._cal_sum = 0.0
+        self._cal_n = 0
+
+    def _push(self, error: float) -> None:
+        super()._push(error)
+        if self._live_reference is None:
+            self._cal_sum += error * error
+            self._cal_n += 1
 
     def _try_calibrate(self) -> bool:
-        if self._live_reference is not None or self._count < self.window:
+        if self._live_reference is not None or self._count < self.window or self._cal_n < self.calibration:
             return False
-        live = math.sqrt(max(self._sum_sq, 0.0) / self._count)
+        if self.calibration == self.window:
+            live = math.sqrt(max(self._sum_sq, 0.0) / self._count)
+        else:
+            live = math.sqrt(max(self._cal_sum, 0.0) / self._cal_n)
         val = self._validation_rmse
         if val is not None:
             live = max(live, CALIBRATION_FLOOR * val)
@@ -301,11 +320,18 @@ class RelativeRmse(_Calibrating):
     name = "relative"
     _cap = RELATIVE_CAP
 
-    def __init__(self, factor: float = 2.0, window: int = 100, reference_rmse: float | None = None) -> None:
+    def __init__(
+        self,
+        factor: float = 2.0,
+        window: int = 100,
+        reference_rmse: float | None = None,
+        *,
+        calibration: int | None = None,
+    ) -> None:
         if not factor > 1.0:
             raise ValueError(f"factor must be > 1, got {factor}")
         self.factor = float(factor)
-        super().__init__(window, reference_rmse)
+        super().__init__(window, reference_rmse, calibration)
 
     def _decide(self, error: float) -> bool:
         if self._count < self.window:
@@ -394,6 +420,7 @@ class PageHinkley(_Sequential):
         *,
         min_instances: int = 30,
         alpha: float = 1 - 1e-4,
+        calibration: int | None = None,
     ) -> None:
         if not threshold > 0 or not delta >= 0:
             raise ValueError(f"need threshold > 0 and delta >= 0, got {threshold}, {delta}")
@@ -401,7 +428,7 @@ class PageHinkley(_Sequential):
         self.ph_delta = float(delta)
         self.min_instances = int(min_instances)
         self.alpha = float(alpha)
-        super().__init__(window, reference_rmse)
+        super().__init__(window, reference_rmse, calibration)
 
     def _new_river(self) -> None:
         self._ph = river_drift.PageHinkley(
@@ -450,12 +477,13 @@ class Adwin(_Sequential):
         reference_rmse: float | None = None,
         *,
         clock: int = 32,
+        calibration: int | None = None,
     ) -> None:
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
         self.adwin_delta = float(delta)
         self.clock = int(clock)
-        super().__init__(window, reference_rmse)
+        super().__init__(window, reference_rmse, calibration)
 
     def _new_river(self) -> None:
         self._adwin = river_drift.ADWIN(delta=self.adwin_delta, clock=self.clock)

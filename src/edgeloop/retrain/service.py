@@ -15,7 +15,7 @@ import threading
 
 import orjson
 
-from edgeloop.adapters.mqtt import MqttSession, topic_for
+from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.store import Store
 from edgeloop.config import Settings
 from edgeloop.registry.tracking import Tracker
@@ -39,6 +39,10 @@ class TrainerService:
         self.session = MqttSession(
             settings.broker,
             role="trainer",
+            # A persistent session: requests sent while no trainer runs wait for it at the broker.
+            client_id=settings.broker.client_id or default_client_id(f"trainer-{settings.site}", stable=True),
+            clean_start=False,
+            session_expiry=settings.broker.session_expiry,
             protocol=protocol,  # type: ignore[arg-type]
             on_message=lambda m: self._requests.put(bytes(m.payload)),
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from edgeloop.adapters.mqtt import MqttSession, topic_for
+from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.store import StoreWriter
 from edgeloop.config import Settings
 from edgeloop.drift import make_guarded
@@ -88,6 +88,7 @@ class EdgeService:
         self.session = MqttSession(
             settings.broker,
             role="edge",
+            client_id=settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True),
             clean_start=False,
             session_expiry=settings.broker.session_expiry,
             protocol=protocol,  # type: ignore[arg-type]
@@ -123,7 +124,7 @@ class EdgeService:
 
     def run(self) -> None:
         s = self.settings
-        self.session.start()  # first: a broker that cannot be reached fails the start, before anything else runs
+        self.session.start()  # first: an unreachable broker fails the start before anything else runs
         self.writer = StoreWriter(
             s.store_path, retention_rows=s.store.retention_rows, flush_interval=s.store.flush_interval
         )
