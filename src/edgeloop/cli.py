@@ -313,13 +313,16 @@ def dashboard(
 @app.command()
 def demo(
     config: ConfigOpt = None,
+    broker: BrokerOpt = None,
     duration: Annotated[float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
     devices: Annotated[int, typer.Option(help="Simulated devices.")] = 4,
-    rate: Annotated[float, typer.Option(help="Readings per second per device.")] = 20.0,
+    rate: Annotated[
+        float, typer.Option(help="Readings per second per device (a reading is a simulated minute).")
+    ] = 100.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
     drift: Annotated[
         str | None, typer.Option(help="Scheduled drift DEVICE:KIND@STEP (default: regime change on dev-001).")
-    ] = "dev-001:regime_change@900",
+    ] = "dev-001:regime_change@3500",
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Run without a scheduled drift.")] = False,
     dashboard: Annotated[bool, typer.Option(help="Also start the dashboard.")] = True,
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
@@ -338,8 +341,13 @@ def demo(
         config,
         data_dir=data_dir,
         **{
-            "model.min_train_samples": 1200,
-            "model.retrain_min_samples": 300,
+            "broker.url": broker,
+            # A simulated day is 1,440 readings: train on a day of the fleet, retrain on a day after a drift.
+            "model.min_train_samples": devices * 1440,
+            "model.retrain_min_samples": 1440,
+            # A demo leaves nothing queued at a shared broker when it ends, and shares its stream with no one.
+            "broker.session_expiry": 0,
+            "broker.shared_group": None,
         },
     )
     spec = None if no_drift or not drift else parse_drift(drift)

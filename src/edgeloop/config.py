@@ -316,5 +316,5 @@ def _override(settings: Settings, dotted: str, value: Any) -> Settings:
         checked = TypeAdapter(Settings.model_fields[section].annotation).validate_python(value)  # type: ignore[arg-type]
         return settings.model_copy(update={section: checked})
     current = getattr(settings, section)
-    replaced = type(current).model_validate({**current.model_dump(), key: value})
+    replaced = type(current).model_validate({**current.model_dump(exclude_unset=True), key: value})
     return settings.model_copy(update={section: replaced})

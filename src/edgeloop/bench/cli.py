@@ -41,6 +41,7 @@ _COLUMNS = (
     ("child%", 7),
     ("load%", 6),
     ("broker%", 8),
+    ("other%", 7),
     ("busy%", 6),
     ("RSS MB", 7),
     ("", 5),
@@ -78,6 +79,7 @@ def _phase_row(r: dict[str, Any]) -> str:
             _ms(cpu.get("edge_children")),
             _ms(cpu.get("loadgen")),
             _ms(cpu.get("broker")),
+            _ms(r.get("unattributed_cpu_pct")),
             _ms(r.get("machine_busy_pct")),
             _ms(rss),
             verdict,
@@ -90,7 +92,8 @@ def format_report(result: dict[str, Any]) -> str:
     m = result["machine"]
     o = result["options"]
     lines = [
-        f"edgeloop bench, {result.get('started', '')}, {result.get('seconds', '?')} s, broker {result.get('broker')}",
+        f"edgeloop bench, {result.get('started', '')}, {result.get('seconds', '?')} s,"
+        f" broker {result.get('broker')}",
         f"machine: {m['platform']}; {m['cpu']}; {m['cores_logical']} logical cores; {m['memory_gb']} GB; "
         f"Python {m['python']}; paho-mqtt {m['paho_mqtt']}; mosquitto {m['mosquitto']}",
         f"load: {o['devices']:,} devices, closed-loop window {o['window']:,} messages",
@@ -100,10 +103,12 @@ def format_report(result: dict[str, Any]) -> str:
     for key, run in result.get("qos", {}).items():
         lines.append(f"QoS {key} (model serving: {run.get('model')})")
         for kind, c in (run.get("ceiling") or {}).items():
+            cpu = c["cpu_pct"]
             lines.append(
                 f"  ceiling: do-nothing {kind} subscriber receives {format_rate(c['rate'])} msg/s"
-                f" (loadgen {_ms(c['cpu_pct'].get('loadgen'))}% CPU, broker {_ms(c['cpu_pct'].get('broker'))}%,"
-                f" subscriber {_ms(c['cpu_pct'].get('ceiling'))}%, machine busy {_ms(c['machine_busy_pct'])}%)"
+                f" (CPU: loadgen {_ms(cpu.get('loadgen'))}%, broker {_ms(cpu.get('broker'))}%,"
+                f" subscriber {_ms(cpu.get('ceiling'))}%, other {_ms(c.get('unattributed_cpu_pct'))}%;"
+                f" machine busy {_ms(c['machine_busy_pct'])}%)"
             )
         lines.append("  " + header)
         phases = [run.get("max"), *(run.get("steps") or []), run.get("latency"), run.get("fixed")]
@@ -148,8 +153,15 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append(
         "columns: growth = median latency of the window's last quarter minus its second quarter (ms);"
         " edge%/child%/load%/broker% = CPU in % of one core (edge main process, its children, load"
-        " generator, mosquitto); busy% = whole machine; RSS = edge main process peak."
+        " generator, mosquitto); other% = busy CPU of the machine not spent by the bench's processes"
+        " (other programs, kernel networking); busy% = whole machine; RSS = edge main process peak."
     )
+    idle = result.get("idle_check") or {}
+    if idle.get("busy_pct") is not None and idle["busy_pct"] > 10:
+        lines.append(
+            f"WARNING: the machine was {idle['busy_pct']:.0f}% busy before the bench started; other programs"
+            " compete for the CPU and the figures understate what edgeloop does on an idle machine."
+        )
     return "\n".join(lines)
 
 

@@ -112,11 +112,36 @@ def percentiles_ms(latency_s: np.ndarray) -> dict[str, float | None]:
     }
 
 
+def timeline(sent_at: np.ndarray, latency: np.ndarray, origin: float, step: float = 1.0) -> list[list[float]]:
+    """Per ``step`` seconds of send time: [start (s from ``origin``), messages, p50 ms, max ms]."""
+    if len(sent_at) == 0:
+        return []
+    bucket = ((sent_at - origin) // step).astype(np.int64)
+    rows = []
+    for b in np.unique(bucket):
+        lat = latency[bucket == b] * 1000.0
+        rows.append(
+            [
+                round(float(b * step), 1),
+                len(lat),
+                round(float(np.median(lat)), 1),
+                round(float(lat.max()), 1),
+            ]
+        )
+    return rows
+
+
 def analyze(
-    sent: SendLog, ks: np.ndarray, ts: np.ndarray, *, between: tuple[float, float] | None = None
+    sent: SendLog,
+    ks: np.ndarray,
+    ts: np.ndarray,
+    *,
+    between: tuple[float, float] | None = None,
+    origin: float | None = None,
 ) -> dict[str, Any]:
     """Loss, duplicates, throughput and latency of the messages of ``sent`` (optionally only those
-    sent in the monotonic interval ``between``), given every prediction's ``k`` and receive time."""
+    sent in the monotonic interval ``between``), given every prediction's ``k`` and receive time.
+    With ``origin``, also a per-second latency timeline of answered messages (send time from origin)."""
     sent_at = sent.sent_at
     lo, hi = 0, len(sent_at)
     if between is not None:
@@ -144,6 +169,9 @@ def analyze(
         last = latency[sent_first >= start + 3 * q]
         if len(second) and len(last):
             growth = round(float(np.median(last) - np.median(second)) * 1000.0, 3)
+    extra: dict[str, Any] = {}
+    if origin is not None:
+        extra["timeline"] = timeline(sent_at[lo:hi][uniq], latency, origin)
     return {
         "sent": n,
         "seconds": round(span, 3),
@@ -154,6 +182,7 @@ def analyze(
         "duplicated": int((counts - 1).clip(min=0).sum()) if n else 0,
         "latency_ms": percentiles_ms(latency),
         "backlog_growth_ms": growth,
+        **extra,
     }
 
 
@@ -359,6 +388,23 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def idle_check(seconds: float = 1.0) -> dict[str, Any]:
+    """How busy the machine is before the bench starts, and its busiest processes."""
+    procs = list(psutil.process_iter(["name", "cmdline"]))
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.cpu_percent(None)
+    busy = psutil.cpu_percent(interval=seconds)
+    top: list[tuple[float, str]] = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            pct = proc.cpu_percent(None)
+            if pct >= 5.0:
+                cmd = " ".join(proc.info["cmdline"] or [proc.info["name"] or "?"])
+                top.append((pct, f"{cmd[:60]} ({pct:.0f}%)"))
+    return {"busy_pct": round(busy, 1), "top": [text for _, text in sorted(top, reverse=True)[:4]]}
+
+
 def _round_rate(rate: float) -> float:
     return float(max(100, round(rate / 100.0) * 100))
 
@@ -490,7 +536,9 @@ class Bench:
                 break
         self._take()
 
-    def _phase(self, name: str, *, rate: float | None, duration: float) -> dict[str, Any]:
+    def _phase(
+        self, name: str, *, rate: float | None, duration: float, with_timeline: bool = False
+    ) -> dict[str, Any]:
         """One measured window against the running edge, drained and analysed."""
         edge = self._edge
         assert edge is not None
@@ -501,7 +549,8 @@ class Bench:
         usage = self.watch.usage(sent.started, sent.ended)
         self._drain(base + sent.count)
         k, t = self._arrays()
-        result = {"name": name, "offered_rate": rate, **analyze(sent, k, t), **usage}
+        origin = sent.started if with_timeline else None
+        result = {"name": name, "offered_rate": rate, **analyze(sent, k, t, origin=origin), **usage}
         if rate is None:
             result["stalled"] = sent.stalled
         else:
@@ -691,7 +740,7 @@ class Bench:
         }
         if swap is not None and requested is not None:
             window = (requested, swap[0] + 2.0)
-            result.update(analyze(sent, k, t, between=window))
+            result.update(analyze(sent, k, t, between=window, origin=requested))
             result.update(self.watch.usage(*window))
         else:
             result["error"] = "no model was swapped in within 240 s; the figures serve persistence"
@@ -747,7 +796,7 @@ class Bench:
             }
         )
         window = (t_train, (swap[0] if swap else t_promoted) + 2.0)
-        result.update(analyze(sent, k, t, between=window))
+        result.update(analyze(sent, k, t, between=window, origin=t_train))
         result.update(self.watch.usage(*window))
         if swap is None:
             result["error"] = f"the edge did not serve {label} within 30 s of its promotion"
@@ -783,17 +832,20 @@ class Bench:
         edge = self._start_edge(qos)
         try:
             out["first_model"] = self._first_model()
-            out["model"] = self._current_label()
             if o.rate is not None:
                 out["fixed"] = self._phase(f"fixed@{o.rate:.0f}", rate=o.rate, duration=o.latency_seconds)
             else:
                 out["max"] = self._phase("max (closed loop)", rate=None, duration=o.max_seconds)
                 out["steps"], out["sustained_rate"] = self._search(out["max"]["answer_rate"])
                 out["latency"] = self._phase(
-                    f"latency@{o.latency_rate:.0f}", rate=o.latency_rate, duration=o.latency_seconds
+                    f"latency@{o.latency_rate:.0f}",
+                    rate=o.latency_rate,
+                    duration=o.latency_seconds,
+                    with_timeline=True,
                 )
             if o.during_retrain and qos == self._retrain_qos():
                 out["retrain"] = self._forced_retrain()
+            out["model"] = self._current_label()
             whole = self.watch.usage(edge.started, time.monotonic())
             kinds: dict[str, int] = {}
             for _t, event in self._events:
@@ -817,6 +869,12 @@ class Bench:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "qos": {},
         }
+        result["idle_check"] = idle_check()
+        if result["idle_check"]["busy_pct"] > 10:
+            self.say(
+                f"warning: the machine is {result['idle_check']['busy_pct']:.0f}% busy before the bench:"
+                f" {', '.join(result['idle_check']['top'])}"
+            )
         try:
             self._setup()
             result["broker"] = self.broker_settings.url

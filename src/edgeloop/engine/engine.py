@@ -102,6 +102,7 @@ class _Track:
         "persist_rmse",
         "shadow_forecast",
         "since_alarm",
+        "since_model",
         "status",
         "target",
     )
@@ -124,6 +125,8 @@ class _Track:
         self.alarm_ts: float | None = None
         self.alarm_count = 0
         self.since_alarm = 0
+        # Scored readings and squared errors (model, persistence, mean) since the serving model changed.
+        self.since_model = [0, 0.0, 0.0, 0.0]
 
 
 class Engine:
@@ -176,6 +179,7 @@ class Engine:
         for track in self._tracks_served_by(scope):
             track.guard.model_changed(model.val_rmse)
             track.model_rmse.reset()
+            track.since_model = [0, 0.0, 0.0, 0.0]
             track.status = "probation" if probation and previous is not None else "healthy"
             track.alarm_ts = None
             track.shadow_forecast = None
@@ -187,6 +191,7 @@ class Engine:
                 fallback = self._fallback_model(scope)
                 track.guard.model_changed(fallback.val_rmse if fallback else None)
                 track.model_rmse.reset()
+                track.since_model = [0, 0.0, 0.0, 0.0]
 
     def retrain_finished(self, scope: str, *, installed: bool) -> None:
         """The adapter reports a retrain's end; a failed or rejected one may be asked again later."""
@@ -295,9 +300,15 @@ class Engine:
         persistence = track.hist[-1] if track.hist else None
         if forecast is not None and persistence is not None:
             error = value - forecast
+            p_err, m_err = value - persistence, value - track.mean.value
             track.model_rmse.add(error)
-            track.persist_rmse.add(value - persistence)
-            track.mean_rmse.add(value - track.mean.value)
+            track.persist_rmse.add(p_err)
+            track.mean_rmse.add(m_err)
+            acc = track.since_model
+            acc[0] += 1
+            acc[1] += error * error
+            acc[2] += p_err * p_err
+            acc[3] += m_err * m_err
             self._probation(track, value, error, out)
             if track.last_model != PERSISTENCE_VERSION and track.guard.update(error):
                 self._alarm(track, msg.ts, out)
@@ -346,6 +357,8 @@ class Engine:
             for t in self._tracks_served_by(scope):
                 t.status = "rolled_back"
                 t.shadow_forecast = None
+                t.since_model = [0, 0.0, 0.0, 0.0]
+                t.guard.model_changed(restored.val_rmse)
         else:
             serving.previous = None
             for t in self._tracks_served_by(scope):
@@ -474,23 +487,30 @@ class Engine:
         return rows
 
     def summary(self) -> dict[str, dict[str, float | int | str | None]]:
-        """Fleet-wide RMSE per target: model vs persistence vs mean, over each device's rolling window."""
-        acc: dict[str, list[list[float]]] = defaultdict(lambda: [[], [], []])
+        """Fleet-wide RMSE per target of the models now serving, beside persistence and the mean,
+        on the same readings: every reading scored since each device's current model took over."""
+        acc: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+        devices: dict[str, int] = defaultdict(int)
         versions: dict[str, set[str]] = defaultdict(set)
         for (_, target), t in self.tracks.items():
-            if t.model_rmse.value is None:
+            n, sm, sp, sa = t.since_model
+            if n == 0:
                 continue
-            acc[target][0].append(t.model_rmse.value)
-            acc[target][1].append(t.persist_rmse.value or 0.0)
-            acc[target][2].append(t.mean_rmse.value or 0.0)
+            total = acc[target]
+            total[0] += n
+            total[1] += sm
+            total[2] += sp
+            total[3] += sa
+            devices[target] += 1
             versions[target].add(t.last_model)
-        result: dict[str, dict[str, float | int | str | None]] = {}
-        for target, (m, p, a) in acc.items():
-            result[target] = {
-                "model_rmse": float(np.sqrt(np.mean(np.square(m)))),
-                "persistence_rmse": float(np.sqrt(np.mean(np.square(p)))),
-                "mean_rmse": float(np.sqrt(np.mean(np.square(a)))),
-                "devices": len(m),
+        return {
+            target: {
+                "model_rmse": (sm / n) ** 0.5,
+                "persistence_rmse": (sp / n) ** 0.5,
+                "mean_rmse": (sa / n) ** 0.5,
+                "readings": int(n),
+                "devices": devices[target],
                 "models": ", ".join(sorted(versions[target])),
             }
-        return result
+            for target, (n, sm, sp, sa) in acc.items()
+        }

@@ -304,6 +304,17 @@ def markdown(payload: dict[str, Any]) -> str:
         ]
         lines.append("")
     names = [n for n in payload["strategies"]]
+    descriptions = payload.get("descriptions", {})
+    if descriptions:
+        lines += ["## Strategies", "", "| strategy | what it does |", "|---|---|"]
+        lines += [f"| {n}{' *' if n == default else ''} | {descriptions.get(n, '')} |" for n in names]
+        lines += [
+            "",
+            "Every retrain, whoever asks, is the live trainer's: validated against the serving model on "
+            "the same holdout, then served on probation with rollback. The original rule's threshold per "
+            "target is given in each section.",
+            "",
+        ]
     lines += [
         "## Overview: RMSE relative to static (retrains)",
         "",

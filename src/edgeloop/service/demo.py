@@ -8,6 +8,7 @@ with its retrain worker, and optionally the dashboard; a live status until ``--d
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -33,8 +34,13 @@ DEMO_MARKER = ".edgeloop-demo"
 
 @contextmanager
 def broker_for(settings: Settings, console: Console) -> Iterator[tuple[Settings, str]]:
-    """Yield settings pointing at a broker that answers, and the MQTT protocol to speak."""
-    if broker_answers(settings.broker.host, settings.broker.port):
+    """Yield settings pointing at a broker that answers, and the MQTT protocol to speak.
+
+    A broker the user configured (config file, ``EDGELOOP_BROKER_URL`` or ``--broker``) is used if it
+    answers; otherwise the demo runs its own, so leftovers on a machine's shared broker cannot meet it.
+    """
+    configured = "url" in settings.broker.model_fields_set
+    if configured and broker_answers(settings.broker.host, settings.broker.port):
         console.print(f"broker: using {settings.broker.url}")
         yield settings, "5"
         return
@@ -42,7 +48,8 @@ def broker_for(settings: Settings, console: Console) -> Iterator[tuple[Settings,
     with broker:
         protocol = getattr(broker, "protocol", "5")
         kind = "embedded amqtt (MQTT 3.1.1)" if protocol != "5" else "private mosquitto"
-        console.print(f"broker: nothing answers at {settings.broker.url}; started {kind} at {broker.url}")
+        why = f"nothing answers at {settings.broker.url}" if configured else "no broker configured"
+        console.print(f"broker: {why}; started {kind} at {broker.url}")
         merged = settings.model_dump()
         merged["broker"]["url"] = broker.url
         merged["broker"]["username"] = None
@@ -75,7 +82,7 @@ def status_view(edge: EdgeService, elapsed: float, rate: float, drift: DriftSpec
         f"{sum(edge.stats.dropped.values())} dropped",
         f"{edge.stats.swaps} swaps",
     )
-    targets = Table(title="forecast RMSE over each device's last readings", title_justify="left")
+    targets = Table(title="forecast RMSE since each device's current model took over", title_justify="left")
     for col in ("target", "model", "persistence", "mean", "serving"):
         targets.add_column(col)
     for target, row in summary.items():
@@ -205,8 +212,13 @@ def _start_dashboard(settings: Settings, port: int, config_path: Path | None, co
     except ImportError:  # pragma: no cover - the dashboard ships with the package
         console.print("dashboard: not available")
         return None
-    env = {"EDGELOOP_DATA_DIR": str(settings.data_dir.resolve()), "EDGELOOP_BROKER_URL": settings.broker.url}
-    proc = run_dashboard(config_path, port=port, env=env)
+    env = {
+        **os.environ,
+        "EDGELOOP_DATA_DIR": str(settings.data_dir.resolve()),
+        "EDGELOOP_BROKER_URL": settings.broker.url,
+        "EDGELOOP_SITE": settings.site,
+    }
+    proc = run_dashboard(config_path, port=port, env=env, log_file=settings.data_dir / "dashboard.log")
     console.print(f"dashboard: http://127.0.0.1:{port}")
     return proc
 

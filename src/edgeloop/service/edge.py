@@ -89,7 +89,9 @@ class EdgeService:
             settings.broker,
             role="edge",
             client_id=settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True),
-            clean_start=False,
+            # Resume the broker's session (and the telemetry it queued while we were away) unless
+            # sessions are configured not to outlive a connection.
+            clean_start=settings.broker.session_expiry == 0,
             session_expiry=settings.broker.session_expiry,
             protocol=protocol,  # type: ignore[arg-type]
             on_message=self._on_message,

@@ -1,0 +1,72 @@
+"""`edgeloop bench` end to end at a tiny scale: real mosquitto, the edge as a process, every phase.
+
+No timing assertions: only the shape of the results and that nothing is lost at a low rate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeloop.adapters.broker import mosquitto_binary
+from edgeloop.bench.cli import format_report
+from edgeloop.bench.loadgen import SendLog
+from edgeloop.bench.run import Bench, BenchOptions, analyze, passed
+
+integration = pytest.mark.integration
+
+
+def test_analyze_counts_lost_duplicated_and_latency() -> None:
+    sent = SendLog(first=100, sent_at=np.array([0.0, 1.0, 2.0, 3.0]), started=0.0, ended=4.0)
+    # 100 answered twice, 101 never, 102 and 103 once; 99 belongs to an earlier run.
+    ks = np.array([100, 102, 100, 103, 99])
+    ts = np.array([0.010, 2.020, 0.500, 3.030, 0.1])
+    r = analyze(sent, ks, ts)
+    assert (r["sent"], r["answered"], r["lost"], r["duplicated"]) == (4, 3, 1, 1)
+    assert r["latency_ms"]["max"] == pytest.approx(30.0)
+    assert r["latency_ms"]["p50"] == pytest.approx(20.0)
+    assert not passed(r, offered=1.0)
+    window = analyze(sent, ks, ts, between=(1.5, 3.5), origin=0.0)
+    assert (window["sent"], window["lost"], window["duplicated"]) == (2, 0, 0)
+    assert [row[1] for row in window["timeline"]] == [1, 1]
+
+
+@integration
+@pytest.mark.timeout(180)
+def test_tiny_bench_run_reports_every_phase_without_loss() -> None:
+    if mosquitto_binary() is None:
+        pytest.skip("no mosquitto binary on PATH or in /usr/sbin (apt-get install mosquitto)")
+    options = BenchOptions(
+        devices=20,
+        qos=[1],
+        ceiling_seconds=1.0,
+        max_seconds=1.0,
+        step_seconds=1.5,
+        steps=1,
+        latency_rate=200.0,
+        latency_seconds=2.0,
+        train_model=False,
+        window=200,
+    )
+    result = Bench(options).run()
+
+    assert {"machine", "options", "qos", "targets", "seconds", "broker"} <= result.keys()
+    assert result["machine"]["cores_logical"] >= 1
+    run = result["qos"]["1"]
+    assert set(run["ceiling"]) == {"paho", "lean"}
+    for ceiling in run["ceiling"].values():
+        assert ceiling["received"] > 0 and ceiling["rate"] > 0
+    assert run["max"]["answered"] > 0 and run["max"]["lost"] == 0
+    assert len(run["steps"]) == 1 and "passed" in run["steps"][0]
+    latency = run["latency"]
+    assert latency["sent"] >= 300  # 2 s at 200/s
+    assert latency["lost"] == 0 and latency["duplicated"] == 0
+    assert latency["answered"] == latency["sent"]
+    assert set(latency["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert latency["latency_ms"]["p50"] is not None and latency["timeline"]
+    assert "edge" in latency["cpu_pct"] and latency["rss_mb"]["edge"] > 0
+    assert run["model"] == "persistence"  # train_model=False: no first training
+    assert run["edge"]["rss_peak_mb"]["edge"] > 0
+    assert any(t["target"].startswith("QoS 1: p99") for t in result["targets"])
+    report = format_report(result)
+    assert "latency@200" in report and "targets:" in report
