@@ -322,7 +322,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
     drift: Annotated[
         str | None, typer.Option(help="Scheduled drift DEVICE:KIND@STEP (default: regime change on dev-001).")
-    ] = "dev-001:regime_change@3500",
+    ] = "dev-001:regime_change@4500",
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Run without a scheduled drift.")] = False,
     dashboard: Annotated[bool, typer.Option(help="Also start the dashboard.")] = True,
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,

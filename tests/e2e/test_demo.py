@@ -1,0 +1,108 @@
+"""``edgeloop demo`` as a user runs it, then the dashboard over the store it left, in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeloop.adapters.broker import find_free_port
+from edgeloop.dashboard.launch import run_dashboard, wait_ready
+
+pytestmark = pytest.mark.e2e
+
+BUILD = Path(__file__).resolve().parents[2] / "build"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict, str]]:
+    """One real demo: private broker, simulator with a regime change, edge, retraining, MLflow."""
+    work = tmp_path_factory.mktemp("demo")
+    data, report = work / "data", work / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
+    cmd = [sys.executable, "-m", "edgeloop", "demo", "--duration", "100", "--no-dashboard",
+           "--data-dir", str(data), "--json", str(report)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=work)
+    print(proc.stdout[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    yield data, json.loads(report.read_text()), proc.stdout
+
+
+def test_demo_answers_every_reading_and_beats_both_baselines(demo_run: tuple[Path, dict, str]) -> None:
+    data, report, stdout = demo_run
+    assert "started private mosquitto" in stdout or "embedded amqtt" in stdout
+    assert report["published"] > 10_000 and report["predictions"] == report["published"]
+    assert report["dropped"] == {}
+    voc = report["targets"]["voc_ppb"]
+    assert voc["model_rmse"] < voc["persistence_rmse"] and voc["model_rmse"] < voc["mean_rmse"]
+    assert len(report["devices"]) == 4 and all(v != "persistence" for v in report["devices"].values())
+    assert (data / "edgeloop.db").exists() and (data / "mlflow.db").exists()
+
+
+def test_demo_heals_the_drifted_device_only(demo_run: tuple[Path, dict, str]) -> None:
+    data, report, _ = demo_run
+    with sqlite3.connect(data / "edgeloop.db") as db:
+        events = db.execute("SELECT kind, scope FROM events").fetchall()
+    assert ("drift_detected", "voc_ppb@dev-001") in events
+    assert ("model_promoted", "voc_ppb@dev-001") in events
+    retrained = {scope for kind, scope in events if kind == "retrain_requested"}
+    assert retrained == {"voc_ppb", "voc_ppb@dev-001"}
+    assert report["devices"]["dev-001/voc_ppb"] == "voc_ppb@dev-001:v1"
+    assert report["devices"]["dev-002/voc_ppb"] == "voc_ppb:v1"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
+def test_dashboard_over_the_demo_store(demo_run: tuple[Path, dict, str], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    data, _, _ = demo_run
+    with sqlite3.connect(data / "edgeloop.db") as db:
+        rmse = {d: r for d, r in db.execute("SELECT device, rmse FROM scope_status WHERE target='voc_ppb'")}
+    port = find_free_port()
+    env = {**os.environ, "EDGELOOP_DATA_DIR": str(data), "EDGELOOP_DASHBOARD_REFRESH": "2"}
+    proc = run_dashboard(None, port, env=env, log_file=tmp_path / "streamlit.log")
+    url = f"http://127.0.0.1:{port}"
+    BUILD.mkdir(exist_ok=True)
+    try:
+        wait_ready(url, timeout=60, proc=proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"],
+            )  # fmt: skip
+            page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.goto(url)
+            grid = page.get_by_test_id("stDataFrame")
+            expect(grid).to_be_visible(timeout=30_000)
+            for device in ("dev-000", "dev-001", "dev-003"):
+                expect(
+                    grid.get_by_role("gridcell", name=device, exact=True, include_hidden=True).first
+                ).to_be_attached()
+            for version in ("voc_ppb:v1", "voc_ppb@dev-001:v1"):
+                cell = grid.get_by_role("gridcell", name=version, exact=True, include_hidden=True).first
+                expect(cell).to_be_attached()
+            shown = grid.locator("td[role=gridcell]").all_inner_texts()
+            numbers = {round(float(t), 6) for t in shown if t.replace(".", "", 1).isdigit()}
+            assert any(round(v, 6) in numbers for v in rmse.values() if v is not None), (rmse, shown[:40])
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(BUILD / "dashboard-demo-fleet.png"), full_page=True)
+            page.goto(f"{url}/?view=Device&device=dev-001")
+            expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("voc_ppb@dev-001:v1").first).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(BUILD / "dashboard-demo-device.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
