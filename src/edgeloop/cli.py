@@ -366,6 +366,18 @@ def demo(
         json_out.write_text(json.dumps(report, indent=2, default=str))
 
 
+def _mount_extras() -> None:
+    # Imported here: each brings its own dependencies (matplotlib, psutil) only when its command runs.
+    from edgeloop.bench.cli import bench
+    from edgeloop.evaluate.cli import evaluate_command
+
+    app.command("evaluate")(evaluate_command)
+    app.command("bench")(bench)
+
+
+_mount_extras()
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

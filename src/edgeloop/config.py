@@ -134,7 +134,9 @@ class ModelSettings(_Section):
     targets: list[str] = Field(["voc_ppb"], min_length=1, description="Fields to forecast")
     lags: int = Field(5, ge=1, le=64, description="Number of past readings a forecast sees")
     candidates: list[Literal["persistence", "linear", "lgbm-level", "lgbm-delta"]] = Field(
-        ["persistence", "linear", "lgbm-level", "lgbm-delta"], description="Formulations tried at training"
+        ["persistence", "linear", "lgbm-delta"],
+        description="Formulations tried at training (lgbm-level is available, but loses badly once a "
+        "sensor leaves the range it was trained on)",
     )
     min_train_samples: int = Field(400, ge=50, description="Samples a scope needs before its first training")
     retrain_min_samples: int = Field(

@@ -386,8 +386,8 @@ class Engine:
                 version=track.last_model,
             )
         )
-        if scope in self.pending or track.status == "retraining":
-            return
+        if scope in self.pending or track.status in ("retraining", "drifting"):
+            return  # already collecting data since an earlier alarm: keep that count going
         track.status = "drifting"
         track.alarm_ts = ts
         track.since_alarm = 0
