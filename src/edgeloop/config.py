@@ -138,9 +138,13 @@ class ModelSettings(_Section):
         description="Formulations tried at training (lgbm-level is available, but loses badly once a "
         "sensor leaves the range it was trained on)",
     )
-    min_train_samples: int = Field(400, ge=50, description="Samples a scope needs before its first training")
+    min_train_samples: int = Field(
+        1440, ge=50, description="Readings of a target (all devices) before its first fleet model is trained"
+    )
     retrain_min_samples: int = Field(
-        300, ge=50, description="Readings a drifted scope collects after the alarm before it retrains"
+        1440,
+        ge=50,
+        description="Readings a drifted scope collects after the alarm before it retrains; cover one cycle",
     )
     train_window: int = Field(4000, ge=100, description="Most recent readings per device a training uses")
     validation_fraction: float = Field(0.25, gt=0.05, lt=0.6, description="Newest share held out to validate")

@@ -21,6 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from edgeloop.adapters.store import SampleRow, StatusRow, Store
+from edgeloop.config import Settings
 from edgeloop.dashboard import queries as q
 from edgeloop.dashboard.launch import APP_PATH, dashboard_command, wait_ready
 from edgeloop.telemetry.schema import Event
@@ -243,7 +244,8 @@ def test_models_view_lists_versions_scores_reasons_and_mlflow_links(
 def test_models_view_without_models(data_dir: Path) -> None:
     fill(data_dir / "edgeloop.db", trained=False)
     at = run("Models")
-    assert "No model yet: training starts after 400 samples" in texts(at)
+    expected = Settings().model.min_train_samples
+    assert f"No model yet: training starts after {expected} samples" in texts(at)
     assert not at.dataframe
 
 
