@@ -281,10 +281,13 @@ def test_every_seq_answered_exactly_once_through_a_retrain_and_swap(
     deadline = time.monotonic() + 180
     while edge.stats.swaps == 0 and time.monotonic() < deadline:
         stream.publish(100, pause_every=25, pause=0.1)
-    assert edge.stats.swaps == 1, "no model was trained and swapped in while the stream flowed"
+    assert edge.stats.swaps >= 1, f"no model was swapped in while the stream flowed ({edge.stats.swaps})"
     stream.publish(1000, pause_every=25, pause=0.1)
     total = DEVICES * stream.step
-    wait_until(lambda: len(predictions.payloads()) >= total, 60, f"{total} predictions")
+    try:
+        wait_until(lambda: len(predictions.payloads()) >= total, 60, f"{total} predictions")
+    except AssertionError:
+        pass  # counted below: which ones are missing says more than a timeout
     counts = Counter((p["device"], p["seq"]) for p in predictions.payloads())
     expected = {(f"dev-{i:03d}", s) for i in range(DEVICES) for s in range(stream.step)}
     lost = len(expected - set(counts))
@@ -294,6 +297,10 @@ def test_every_seq_answered_exactly_once_through_a_retrain_and_swap(
         f"\n{total} readings through a retrain and swap: lost {lost}, duplicated {duplicated}, "
         f"served by {dict(models)}"
     )
+    if lost:
+        missing = sorted(expected - set(counts))
+        print(f"first missing: {missing[:10]}; edge processed {edge.stats.processed}, "
+              f"received {edge.stats.received}, predictions {edge.stats.predictions}")
     assert lost == 0 and duplicated == 0
     assert models["voc_ppb:v1"] > 0 and models["persistence"] > 0  # the swap happened mid-stream
     stream.close()

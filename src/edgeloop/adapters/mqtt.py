@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import socket
 import ssl
 import threading
@@ -103,12 +104,14 @@ def jittered_backoff(attempt: int, cap: float, base: float = RECONNECT_MIN_DELAY
 
 
 def default_client_id(role: str, *, stable: bool = False) -> str:
-    """``edgeloop-<role>-<host>-<pid>`` restricted to characters every broker accepts.
+    """``edgeloop-<role>-<host>-<pid>-<random>`` restricted to characters every broker accepts.
 
-    ``stable`` leaves out the pid: a service with a persistent session must come back under the same
-    id after a restart, or the broker keeps an orphaned session queueing its share of the stream.
+    Two clients with one id take the connection from each other, so transient clients get a random
+    suffix. ``stable`` leaves out pid and suffix: a service with a persistent session must come back
+    under the same id after a restart, or the broker keeps an orphaned session queueing its share.
     """
-    raw = f"edgeloop-{role}-{socket.gethostname()}" + ("" if stable else f"-{os.getpid()}")
+    suffix = "" if stable else f"-{os.getpid()}-{secrets.token_hex(3)}"
+    raw = f"edgeloop-{role}-{socket.gethostname()}{suffix}"
     return re.sub(r"[^A-Za-z0-9_-]", "-", raw)
 
 
