@@ -5,11 +5,14 @@ No timing assertions: only the shape of the results and that nothing is lost at 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 import pytest
 
 from edgeloop.adapters.broker import mosquitto_binary
-from edgeloop.bench.cli import format_report
+from edgeloop.bench.cli import bench, format_report
 from edgeloop.bench.loadgen import SendLog
 from edgeloop.bench.run import Bench, BenchOptions, analyze, passed
 
@@ -29,6 +32,18 @@ def test_analyze_counts_lost_duplicated_and_latency() -> None:
     window = analyze(sent, ks, ts, between=(1.5, 3.5), origin=0.0)
     assert (window["sent"], window["lost"], window["duplicated"]) == (2, 0, 0)
     assert [row[1] for row in window["timeline"]] == [1, 1]
+
+
+def test_cli_defaults_match_bench_options() -> None:
+    fields = dataclasses.fields(BenchOptions)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    checked = 0
+    for name, param in inspect.signature(bench).parameters.items():
+        if name in defaults:
+            assert param.default == defaults[name], name
+            checked += 1
+    assert checked >= 15
+    assert inspect.signature(bench).parameters["no_model"].default is (not BenchOptions().train_model)
 
 
 @integration

@@ -213,7 +213,7 @@ def test_original_rule_retrains_on_noise_and_the_default_does_not(
     if policy == "default":
         assert alarms == 0 and retrains == 0
     else:
-        assert retrains >= 3  # again and again: only the retrain budget holds it back
+        assert retrains >= 2  # again and again: only the retrain budget (3 per 10,000) holds it back
         assert sum(t.guard.suppressed for t in edge.engine.tracks.values()) > 100
     events.close()
 

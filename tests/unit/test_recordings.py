@@ -48,7 +48,7 @@ def nab() -> pd.DataFrame:
 
 def test_default_data_dir_is_next_to_the_repo(monkeypatch) -> None:
     monkeypatch.delenv("EDGELOOP_SHARED_DATA", raising=False)
-    assert shared_data_dir().resolve() == DATA
+    assert shared_data_dir().resolve() == DATA.resolve()
     assert (DATA / "README.md").is_file()
 
 
