@@ -134,6 +134,21 @@ def _tls_context(settings: BrokerSettings) -> ssl.SSLContext:
     return ctx
 
 
+class _Client(mqtt.Client):
+    """paho's client, minus a rescan that cost the edge a third of its CPU at QoS 1.
+
+    On every PUBACK paho walks all unacknowledged messages looking for queued ones to send (up to
+    1,000 with our in-flight limit). When every stored message is already in flight there is nothing
+    to find, so the walk is skipped; otherwise paho's own code runs unchanged. Measured with
+    ``edgeloop bench``: QoS 1 p99 at 5,000 msg/s from 1.3 s (a growing backlog) to 49 ms.
+    """
+
+    def _update_inflight(self) -> MQTTErrorCode:
+        if len(self._out_messages) <= self._inflight_messages:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._update_inflight()
+
+
 def make_client(
     settings: BrokerSettings,
     *,
@@ -150,7 +165,7 @@ def make_client(
     if protocol not in _PROTOCOLS:
         raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
     v5 = protocol == "5"
-    client = mqtt.Client(
+    client = _Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id or settings.client_id or default_client_id(role),
         clean_session=None if v5 else (True if clean_start is None else clean_start),

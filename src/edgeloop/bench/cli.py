@@ -37,6 +37,7 @@ _COLUMNS = (
     ("p99 ms", 8),
     ("max ms", 8),
     ("growth", 7),
+    ("bklg s", 7),
     ("edge%", 6),
     ("child%", 7),
     ("load%", 6),
@@ -75,6 +76,7 @@ def _phase_row(r: dict[str, Any]) -> str:
             _ms(lat.get("p99")),
             _ms(lat.get("max")),
             _ms(r.get("backlog_growth_ms")),
+            "-" if r.get("backlog_end_s") is None else f"{r['backlog_end_s']:.2f}",
             _ms(cpu.get("edge")),
             _ms(cpu.get("edge_children")),
             _ms(cpu.get("loadgen")),
@@ -131,17 +133,27 @@ def format_report(result: dict[str, Any]) -> str:
         for name in ("first_model", "retrain"):
             r = run.get(name)
             if r:
-                keys = ("retrain_requested_s", "train_to_swap_s", "train_s", "promoted_s", "poll_to_swap_s")
+                keys = (
+                    "retrain_requested_s",
+                    "train_to_swap_s",
+                    "train_s",
+                    "promoted_s",
+                    "promoted_to_swap_s",
+                )
                 timing = ", ".join(f"{k} {r[k]}" for k in keys if r.get(k) is not None)
                 lines.append(
                     f"  {r['name']}: {r.get('model')} ({timing}){' ' + r['error'] if 'error' in r else ''}"
                 )
         edge = run.get("edge") or {}
         rss = edge.get("rss_peak_mb") or {}
+        steady = (run.get("rss_steady_mb") or {}).get("edge")
+        upto = f"{_ms(steady)} MB up to the max window, " if steady is not None else ""
         lines.append(
-            f"  edge peak RSS: main {_ms(rss.get('edge'))} MB, children {_ms(rss.get('edge_children'))} MB;"
-            f" events seen: {edge.get('events') or 'none'}"
+            f"  edge RSS: main {upto}{_ms(rss.get('edge'))} MB peak;"
+            f" children {_ms(rss.get('edge_children'))} MB peak; events seen: {edge.get('events') or 'none'}"
         )
+        if run.get("error"):
+            lines.append(f"  ERROR: {run['error']}")
         lines.append("")
     lines.append("targets:")
     for t in result.get("targets", []):
@@ -152,6 +164,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"  [{mark}] {t['target']}: {shown} (limit {t['limit']:,}){note}")
     lines.append(
         "columns: growth = median latency of the window's last quarter minus its second quarter (ms);"
+        " bklg s = messages unanswered when the window's last one was sent, in seconds of load;"
         " edge%/child%/load%/broker% = CPU in % of one core (edge main process, its children, load"
         " generator, mosquitto); other% = busy CPU of the machine not spent by the bench's processes"
         " (other programs, kernel networking); busy% = whole machine; RSS = edge main process peak."
@@ -198,10 +211,10 @@ def bench(
     ] = 8.0,
     step_seconds: Annotated[
         float, typer.Option(help="Length of each fixed-rate window of the sustained-rate search.", min=1)
-    ] = 6.0,
+    ] = 5.0,
     steps: Annotated[
         int, typer.Option(help="Most fixed-rate windows in the sustained-rate search.", min=1)
-    ] = 3,
+    ] = 4,
     max_seconds: Annotated[
         float, typer.Option(help="Length of the closed-loop (as fast as answered) window.", min=1)
     ] = 5.0,

@@ -8,6 +8,7 @@ here ever waits for it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -140,6 +141,10 @@ class EdgeService:
             s.model.targets,
             s.topics.telemetry_filters(self.site),
         )
+        # Everything alive now lives as long as the service: keep it out of the cyclic collector,
+        # whose full passes over it paused the loop 50-105 ms every few seconds (bench, 1,000 devices).
+        gc.collect()
+        gc.freeze()
         self.ready.set()
         next_status = next_poll = time.monotonic()
         try:
