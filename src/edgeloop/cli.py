@@ -190,12 +190,7 @@ def train(
             f"error: no store at {settings.store_path}: run `edgeloop edge` (or the demo) first", err=True
         )
         raise typer.Exit(2)
-    tracker = Tracker(
-        settings.tracking_uri,
-        settings.mlflow.experiment,
-        settings.mlflow.model_prefix,
-        enabled=settings.mlflow.enabled and not no_mlflow,
-    )
+    tracker = Tracker.from_settings(settings, enabled=not no_mlflow)
     failed = False
     for name in scope or settings.model.targets:
         outcome = run_retrain(settings, name, trigger="manual", reason="edgeloop train", tracker=tracker)

@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeloop.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,12 @@ class Tracker:
         self.experiment = experiment
         self.prefix = prefix
         self._client: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, enabled: bool = True) -> Tracker:
+        """The tracker the settings describe; ``enabled=False`` turns it off whatever they say."""
+        m = settings.mlflow
+        return cls(settings.tracking_uri, m.experiment, m.model_prefix, enabled=m.enabled and enabled)
 
     def _mlflow(self) -> Any:
         import mlflow

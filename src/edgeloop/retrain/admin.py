@@ -17,12 +17,7 @@ from edgeloop.telemetry.schema import Event
 
 
 def _tracker(settings: Settings) -> Tracker:
-    return Tracker(
-        settings.tracking_uri,
-        settings.mlflow.experiment,
-        settings.mlflow.model_prefix,
-        enabled=settings.mlflow.enabled,
-    )
+    return Tracker.from_settings(settings)
 
 
 def list_versions(settings: Settings) -> list[str]:

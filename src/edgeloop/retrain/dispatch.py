@@ -69,12 +69,7 @@ def _worker_retrain(settings_data: dict[str, Any], request_data: dict[str, Any])
     from edgeloop.retrain.job import run_retrain
 
     settings = Settings.model_validate(settings_data)
-    tracker = Tracker(
-        settings.tracking_uri,
-        settings.mlflow.experiment,
-        settings.mlflow.model_prefix,
-        enabled=settings.mlflow.enabled,
-    )
+    tracker = Tracker.from_settings(settings)
     outcome = run_retrain(
         settings,
         request_data["scope"],

@@ -46,12 +46,7 @@ class TrainerService:
             protocol=protocol,  # type: ignore[arg-type]
             on_message=lambda m: self._requests.put(bytes(m.payload)),
         )
-        self.tracker = Tracker(
-            settings.tracking_uri,
-            settings.mlflow.experiment,
-            settings.mlflow.model_prefix,
-            enabled=settings.mlflow.enabled,
-        )
+        self.tracker = Tracker.from_settings(settings)
 
     def stop(self) -> None:
         self._stop.set()
