@@ -8,26 +8,20 @@ Screenshots land in ``build/`` (dashboard-fleet.png, -device.png, -models.png, -
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tests.e2e.browser import BUILD, CHROMIUM, chromium, serving
 
 from edgeloop.adapters.store import SampleRow, StatusRow, Store
-from edgeloop.dashboard.launch import run_dashboard, wait_ready
 from edgeloop.telemetry.schema import Event
 
-CHROMIUM = Path("/usr/bin/chromium")
-BUILD = Path(__file__).resolve().parents[2] / "build"
 TARGET = "voc_ppb"
 DEVICES = [f"dev-{i:03d}" for i in range(1, 13)]
 N = 900  # readings per device, one a second, ending now
@@ -140,7 +134,7 @@ def filled_store(path: Path) -> Facts:
         Event("model_rejected", TARGET, t0 + N - 60, "does not beat champion by 2%",
               {"val_rmse": 3.7, "champion_rmse": 3.6}, "voc_ppb:v3", "voc_ppb:v2"),
     ]  # fmt: skip
-    store.write(samples, [(e, "site-1") for e in events], status)
+    store.write(samples, events, status)
     versions = [
         (TARGET, 1, t0 + 395, 3.9, None, "retired", "first model beats persistence", "lgbm-delta"),
         (TARGET, 2, t0 + 645, 3.6, 3.85, "champion", "beats champion by 6%", "lgbm-delta"),
@@ -162,57 +156,11 @@ def filled_store(path: Path) -> Facts:
     return facts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serving(tmp_path: Path, data: Path) -> Iterator[str]:
-    """The dashboard over the store in ``data``, started as a user would (a config file, a port)."""
-    config = tmp_path / "edgeloop.yaml"
-    config.write_text(f"site: lab-7\ndata_dir: {data}\n")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
-    # The test's rows are written once; keep them "live" for the whole test.
-    env["EDGELOOP_DASHBOARD_SILENT_AFTER"] = "120"
-    env["EDGELOOP_DASHBOARD_REFRESH"] = "1"
-    proc = run_dashboard(config, port, env=env, log_file=tmp_path / "streamlit.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, timeout=60, proc=proc)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 @pytest.fixture
 def dashboard(tmp_path: Path) -> Iterator[tuple[str, Facts]]:
     facts = filled_store(tmp_path / "data" / "edgeloop.db")
     with serving(tmp_path, tmp_path / "data") as url:
         yield url, facts
-
-
-@contextmanager
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        try:
-            yield browser.new_page(viewport={"width": 1600, "height": 1000})
-        finally:
-            browser.close()
 
 
 def _float(text: str) -> float | None:

@@ -11,14 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from edgeloop.adapters.broker import find_free_port
-from edgeloop.dashboard.launch import run_dashboard, wait_ready
+from tests.e2e.browser import BUILD, CHROMIUM, chromium, serving
 
 pytestmark = pytest.mark.e2e
-
-BUILD = Path(__file__).resolve().parents[2] / "build"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -60,49 +55,30 @@ def test_demo_heals_the_drifted_device_only(demo_run: tuple[Path, dict, str]) ->
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
 def test_dashboard_over_the_demo_store(demo_run: tuple[Path, dict, str], tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     data, _, _ = demo_run
     with sqlite3.connect(data / "edgeloop.db") as db:
         rmse = {d: r for d, r in db.execute("SELECT device, rmse FROM scope_status WHERE target='voc_ppb'")}
-    port = find_free_port()
-    env = {**os.environ, "EDGELOOP_DATA_DIR": str(data), "EDGELOOP_DASHBOARD_REFRESH": "2"}
-    proc = run_dashboard(None, port, env=env, log_file=tmp_path / "streamlit.log")
-    url = f"http://127.0.0.1:{port}"
     BUILD.mkdir(exist_ok=True)
-    try:
-        wait_ready(url, timeout=60, proc=proc)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"],
-            )  # fmt: skip
-            page = browser.new_page(viewport={"width": 1600, "height": 1100})
-            page.goto(url)
-            grid = page.get_by_test_id("stDataFrame")
-            expect(grid).to_be_visible(timeout=30_000)
-            for device in ("dev-000", "dev-001", "dev-003"):
-                expect(
-                    grid.get_by_role("gridcell", name=device, exact=True, include_hidden=True).first
-                ).to_be_attached()
-            for version in ("voc_ppb:v1", "voc_ppb@dev-001:v1"):
-                cell = grid.get_by_role("gridcell", name=version, exact=True, include_hidden=True).first
-                expect(cell).to_be_attached()
-            shown = grid.locator("td[role=gridcell]").all_inner_texts()
-            numbers = {round(float(t), 6) for t in shown if t.replace(".", "", 1).isdigit()}
-            assert any(round(v, 6) in numbers for v in rmse.values() if v is not None), (rmse, shown[:40])
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(BUILD / "dashboard-demo-fleet.png"), full_page=True)
-            page.goto(f"{url}/?view=Device&device=dev-001")
-            expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("voc_ppb@dev-001:v1").first).to_be_visible(timeout=30_000)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(BUILD / "dashboard-demo-device.png"), full_page=True)
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(tmp_path, data, site="site-1") as url, chromium(height=1100) as page:
+        page.goto(url)
+        grid = page.get_by_test_id("stDataFrame")
+        expect(grid).to_be_visible(timeout=30_000)
+        for device in ("dev-000", "dev-001", "dev-003"):
+            expect(
+                grid.get_by_role("gridcell", name=device, exact=True, include_hidden=True).first
+            ).to_be_attached()
+        for version in ("voc_ppb:v1", "voc_ppb@dev-001:v1"):
+            cell = grid.get_by_role("gridcell", name=version, exact=True, include_hidden=True).first
+            expect(cell).to_be_attached()
+        shown = grid.locator("td[role=gridcell]").all_inner_texts()
+        numbers = {round(float(t), 6) for t in shown if t.replace(".", "", 1).isdigit()}
+        assert any(round(v, 6) in numbers for v in rmse.values() if v is not None), (rmse, shown[:40])
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(BUILD / "dashboard-demo-fleet.png"), full_page=True)
+        page.goto(f"{url}/?view=Device&device=dev-001")
+        expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("voc_ppb@dev-001:v1").first).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(BUILD / "dashboard-demo-device.png"), full_page=True)

@@ -69,9 +69,9 @@ def fill(db: Path, *, trained: bool = True) -> dict[str, float]:
     events = []
     if trained:
         events = [
-            (Event("model_promoted", TARGET, t0 + 20, "first model", {"val_rmse": 2.1}, "voc_ppb:v1"), "s"),
-            (Event("drift_detected", f"{TARGET}@dev-b", t0 + 120, "page-hinkley alarm", {"rmse": 19.5}), "s"),
-            (Event("retrain_requested", f"{TARGET}@dev-b", t0 + 121, "drift"), "s"),
+            Event("model_promoted", TARGET, t0 + 20, "first model", {"val_rmse": 2.1}, "voc_ppb:v1"),
+            Event("drift_detected", f"{TARGET}@dev-b", t0 + 120, "page-hinkley alarm", {"rmse": 19.5}),
+            Event("retrain_requested", f"{TARGET}@dev-b", t0 + 121, "drift"),
         ]
     store.write(samples, events, status)
     if trained:

@@ -16,6 +16,7 @@ writer, and ``busy_timeout`` makes a second writer wait instead of failing.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,8 @@ import orjson
 
 from edgeloop.errors import StoreError
 from edgeloop.telemetry.schema import Event
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -165,7 +168,7 @@ class Store:
     def write(
         self,
         samples: Sequence[SampleRow] = (),
-        events: Sequence[tuple[Event, str]] = (),
+        events: Sequence[Event] = (),
         status: Sequence[StatusRow] = (),
     ) -> None:
         """Write one batch in one transaction: all of it lands or none does."""
@@ -190,7 +193,7 @@ class Store:
                             e.previous_version,
                             orjson.dumps(e.metrics).decode(),
                         )
-                        for e, _site in events
+                        for e in events
                     ],
                 )
             if status:
@@ -312,10 +315,9 @@ class StoreWriter:
         self._interval = flush_interval
         self._lock = threading.Lock()
         self._samples: list[SampleRow] = []
-        self._events: list[tuple[Event, str]] = []
+        self._events: list[Event] = []
         self._status: dict[tuple[str, str], StatusRow] = {}
         self._stop = threading.Event()
-        self._flushed = threading.Condition()
         self.rows_written = 0
         self.errors = 0
         self._thread = threading.Thread(target=self._run, name="edgeloop-store-writer", daemon=True)
@@ -324,7 +326,7 @@ class StoreWriter:
     def put(
         self,
         samples: Iterable[SampleRow] = (),
-        events: Iterable[tuple[Event, str]] = (),
+        events: Iterable[Event] = (),
         status: Iterable[StatusRow] = (),
     ) -> None:
         with self._lock:
@@ -333,7 +335,7 @@ class StoreWriter:
             for row in status:
                 self._status[(row.device, row.target)] = row
 
-    def _take(self) -> tuple[list[SampleRow], list[tuple[Event, str]], list[StatusRow]]:
+    def _take(self) -> tuple[list[SampleRow], list[Event], list[StatusRow]]:
         with self._lock:
             batch = (self._samples, self._events, list(self._status.values()))
             self._samples, self._events, self._status = [], [], {}
@@ -352,25 +354,14 @@ class StoreWriter:
                         self.rows_written += len(samples)
                     except Exception:  # a full disk must not kill the edge; the rows are counted lost
                         self.errors += 1
-                        import logging
-
-                        logging.getLogger(__name__).exception(
-                            "store write failed; %d rows lost", len(samples)
-                        )
+                        log.exception("store write failed; %d rows lost", len(samples))
                 if time.monotonic() - last_prune > 10:
                     store.prune()
                     last_prune = time.monotonic()
-                with self._flushed:
-                    self._flushed.notify_all()
                 if stopping:
                     return
         finally:
             store.close()
-
-    def flush(self, timeout: float = 10.0) -> None:
-        """Block until everything put so far is committed."""
-        with self._flushed:
-            self._flushed.wait(timeout)
 
     def close(self) -> None:
         self._stop.set()

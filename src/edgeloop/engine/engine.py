@@ -160,7 +160,6 @@ class Engine:
         self.samples_per_target: dict[str, int] = defaultdict(int)
         self._initial_threshold: dict[str, int] = {}
         self.stream_ts = 0.0
-        self.messages = 0
         self._rate_mark: dict[tuple[str, str], tuple[float, int]] = {}
 
     # -- models ---------------------------------------------------------------------------------
@@ -210,10 +209,6 @@ class Engine:
         serving = self._resolve(device, target)
         return serving.model.label if serving else PERSISTENCE_VERSION
 
-    def request_retrain(self, scope: str, reason: str = "requested by an operator") -> RetrainRequest:
-        self.pending.add(scope)
-        return RetrainRequest(scope, "manual", reason, None, self.stream_ts)
-
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, batch: Iterable[Telemetry]) -> EngineOutput:
         out = EngineOutput()
@@ -237,7 +232,6 @@ class Engine:
         rows: list[list[Any]] = []
         forecasts: list[dict[str, Forecast]] = []
         for msg in wave:
-            self.messages += 1
             if msg.ts > self.stream_ts:
                 self.stream_ts = msg.ts
             per_msg: dict[str, Forecast] = {}

@@ -46,7 +46,7 @@ def list_versions(settings: Settings) -> list[str]:
 def _record(settings: Settings, event: Event) -> None:
     store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
     try:
-        store.write(events=[(event, settings.site)])
+        store.write(events=[event])
     finally:
         store.close()
 

@@ -86,7 +86,7 @@ class TrainerService:
                 events = [Event.from_dict(e) for e in outcome.events]
                 store = Store(s.store_path, retention_rows=s.store.retention_rows)
                 try:
-                    store.write(events=[(e, s.site) for e in events])
+                    store.write(events=events)
                 finally:
                     store.close()
                 for event in outcome.events:

@@ -259,7 +259,7 @@ class EdgeService:
         if not events:
             return
         assert self.writer is not None
-        self.writer.put(events=[(e, self.site) for e in events])
+        self.writer.put(events=events)
         for event in events:
             self.stats.events.append(event)
             metrics.EVENTS.labels(kind=event.kind).inc()
