@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 DURATION ?= 180
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck unit integration e2e bench evaluate clean help
+.PHONY: demo test lint typecheck unit integration e2e faults bench evaluate clean help
 
 help:
 	@echo "make demo      run the whole loop on embedded defaults (DURATION=$(DURATION) s; DEMO_ARGS=...)"
 	@echo "make test      lint, type check and the whole test suite"
+	@echo "make faults    the fault suite on real components; prints the Reliability table"
 	@echo "make evaluate  replay real recordings and simulator scenarios through the engine (build/eval)"
 	@echo "make bench     end-to-end throughput and latency through a private broker (build/bench.json)"
 
@@ -42,6 +43,10 @@ integration: $(VENV)/.installed
 
 e2e: $(VENV)/.installed
 	$(BIN)/pytest -q tests/e2e
+
+faults: $(VENV)/.installed
+	rm -f build/reliability.jsonl
+	$(BIN)/pytest -q tests/faults
 
 evaluate: $(VENV)/.installed
 	$(BIN)/edgeloop evaluate --dataset all --out build/eval
