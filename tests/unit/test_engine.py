@@ -7,10 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeloop.config import DriftSettings, Settings
-from edgeloop.engine.engine import Engine, parse_scope, scope_of
+from edgeloop.engine.engine import Engine
 from edgeloop.engine.features import lag_windows, training_pairs
 from edgeloop.models.forecasters import LinearForecaster, Persistence
 from edgeloop.models.modelfile import LoadedModel
+from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.service.edge import build_engine
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Telemetry
 

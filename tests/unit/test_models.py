@@ -14,7 +14,8 @@ from edgeloop.errors import ModelFileError
 from edgeloop.models.forecasters import LightGBMForecaster, LinearForecaster, rmse
 from edgeloop.models.modelfile import MODEL_FILE, load_model, save_model
 from edgeloop.models.training import NotEnoughData, train_candidates
-from edgeloop.registry.local import LocalRegistry, parse_label, version_label
+from edgeloop.registry.local import LocalRegistry
+from edgeloop.scopes import parse_label, version_label
 
 
 def meta(version: int = 1, scope: str = "voc_ppb") -> dict[str, object]:

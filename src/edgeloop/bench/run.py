@@ -59,7 +59,8 @@ from edgeloop.bench import loadgen
 from edgeloop.bench.loadgen import SendLog
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import EdgeloopError
-from edgeloop.registry.local import LocalRegistry, version_label
+from edgeloop.registry.local import LocalRegistry
+from edgeloop.scopes import version_label
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION
 
 log = logging.getLogger(__name__)

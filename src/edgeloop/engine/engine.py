@@ -28,19 +28,10 @@ from edgeloop.adapters.store import SampleRow, StatusRow
 from edgeloop.drift import DriftGuard
 from edgeloop.engine.monitor import RollingRmse, RunningMean
 from edgeloop.models.modelfile import LoadedModel
+from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
 
 log = logging.getLogger(__name__)
-
-
-def scope_of(target: str, device: str | None = None) -> str:
-    """``voc_ppb`` for the fleet model of a target, ``voc_ppb@dev-001`` for one device's model."""
-    return target if device is None else f"{target}@{device}"
-
-
-def parse_scope(scope: str) -> tuple[str, str | None]:
-    target, _, device = scope.partition("@")
-    return target, device or None
 
 
 @dataclass

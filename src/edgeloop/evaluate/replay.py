@@ -30,12 +30,13 @@ import numpy as np
 
 from edgeloop.adapters.store import Series
 from edgeloop.config import Settings
-from edgeloop.engine.engine import Engine, EngineOutput, RetrainRequest, parse_scope, scope_of
+from edgeloop.engine.engine import Engine, EngineOutput, RetrainRequest
 from edgeloop.evaluate.datasets import DatasetOptions, Track, load_dataset, tracks
 from edgeloop.evaluate.strategies import Strategy, build_strategy_engine, parse_strategy
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.models.training import NotEnoughData
 from edgeloop.retrain.job import Verdict, train_and_judge
+from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import Telemetry
 
 log = logging.getLogger(__name__)

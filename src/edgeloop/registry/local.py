@@ -24,21 +24,10 @@ import orjson
 
 from edgeloop.errors import ModelFileError
 from edgeloop.models.modelfile import LoadedModel, load_model, read_meta
+from edgeloop.scopes import version_label
 
 CHAMPION_FILE = "champion.json"
 _SAFE = re.compile(r"^[A-Za-z0-9_.@-]+$")
-
-
-def version_label(scope: str, version: int) -> str:
-    """``voc_ppb:v3``: what predictions, events and the dashboard call a version."""
-    return f"{scope}:v{version}"
-
-
-def parse_label(label: str) -> tuple[str, int]:
-    scope, _, v = label.rpartition(":v")
-    if not scope or not v.isdigit():
-        raise ValueError(f"not a version label: {label!r} (expected e.g. voc_ppb:v3)")
-    return scope, int(v)
 
 
 class LocalRegistry:

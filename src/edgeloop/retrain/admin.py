@@ -6,13 +6,13 @@ import time
 
 from edgeloop.adapters.store import Store
 from edgeloop.config import Settings
-from edgeloop.engine.engine import parse_scope
 from edgeloop.errors import ModelFileError
 from edgeloop.models.forecasters import Persistence, rmse
 from edgeloop.models.training import NotEnoughData, split_series
-from edgeloop.registry.local import LocalRegistry, parse_label, version_label
+from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.tracking import Tracker
 from edgeloop.retrain.job import serving_model
+from edgeloop.scopes import parse_label, parse_scope, version_label
 from edgeloop.telemetry.schema import Event
 
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from edgeloop.adapters.store import Series, Store
 from edgeloop.config import Settings
-from edgeloop.engine.engine import parse_scope
 from edgeloop.errors import ModelFileError
 from edgeloop.models.forecasters import Persistence, rmse
 from edgeloop.models.modelfile import LoadedModel, save_model
 from edgeloop.models.training import NotEnoughData, TrainResult, train_candidates
-from edgeloop.registry.local import LocalRegistry, version_label
+from edgeloop.registry.local import LocalRegistry
+from edgeloop.scopes import parse_scope, version_label
 from edgeloop.telemetry.schema import Event
 
 log = logging.getLogger(__name__)

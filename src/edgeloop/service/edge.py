@@ -25,9 +25,10 @@ from edgeloop.config import Settings
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
 from edgeloop.errors import MessageError, ModelFileError
-from edgeloop.registry.local import LocalRegistry, parse_label, version_label
+from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
+from edgeloop.scopes import parse_label, version_label
 from edgeloop.service import metrics
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
 
