@@ -246,13 +246,14 @@ def test_stray_files_and_folders_are_ignored_with_one_warning(
     (root / "voc_ppb" / "vX").mkdir()
     (root / "voc_ppb" / "v01").mkdir()
     (root / "voc_ppb" / "notes.txt").write_text("hi")
+    os.mkdir(os.fsencode(root) + b"/\xff-not-utf8")
     with caplog.at_level(logging.WARNING, logger="edgeloop.registry.local"):
         for _ in range(3):  # polls
             assert reg.scopes() == [SCOPE]
             assert reg.versions(SCOPE) == [1]
             assert reg.resolve(SCOPE, lags=5).model is not None
     ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
-    assert len(ignored) == 6, ignored
+    assert len(ignored) == 7, ignored
     assert reg.next_version(SCOPE) == 2
 
 

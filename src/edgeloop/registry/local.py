@@ -123,22 +123,28 @@ class LocalRegistry:
         """Every scope with a folder; anything else under the models folder is ignored with a warning."""
         try:
             entries = sorted(self.root.iterdir())
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self._warn(self.root, f"cannot be listed: {exc}")
             return []
         found: set[str] = set()
         for path in entries:
             if path.name.startswith("."):
                 continue  # the lock and writers' temporary files
-            if not path.is_dir():
-                self._warn(path, "not a scope folder")
-                continue
-            scope = self._scope_of(path)
-            if scope is None:
-                self._warn(path, "not the folder of a scope (names are edgeloop.scopes.scope_dirname)")
-            elif self._has_content(path) or any(p.name.startswith(".") for p in path.iterdir()):
-                found.add(scope)  # (only dot files: a first version is being written)
-            else:
-                self._warn(path, "holds no versions and no champion")
+            try:
+                if not path.is_dir():
+                    self._warn(path, "not a scope folder")
+                    continue
+                scope = self._scope_of(path)
+                if scope is None:
+                    self._warn(path, "not the folder of a scope (names are edgeloop.scopes.scope_dirname)")
+                elif self._has_content(path) or any(p.name.startswith(".") for p in path.iterdir()):
+                    found.add(scope)  # (only dot files: a first version is being written)
+                else:
+                    self._warn(path, "holds no versions and no champion")
+            except OSError as exc:
+                self._warn(path, f"cannot be read: {exc}")
         return sorted(found)
 
     def _scope_of(self, path: Path) -> str | None:
@@ -162,6 +168,8 @@ class LocalRegistry:
             entries = list(d.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:
+            raise ModelFileError(f"{d}: cannot be listed: {exc}") from exc
         out = []
         for p in entries:
             m = _VERSION_DIR.fullmatch(p.name)
@@ -184,7 +192,8 @@ class LocalRegistry:
         key = str(path)
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("models: ignored %s: %s", path, why)
+            # A name with undecodable bytes must not break the log line.
+            log.warning("models: ignored %s: %s", key.encode("utf-8", "backslashreplace").decode(), why)
 
     # -- the lock across processes ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -368,13 +377,14 @@ class LocalRegistry:
         ``current`` (the model already serving) is taken as good without reloading it.
         """
         refused: list[Refusal] = []
+        with contextlib.suppress(ModelFileError):
+            self.versions(scope)  # warns once about anything stray in the folder
         try:
             pointer = self._read_pointer(scope)
         except ModelFileError as exc:
             refused.append(Refusal(None, CHAMPION_FILE, str(exc)))
             pointer = self._journal_pointer(scope)
         if pointer is None:
-            self.versions(scope)  # warns once about anything stray in the folder
             return Resolution(scope, None, None, refused)
         wanted = pointer.version
         for version in pointer.chain():

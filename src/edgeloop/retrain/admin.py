@@ -36,11 +36,13 @@ def list_versions(settings: Settings) -> list[str]:
                 lines.append(f"{version_label(scope, version):<28} unreadable: {exc}")
                 continue
             nan = float("nan")
-            scores = meta.get("scores", {})
+            # Scores are checked to be numbers or null (a NaN is stored as null).
+            raw = meta.get("scores") or {}
+            scores = {k: nan if v is None else v for k, v in raw.items()}
             mark = "* champion" if version == champion else ""
             lines.append(
                 f"{meta['label']:<28} {meta['kind']:<12} val RMSE {scores.get('val_rmse', nan):>9.4g}"
-                f"  vs {scores.get('champion', '?')} {scores.get('champion_rmse', nan):.4g}"
+                f"  vs {raw.get('champion') or '?'} {scores.get('champion_rmse', nan):.4g}"
                 f"  persistence {scores.get('persistence_rmse', nan):.4g}"
                 f"  {meta.get('trigger', '')} {mark}"
             )
