@@ -24,13 +24,13 @@ from edgeloop.adapters.store import StoreWriter
 from edgeloop.config import Settings
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
-from edgeloop.errors import MessageError, ModelFileError
-from edgeloop.models.modelfile import LoadedModel
-from edgeloop.registry.local import LocalRegistry, Refusal
+from edgeloop.errors import MessageError
+from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
-from edgeloop.scopes import parse_label, parse_scope, version_label
+from edgeloop.scopes import parse_label
 from edgeloop.service import metrics
+from edgeloop.service.model_sync import ModelSync
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,10 @@ class EdgeService:
             self.dispatcher = LocalDispatcher(settings)
         self.writer: StoreWriter | None = None
         self.ready = threading.Event()
-        # Registry polling: the champion.json each scope was last resolved against, scopes serving a
-        # fallback (re-resolved every poll, so a repaired file is picked up), refusals already reported.
-        self._pointer_states: dict[str, tuple[int, ...] | None] = {}
-        self._degraded: set[str] = set()
-        self._reported: set[tuple[str, str, str]] = set()
+        self.models = ModelSync(self.registry, self.engine, settings.model.lags, self._emit, self._swapped)
+
+    def _swapped(self) -> None:
+        self.stats.swaps += 1
 
     # -- paho's thread: enqueue only --------------------------------------------------------------
     def _on_message(self, message: Any) -> None:
@@ -316,90 +315,10 @@ class EdgeService:
                     self.engine.retrain_finished(event.scope, installed=False)
 
     def _install(self, scope: str, version: int) -> bool:
-        """Serve ``version`` of ``scope`` (a promotion we were told of); False if it was refused."""
-        label = version_label(scope, version)
-        try:
-            model = self.registry.load(scope, version, lags=self.settings.model.lags)
-        except (ModelFileError, OSError, ValueError) as exc:
-            self._report_refusals(scope, [Refusal(label, label, str(exc))], None)
-            self._pointer_states.pop(scope, None)  # the next poll walks the champion history
-            return False
-        self._serve(scope, model)
-        return True
-
-    def _serve(self, scope: str, model: LoadedModel) -> None:
-        self.engine.install(scope, model, probation=True)
-        self.stats.swaps += 1
-        metrics.SWAPS.inc()
-        log.info("now serving %s (%s)", model.label, model.meta.get("kind"))
+        return self.models.install(scope, version)
 
     def _sync_models(self) -> None:
-        """Registry polling: serve every scope's newest good champion (also the start-up load)."""
-        for scope in self.registry.scopes():
-            state = self.registry.pointer_state(scope)
-            if scope not in self._degraded and self._pointer_states.get(scope, ()) == state:
-                continue
-            serving = self.engine.serving.get(scope)
-            try:
-                res = self.registry.resolve(
-                    scope, lags=self.settings.model.lags, current=serving.model if serving else None
-                )
-            except (ModelFileError, OSError, ValueError) as exc:
-                log.warning("cannot read the models of %s: %s", scope, exc)
-                continue
-            self._pointer_states[scope] = state
-            if res.refused:
-                self._degraded.add(scope)
-            else:
-                self._degraded.discard(scope)
-                self._reported = {r for r in self._reported if r[0] != scope}
-            self._report_refusals(scope, res.refused, res.model)
-            if res.model is None:
-                if serving is not None and res.wanted is None and not res.refused:
-                    self.engine.uninstall(scope)  # rolled back to no model of its own
-                # (every version refused: the model in service keeps serving)
-            elif serving is None or serving.model.label != res.model.label:
-                self._serve(scope, res.model)
-
-    def _report_refusals(self, scope: str, refused: list[Refusal], instead: LoadedModel | None) -> None:
-        """One ``model_load_failed`` event per refused file, naming what serves instead."""
-        fresh = [r for r in refused if (scope, r.what, r.reason) not in self._reported]
-        if not fresh:
-            return
-        if instead is None and scope in self.engine.serving:
-            instead = self.engine.serving[scope].model
-        target, device = parse_scope(scope)
-        fallback = (
-            instead.label
-            if instead is not None
-            else self.engine.serving_label(device, target)
-            if device is not None
-            else "persistence"
-        )
-        events = []
-        for r in fresh:
-            self._reported.add((scope, r.what, r.reason))
-            metrics.MODEL_LOAD_FAILURES.inc()
-            log.error("refused %s: %s; serving %s instead", r.what, r.reason, fallback)
-            events.append(
-                Event(
-                    "model_load_failed",
-                    scope,
-                    self.engine.stream_ts,
-                    reason=f"refused {r.what}: {r.reason}; serving {fallback} instead",
-                    version=r.label,
-                    previous_version=fallback,
-                )
-            )
-        self._emit(events)
+        self.models.sync()
 
     def _persist_rollback(self, rollback: Rollback) -> None:
-        try:
-            _, rejected = parse_label(rollback.rejected)
-            restored = self.registry.rollback(
-                rollback.scope, reason=f"probation failed for {rollback.rejected}", rejected=rejected
-            )
-        except (ModelFileError, OSError, ValueError) as exc:
-            log.error("could not record rollback of %s: %s", rollback.scope, exc)
-            return
-        log.warning("rolled back %s -> %s", rollback.rejected, restored)
+        self.models.record_rollback(rollback)
