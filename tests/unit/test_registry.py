@@ -329,3 +329,28 @@ def test_a_writer_killed_mid_write_leaves_nothing_a_reader_sees(tmp_path: Path) 
     os.utime(partial[0], (old, old))
     fresh.next_version(SCOPE)
     assert not partial[0].exists()  # a long-dead writer's leftovers are swept
+
+
+def _hold_lock(root: str, ready: str) -> None:
+    with LocalRegistry(root).lock():
+        Path(ready).write_text("held")
+        time.sleep(60)
+
+
+def test_the_lock_times_out_with_a_clear_error_and_dies_with_its_holder(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    proc = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(str(tmp_path), str(ready)))
+    proc.start()
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert time.monotonic() < deadline and proc.is_alive()
+        time.sleep(0.01)
+    reg = LocalRegistry(tmp_path, lock_timeout=0.2)
+    with pytest.raises(ModelFileError, match=r"\.lock: held by another process"):
+        reg.next_version(SCOPE)
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)  # a trainer killed mid-promotion
+    proc.join(10)
+    assert reg.next_version(SCOPE) == 1
+    with reg.lock(), reg.lock():  # re-entrant: promote inside a held lock does not deadlock
+        assert reg.next_version(SCOPE) == 2

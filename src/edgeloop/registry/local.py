@@ -21,59 +21,39 @@ version or a registry file is ignored with one warning.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import re
 import shutil
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from edgeloop.errors import ModelFileError
 from edgeloop.models.modelfile import LoadedModel, load_model, read_meta
+from edgeloop.registry.lock import LOCK_TIMEOUT, FileLock
+from edgeloop.registry.pointer import (
+    CHAMPION_FILE,
+    JOURNAL_FILE,
+    ChampionPointer,
+    atomic_write,
+    read_journal,
+    read_pointer,
+    stat_key,
+    write_pointer,
+)
 from edgeloop.scopes import decode_scope, is_hashed_dirname, parse_scope, scope_dirname, version_label
 
 log = logging.getLogger(__name__)
 
-CHAMPION_FILE = "champion.json"
-JOURNAL_FILE = "champion.log"
 SCOPE_FILE = "scope.txt"  # the scope of a folder whose name is shortened by a hash
 COUNTER_FILE = ".next-version"
 LOCK_FILE = ".lock"
 HISTORY_LIMIT = 100  # champions remembered for rollback and fallback
-LOCK_TIMEOUT = 30.0  # seconds to wait for another process's numbering or pointer move
 STALE_TMP_SECONDS = 3600.0  # a writer's temporary folder this old belongs to a writer that died
-JOURNAL_TAIL_BYTES = 65536
 _VERSION_DIR = re.compile(r"v([1-9][0-9]*)")
 _LEGACY_NAME = re.compile(r"[A-Za-z0-9_.@-]+")  # folders named before scopes were encoded
 _KNOWN_FILES = {CHAMPION_FILE, JOURNAL_FILE, SCOPE_FILE}
-
-
-class ChampionPointer(BaseModel):
-    """``champion.json``; ``version`` None means the scope was rolled back to no model of its own."""
-
-    model_config = ConfigDict(strict=True, extra="allow")
-
-    version: Annotated[int, Field(ge=1)] | None
-    history: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
-    updated: float | None = None
-    reason: str = ""
-
-    def chain(self) -> list[int]:
-        """Versions to try, newest first: the champion, then the ones before it."""
-        out = [] if self.version is None else [self.version]
-        for v in reversed(self.history):
-            if v not in out:
-                out.append(v)
-        return out
 
 
 @dataclass(frozen=True)
@@ -100,9 +80,8 @@ class LocalRegistry:
 
     def __init__(self, models_dir: Path | str, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.root = Path(models_dir)
-        self.lock_timeout = lock_timeout
         self._warned: set[str] = set()
-        self._held = threading.local()
+        self._lock = FileLock(self.root / LOCK_FILE, lock_timeout)
         # A refused version is not reloaded while its files are unchanged: (scope, version) -> (stat, why).
         self._refused: dict[tuple[str, int], tuple[tuple[int, ...], str]] = {}
 
@@ -196,37 +175,9 @@ class LocalRegistry:
             log.warning("models: ignored %s: %s", key.encode("utf-8", "backslashreplace").decode(), why)
 
     # -- the lock across processes ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the registry's lock (re-entrant in one thread); numbering and pointer moves run inside."""
-        if getattr(self._held, "depth", 0):
-            self._held.depth += 1
-            try:
-                yield
-            finally:
-                self._held.depth -= 1
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise ModelFileError(
-                            f"{self.root / LOCK_FILE}: held by another process for {self.lock_timeout:g} s"
-                        ) from None
-                    time.sleep(0.005)
-            self._held.depth = 1
-            try:
-                yield
-            finally:
-                self._held.depth = 0
-        finally:
-            os.close(fd)  # closing releases the flock
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the registry's lock across processes (re-entrant in one thread)."""
+        return self._lock.hold()
 
     # -- version numbers --------------------------------------------------------------------------
     def next_version(self, scope: str) -> int:
@@ -238,7 +189,7 @@ class LocalRegistry:
             except (FileNotFoundError, ValueError):
                 last = 0
             version = max(last, max(self.versions(scope), default=0)) + 1
-            _atomic_write(d / COUNTER_FILE, str(version).encode())
+            atomic_write(d / COUNTER_FILE, str(version).encode())
             self._sweep(d)
             return version
 
@@ -246,7 +197,7 @@ class LocalRegistry:
         d = self.scope_dir(scope)
         d.mkdir(parents=True, exist_ok=True)
         if is_hashed_dirname(d.name) and not (d / SCOPE_FILE).exists():
-            _atomic_write(d / SCOPE_FILE, scope.encode("utf-8", "surrogatepass"))
+            atomic_write(d / SCOPE_FILE, scope.encode("utf-8", "surrogatepass"))
         return d
 
     def _sweep(self, d: Path) -> None:
@@ -264,31 +215,10 @@ class LocalRegistry:
         return None if p is None else p.model_dump()
 
     def _read_pointer(self, scope: str) -> ChampionPointer | None:
-        path = self.scope_dir(scope) / CHAMPION_FILE
-        try:
-            data = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except orjson.JSONDecodeError as exc:
-            raise ModelFileError(f"{path}: not valid JSON") from exc
-        except OSError as exc:
-            raise ModelFileError(f"{path}: cannot be read: {exc}") from exc
-        return _check_pointer(data, path)
+        return read_pointer(self.scope_dir(scope))
 
     def _journal_pointer(self, scope: str) -> ChampionPointer | None:
-        """The last pointer state in ``champion.log`` that parses; None if there is none."""
-        path = self.scope_dir(scope) / JOURNAL_FILE
-        try:
-            with path.open("rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - JOURNAL_TAIL_BYTES))
-                lines = fh.read().splitlines()
-        except OSError:
-            return None
-        for line in reversed(lines):
-            with contextlib.suppress(orjson.JSONDecodeError, ModelFileError):
-                return _check_pointer(orjson.loads(line), path)
-        return None
+        return read_journal(self.scope_dir(scope))
 
     def _pointer_or_journal(self, scope: str) -> ChampionPointer | None:
         try:
@@ -309,16 +239,10 @@ class LocalRegistry:
 
     def pointer_state(self, scope: str) -> tuple[int, ...] | None:
         """Changes whenever ``champion.json`` is replaced; cheap enough to ask every poll."""
-        return _stat_key(self.scope_dir(scope) / CHAMPION_FILE)
+        return stat_key(self.scope_dir(scope) / CHAMPION_FILE)
 
     def _write_pointer(self, scope: str, pointer: ChampionPointer) -> None:
-        d = self._ensure_scope_dir(scope)
-        body = orjson.dumps(pointer.model_dump())
-        _atomic_write(d / CHAMPION_FILE, body)
-        with open(d / JOURNAL_FILE, "ab") as fh:
-            fh.write(body + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_pointer(self._ensure_scope_dir(scope), pointer)
 
     def promote(self, scope: str, version: int, reason: str = "", *, lags: int | None = None) -> None:
         """Make ``version`` the champion, after verifying it loads and predicts (raises if not)."""
@@ -401,7 +325,7 @@ class LocalRegistry:
 
     def _load_unless_refused(self, scope: str, version: int, lags: int | None) -> LoadedModel:
         d = self.version_dir(scope, version)
-        key = (*(_stat_key(d / "meta.json") or ()), *(_stat_key(d / "model.txt") or ()), lags or 0)
+        key = (*(stat_key(d / "meta.json") or ()), *(stat_key(d / "model.txt") or ()), lags or 0)
         seen = self._refused.get((scope, version))
         if seen is not None and seen[0] == key:
             raise ModelFileError(seen[1])
@@ -416,37 +340,3 @@ class LocalRegistry:
     def load_champion(self, scope: str, *, lags: int | None = None) -> LoadedModel | None:
         """The model serving ``scope``: its champion, or the last good one before it; None if none."""
         return self.resolve(scope, lags=lags).model
-
-
-def _check_pointer(data: Any, path: Path) -> ChampionPointer:
-    if not isinstance(data, dict):
-        raise ModelFileError(f"{path}: not a JSON object")
-    try:
-        return ChampionPointer.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(part) for part in first["loc"])
-        raise ModelFileError(
-            f"{path}: field {loc!r}: {first['msg']}, got {repr(first.get('input'))[:60]}"
-        ) from exc
-
-
-def _stat_key(path: Path) -> tuple[int, ...] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
