@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeloop.errors import ModelFileError
-from edgeloop.models.modelfile import LoadedModel, load_model, read_meta
+from edgeloop.models.modelfile import META_FILE, MODEL_FILE, LoadedModel, load_model, read_meta
 from edgeloop.registry.lock import LOCK_TIMEOUT, FileLock
 from edgeloop.registry.pointer import (
     CHAMPION_FILE,
@@ -325,7 +325,7 @@ class LocalRegistry:
 
     def _load_unless_refused(self, scope: str, version: int, lags: int | None) -> LoadedModel:
         d = self.version_dir(scope, version)
-        key = (*(stat_key(d / "meta.json") or ()), *(stat_key(d / "model.txt") or ()), lags or 0)
+        key = (*(stat_key(d / META_FILE) or ()), *(stat_key(d / MODEL_FILE) or ()), lags or 0)
         seen = self._refused.get((scope, version))
         if seen is not None and seen[0] == key:
             raise ModelFileError(seen[1])
