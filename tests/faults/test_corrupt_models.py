@@ -35,6 +35,7 @@ LAGS = 5
 DEVICES = 3
 STEPS = 60  # readings per device and run
 POLL = 0.3  # edge.model_poll_interval: several polls happen during each run
+MAX_RSS_MB = 400  # an edge serving a few linear models; refusals must not pile anything up
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,10 @@ class Run:
             for p in self.predictions.payloads()
             if p["seq"] >= first_seq + LAGS
         }
+
+    def check_edge(self, edge: EdgeProcess) -> None:
+        assert edge.alive(), edge.log()[-3000:]
+        assert edge.rss_mb() < MAX_RSS_MB
 
     def load_failures(self) -> list[dict[str, Any]]:
         return [e for e in self.events.payloads() if e["kind"] == "model_load_failed"]
@@ -224,7 +229,7 @@ def test_edge_starts_on_a_corrupt_champion_and_serves_the_last_good_version(
     edge = run.start_edge()
     first = run.publish(STEPS)
     run.wait_answered()
-    assert edge.alive()
+    run.check_edge(edge)
     assert run.models_from(first) == {expected}
     failures = run.load_failures()
     assert len(failures) == 1, failures  # reported once, not at every poll
@@ -242,7 +247,7 @@ def test_stray_files_and_folders_are_ignored_with_one_warning(run: Run) -> None:
     edge = run.start_edge()
     first = run.publish(STEPS)
     run.wait_answered()
-    assert edge.alive()
+    run.check_edge(edge)
     assert run.models_from(first) == {"voc_ppb:v2"}
     assert run.load_failures() == []
     log = edge.log()
@@ -264,7 +269,7 @@ def test_a_champion_corrupted_while_stopped_falls_back_at_restart(run: Run) -> N
     recovery = time.monotonic() - started
     second = run.publish(STEPS)
     run.wait_answered()
-    assert edge.alive()
+    run.check_edge(edge)
     assert {
         p["predictions"][SCOPE]["model"] for p in run.predictions.payloads() if p["seq"] >= second + LAGS
     } == {"voc_ppb:v1"}
@@ -272,7 +277,9 @@ def test_a_champion_corrupted_while_stopped_falls_back_at_restart(run: Run) -> N
     assert len(failures) == 1 and "checksum" in failures[0]["reason"], failures
     # recovery: from the restart on the corrupt registry to "edge up", serving the champion before
     answered, lost, duplicated = run.report(
-        "corrupt champion at restart", "serves voc_ppb:v1, the champion before", recovery
+        "corrupt champion at restart",
+        "serves voc_ppb:v1, the champion before; recovery = restart to edge up",
+        recovery,
     )
     assert (answered, lost, duplicated) == (2 * DEVICES * STEPS, 0, 0)
 
@@ -293,7 +300,7 @@ def test_a_bad_champion_appearing_while_running_is_refused_and_the_current_model
     wait_until(lambda: bool(run.load_failures()), 10, "model_load_failed")
     second = run.publish(STEPS - STEPS // 2)
     run.wait_answered()
-    assert edge.alive()
+    run.check_edge(edge)
     assert run.models_from(first) == {"voc_ppb:v2"} and run.models_from(second) == {"voc_ppb:v2"}
     failures = run.load_failures()
     assert len(failures) == 1 and failures[0]["version"] == f"voc_ppb:v{v}", failures
@@ -323,7 +330,7 @@ def test_devices_with_unusual_ids_get_their_own_model(run: Run) -> None:
     edge = run.start_edge()
     first = run.publish(STEPS)
     run.wait_answered()
-    assert edge.alive()
+    run.check_edge(edge)
     served = {
         p["device"]: p["predictions"][SCOPE]["model"]
         for p in run.predictions.payloads()
