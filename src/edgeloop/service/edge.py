@@ -24,12 +24,13 @@ from edgeloop.adapters.store import StoreWriter
 from edgeloop.config import Settings
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
-from edgeloop.errors import MessageError, ModelFileError
+from edgeloop.errors import MessageError
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
-from edgeloop.scopes import parse_label, version_label
+from edgeloop.scopes import parse_label
 from edgeloop.service import metrics
+from edgeloop.service.model_sync import ModelSync
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,10 @@ class EdgeService:
             self.dispatcher = LocalDispatcher(settings)
         self.writer: StoreWriter | None = None
         self.ready = threading.Event()
-        self._failed_versions: set[tuple[str, int]] = set()
+        self.models = ModelSync(self.registry, self.engine, settings.model.lags, self._emit, self._swapped)
+
+    def _swapped(self) -> None:
+        self.stats.swaps += 1
 
     # -- paho's thread: enqueue only --------------------------------------------------------------
     def _on_message(self, message: Any) -> None:
@@ -311,61 +315,10 @@ class EdgeService:
                     self.engine.retrain_finished(event.scope, installed=False)
 
     def _install(self, scope: str, version: int) -> bool:
-        label = version_label(scope, version)
-        try:
-            model = self.registry.load(scope, version, lags=self.settings.model.lags)
-        except (ModelFileError, OSError, ValueError) as exc:
-            metrics.MODEL_LOAD_FAILURES.inc()
-            self._emit(
-                [
-                    Event(
-                        "model_load_failed",
-                        scope,
-                        self.engine.stream_ts,
-                        reason=f"refused {label}: {exc}; the current model keeps serving",
-                        version=label,
-                        previous_version=self.engine.serving[scope].model.label
-                        if scope in self.engine.serving
-                        else None,
-                    )
-                ]
-            )
-            return False
-        self.engine.install(scope, model, probation=True)
-        self.stats.swaps += 1
-        metrics.SWAPS.inc()
-        log.info("now serving %s (%s)", label, model.meta.get("kind"))
-        return True
+        return self.models.install(scope, version)
 
     def _sync_models(self) -> None:
-        """Registry polling: serve every scope's champion (also the start-up load)."""
-        for scope in self.registry.scopes():
-            try:
-                version = self.registry.champion(scope)
-            except ModelFileError as exc:
-                log.warning("cannot read champion of %s: %s", scope, exc)
-                continue
-            serving = self.engine.serving.get(scope)
-            if version is None:
-                if serving is not None:
-                    self.engine.uninstall(scope)
-                continue
-            if serving is None or serving.model.label != version_label(scope, version):
-                if self._failed_recently(scope, version):
-                    continue
-                if not self._install(scope, version):
-                    self._failed_versions.add((scope, version))
-
-    def _failed_recently(self, scope: str, version: int) -> bool:
-        # A version that failed verification is not retried every poll; a new version is.
-        return (scope, version) in self._failed_versions
+        self.models.sync()
 
     def _persist_rollback(self, rollback: Rollback) -> None:
-        try:
-            restored = self.registry.rollback(
-                rollback.scope, reason=f"probation failed for {rollback.rejected}"
-            )
-        except (ModelFileError, OSError) as exc:
-            log.error("could not record rollback of %s: %s", rollback.scope, exc)
-            return
-        log.warning("rolled back %s -> %s", rollback.rejected, restored)
+        self.models.record_rollback(rollback)
