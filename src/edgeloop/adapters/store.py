@@ -23,11 +23,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
 
+from edgeloop.engine.rows import SampleRow, StatusRow
 from edgeloop.errors import StoreError
 from edgeloop.telemetry.schema import Event
 
@@ -97,33 +98,6 @@ CREATE TABLE IF NOT EXISTS model_versions (
     PRIMARY KEY (scope, version)
 );
 """
-
-
-class SampleRow(NamedTuple):
-    device: str
-    target: str
-    ts: float
-    seq: int | None
-    value: float
-    forecast: float | None
-    persistence: float | None
-    prediction: float | None
-    model: str | None
-
-
-class StatusRow(NamedTuple):
-    device: str
-    target: str
-    last_seen: float
-    readings: int  # the column is named count
-    rate: float
-    rmse: float | None
-    threshold: float | None
-    persistence_rmse: float | None
-    mean_rmse: float | None
-    model: str
-    status: str
-    updated: float
 
 
 @dataclass(frozen=True)
