@@ -168,8 +168,9 @@ class StoreWriter:
                 stopping = self._stop.wait(backoff or self._interval)
                 self.heartbeat = time.monotonic()
                 ok = self._flush()
-                if ok and time.monotonic() - last_prune > PRUNE_INTERVAL:
-                    ok = self._prune()
+                # Pruned even while writes fail: the pages it frees are room the next commit can reuse.
+                if time.monotonic() - last_prune > PRUNE_INTERVAL:
+                    ok = self._prune() and ok
                     last_prune = time.monotonic()
                 backoff = 0.0 if ok else min(max(backoff * 2, self._interval * 2), MAX_BACKOFF)
                 if stopping:
