@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeloop.config import DriftSettings, Settings
 from edgeloop.engine.engine import Engine
@@ -251,3 +253,47 @@ def test_export_cost_per_thousand_devices() -> None:
     assert export_s < 0.5 and len(blob) < 6e6
     assert fresh.tracks[("dev-0999", TARGET)].hist == eng.tracks[("dev-0999", TARGET)].hist
     assert eng.tracks[("dev-0000", TARGET)].last_model != PERSISTENCE_VERSION
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_a_damaged_snapshot_never_raises_anything_but_state_error(data: st.DataObject) -> None:
+    state = _VALID_STATE()
+    # Replace one value somewhere in the snapshot with arbitrary JSON.
+    node: Any = state
+    while True:
+        keys = list(node.keys()) if isinstance(node, dict) else list(range(len(node)))
+        key = data.draw(st.sampled_from(keys))
+        child = node[key]
+        if not isinstance(child, dict | list) or not child or data.draw(st.booleans()):
+            node[key] = data.draw(_JSON)
+            break
+        node = child
+    fresh = make()
+    fresh.install(TARGET, model(), probation=False)
+    try:
+        report = fresh.import_state(state)
+    except StateError:
+        return
+    assert report.restored + report.skipped <= 3
+    assert len(fresh.process(stream(series(2, 9), 500)).predictions) == 6  # and it still works
+
+
+def _valid_state() -> Any:
+    eng = make()
+    eng.install(TARGET, model(), probation=False)
+    run(eng, stream(series(120, 1), 0))
+    blob = orjson.dumps(eng.export_state())
+    return lambda: orjson.loads(blob)
+
+
+_VALID_STATE = _valid_state()

@@ -135,7 +135,7 @@ class DriftGuard:
     def from_state(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`to_state` output. Hyperparameters stay as constructed (the config of this
         run wins); a state that does not fit raises ``ValueError``/``KeyError``/``TypeError`` and leaves
-        the guard as freshly built."""
+        the guard as freshly built (other than its detector's reference)."""
         samples = int(state["samples"])
         last = state["last_alarm_at"]
         recent = [int(i) for i in state["recent"]]
@@ -144,7 +144,7 @@ class DriftGuard:
             raise ValueError("guard state out of range")
         try:
             self.detector.from_state(state["detector"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
             self.detector.reset()
             raise
         self.samples = samples

@@ -46,6 +46,8 @@ FORMAT = "edgeloop-engine-state/1"
 _STATUSES = ("healthy", "drifting", "retraining", "probation", "rolled_back")
 
 ModelLoader = Callable[[str], "ServedModel | None"]
+# What a malformed part of a snapshot raises while it is read.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
 
 
 class StateError(ValueError):
@@ -131,13 +133,13 @@ def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = No
         thresholds = {str(k): int(v) for k, v in dict(state["initial_threshold"]).items()}
         stream_ts = _finite(state["stream_ts"])
         serving = dict(state["serving"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except _MALFORMED as exc:
         raise StateError(f"malformed snapshot: {exc!r}") from exc
     report = RestoreReport()
     for entry in tracks:
         try:
             rebased = _import_track(engine, entry)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except _MALFORMED:
             report.skipped += 1
             if isinstance(entry, dict):
                 engine.tracks.pop((str(entry.get("device")), str(entry.get("target"))), None)
@@ -147,7 +149,7 @@ def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = No
     for scope, saved in serving.items():
         try:
             report.probations += _import_serving(engine, scope, saved, load_model)
-        except (KeyError, TypeError, ValueError):
+        except _MALFORMED:
             continue
     engine.samples_per_target.update(counts)
     engine._initial_threshold.update(thresholds)
@@ -198,7 +200,7 @@ def _import_track(engine: Engine, e: dict[str, Any]) -> bool:
     track.model_rmse.from_state(e["model_rmse"])
     try:
         track.guard.from_state(e["guard"])
-    except (KeyError, TypeError, ValueError):
+    except _MALFORMED:
         # The drift policy or its window changed: keep the lag window, start detection afresh.
         track.guard = engine.guard_factory(fresh_guard.detector.reference_rmse)
         track.since_model = [0, 0.0, 0.0, 0.0]

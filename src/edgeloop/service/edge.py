@@ -245,6 +245,10 @@ class EdgeService:
         except StateError as exc:
             log.warning("ignored state snapshot %s: %s; starting without it", path, exc)
             return
+        except Exception:  # a snapshot must never stop the edge from starting
+            log.exception("ignored state snapshot %s: unexpected error while loading it", path)
+            self.engine.tracks.clear()
+            return
         log.info(
             "restored state of %d devices/targets from %s (%d on a new model, %d unreadable)",
             report.restored,
