@@ -297,3 +297,19 @@ def _valid_state() -> Any:
 
 
 _VALID_STATE = _valid_state()
+
+
+def test_export_in_slices_equals_export_at_once() -> None:
+    from edgeloop.engine.state import Exporter
+
+    eng = make()
+    eng.install(TARGET, model(), probation=False)
+    msgs = [
+        Telemetry(f"d{d}", float(i), i, {TARGET: float(100 + i % 5)}) for i in range(30) for d in range(45)
+    ]
+    eng.process(msgs)
+    exporter = Exporter(eng, chunk=10)
+    steps = 1
+    while (sliced := exporter.step()) is None:
+        steps += 1
+    assert steps == 5 and orjson.dumps(sliced) == orjson.dumps(eng.export_state())

@@ -64,6 +64,41 @@ class RestoreReport:
 
 def export_state(engine: Engine) -> dict[str, Any]:
     """The engine's state as a JSON-able dict (orjson); cost is about linear in devices x window."""
+    state = _export_header(engine)
+    state["tracks"] = [_export_track(engine, t) for t in engine.tracks.values()]
+    return state
+
+
+class Exporter:
+    """:func:`export_state` a slice of devices per :meth:`step`, so the loop never pauses for long.
+
+    Devices are independent, so a snapshot taken over several passes of the loop is as good as one
+    taken at once; a device that appears meanwhile is in the next snapshot.
+    """
+
+    def __init__(self, engine: Engine, chunk: int = 200) -> None:
+        self._engine = engine
+        self._chunk = chunk
+        self._state = _export_header(engine)
+        self._keys = list(engine.tracks)
+        self._tracks: list[dict[str, Any]] = []
+        self._pos = 0
+
+    def step(self) -> dict[str, Any] | None:
+        """Export the next slice; the complete state once the last slice is done, else None."""
+        tracks = self._engine.tracks
+        for key in self._keys[self._pos : self._pos + self._chunk]:
+            track = tracks.get(key)
+            if track is not None:  # gone meanwhile (evicted): nothing to keep
+                self._tracks.append(_export_track(self._engine, track))
+        self._pos += self._chunk
+        if self._pos < len(self._keys):
+            return None
+        self._state["tracks"] = self._tracks
+        return self._state
+
+
+def _export_header(engine: Engine) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "lags": engine.lags,
@@ -82,7 +117,6 @@ def export_state(engine: Engine) -> dict[str, Any]:
             }
             for scope, s in engine.serving.items()
         },
-        "tracks": [_export_track(engine, t) for t in engine.tracks.values()],
     }
 
 
