@@ -4,6 +4,12 @@ Threads: paho's network thread only appends raw messages to a queue; one loop th
 in batches, runs the engine, publishes, hands rows to the store writer thread, and between batches
 swaps models, dispatches retrains and writes status. Training runs in another process, so nothing
 here ever waits for it.
+
+Start-up order: the data dir is checked and the store opened first (a bad data dir is refused with
+one line before anything else starts), then the health endpoint, the broker, the models, the state
+snapshot (so devices continue where they were), and only then the subscriptions. Every
+``edge.snapshot_interval`` seconds and at shutdown the engine's state is snapshotted; /healthz and
+/readyz report on the loop, the store writer, the connection and the subscriptions.
 """
 
 from __future__ import annotations
@@ -21,19 +27,18 @@ from typing import Any
 import orjson
 
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
-from edgeloop.adapters.snapshot import SnapshotWriter, read_snapshot
 from edgeloop.adapters.writer import StoreWriter, check_data_dir
 from edgeloop.config import Settings
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
 from edgeloop.engine.rows import ServedModel
-from edgeloop.engine.state import Exporter, StateError
 from edgeloop.errors import MessageError, ModelFileError
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
 from edgeloop.scopes import parse_label, version_label
 from edgeloop.service import health, metrics
+from edgeloop.service.statekeeper import StateKeeper
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
 
 log = logging.getLogger(__name__)
@@ -112,14 +117,12 @@ class EdgeService:
         else:
             self.dispatcher = LocalDispatcher(settings)
         self.writer: StoreWriter | None = None
-        self.snapshots: SnapshotWriter | None = None
+        self.state: StateKeeper | None = None
         self.http: health.HealthServer | None = None
         self.ready = threading.Event()
         self.subscribed = False
         self.registry_read = False
         self.loop_beat: float | None = None  # monotonic time of the message loop's last pass
-        self._snapshot_mark = -1
-        self._exporter: Exporter | None = None
         self._failed_versions: set[tuple[str, int]] = set()
 
     # -- paho's thread: enqueue only --------------------------------------------------------------
@@ -154,7 +157,8 @@ class EdgeService:
             self.session.start()
             self._sync_models()
             self.registry_read = True
-            self._restore_state()  # models first: the state says which model each device was on
+            if self.state is not None:
+                self.state.restore()  # after the models: the state says which model each device was on
             group = s.broker.shared_group if self._protocol == "5" else None
             self.session.subscribe(
                 s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group
@@ -177,7 +181,7 @@ class EdgeService:
         gc.freeze()
         self.ready.set()
         assert self.writer is not None
-        next_status = next_poll = next_snapshot = time.monotonic()
+        next_status = next_poll = time.monotonic()
         try:
             while not self._stop.is_set():
                 self.loop_beat = time.monotonic()
@@ -193,9 +197,8 @@ class EdgeService:
                 if now >= next_status:
                     self.writer.put(status=self.engine.status_rows(time.time()))
                     next_status = now + s.edge.status_interval
-                if self._exporter is not None or (now >= next_snapshot and self.snapshots is not None):
-                    self._snapshot()
-                    next_snapshot = now + s.edge.snapshot_interval
+                if self.state is not None:
+                    self.state.tick(now, self.stats.processed)
         finally:
             self._shutdown()
 
@@ -214,11 +217,16 @@ class EdgeService:
             on_drop=metrics.STORE_ROWS_DROPPED.inc,
         )
         if s.edge.snapshot_interval > 0:
-            self.snapshots = SnapshotWriter(self.snapshot_path, on_error=metrics.SNAPSHOT_ERRORS.inc)
+            self.state = StateKeeper(
+                self.engine,
+                self.snapshot_path,
+                interval=s.edge.snapshot_interval,
+                load_model=self._load_label,
+            )
 
     def _close_storage(self, *, final_snapshot: bool) -> None:
-        if self.snapshots is not None:
-            self.snapshots.close(self.engine.export_state() if final_snapshot else None)
+        if self.state is not None:
+            self.state.close(final=final_snapshot)
         if self.writer is not None:
             if final_snapshot:
                 self.writer.put(status=self.engine.status_rows(time.time()))
@@ -226,43 +234,6 @@ class EdgeService:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
-
-    def _snapshot(self) -> None:
-        # One slice of devices per pass of the loop (1,000 devices: 11-60 ms in all, see engine.state).
-        assert self.snapshots is not None
-        if self._exporter is None:
-            if self.stats.processed == self._snapshot_mark:
-                return  # nothing new since the last one
-            self._snapshot_mark = self.stats.processed
-            self._exporter = Exporter(self.engine)
-        state = self._exporter.step()
-        if state is not None:
-            self._exporter = None
-            self.snapshots.submit(state)
-
-    def _restore_state(self) -> None:
-        if self.snapshots is None:
-            return
-        path = self.snapshot_path
-        state = read_snapshot(path)
-        if state is None:
-            return
-        try:
-            report = self.engine.import_state(state, load_model=self._load_label)
-        except StateError as exc:
-            log.warning("ignored state snapshot %s: %s; starting without it", path, exc)
-            return
-        except Exception:  # a snapshot must never stop the edge from starting
-            log.exception("ignored state snapshot %s: unexpected error while loading it", path)
-            self.engine.tracks.clear()
-            return
-        log.info(
-            "restored state of %d devices/targets from %s (%d on a new model, %d unreadable)",
-            report.restored,
-            path,
-            report.rebased,
-            report.skipped,
-        )
 
     def _load_label(self, label: str) -> ServedModel | None:
         try:
