@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -145,7 +146,9 @@ class EdgeService:
 
     @property
     def snapshot_path(self) -> Path:
-        return self.settings.data_dir / "state" / f"{self.client_id}.json"
+        # One file per edge identity (a stable client id), so edges sharing a data dir never collide.
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.client_id)
+        return self.settings.data_dir / "state" / f"{name}.json"
 
     def run(self) -> None:
         s = self.settings
