@@ -56,3 +56,15 @@ def test_probes_and_metrics_are_separate_paths(
     edge.session.close()
     ready = orjson.loads(get(port, "/readyz")[1])
     assert ready["connected"] is False and ready["ok"] is False
+
+
+def test_a_busy_metrics_port_is_a_clear_error(make_settings: Callable[..., Settings]) -> None:
+    from edgeloop.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        edge = EdgeService(make_settings(**{"edge.metrics_port": taken.getsockname()[1]}))
+        with pytest.raises(ConfigError, match=r"edge\.metrics_port"):
+            edge.run()
+    assert edge.writer is not None and not edge.writer.alive  # what was opened was closed again

@@ -152,9 +152,9 @@ class EdgeService:
 
     def run(self) -> None:
         s = self.settings
-        # Storage first: a data dir the edge cannot write is refused before anything else starts.
-        self._open_storage()
         try:
+            # Storage first: a data dir the edge cannot write is refused before anything else starts.
+            self._open_storage()
             if s.edge.metrics_port:
                 self.http = health.serve(s.edge.metrics_port, self.liveness, self.readiness)
             self.session.start()

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from edgeloop.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], dict[str, Any]]  # named checks: each value truthy when fine (or a detail)
@@ -64,7 +66,12 @@ class HealthServer(ThreadingHTTPServer):
 
 def serve(port: int, live: Check, ready: Check, addr: str = "0.0.0.0") -> HealthServer:  # noqa: S104 - scraped from outside
     """Serve the three paths on a daemon thread; ``shutdown()`` the result to stop."""
-    server = HealthServer((addr, port), live, ready)
+    try:
+        server = HealthServer((addr, port), live, ready)
+    except OSError as exc:
+        raise ConfigError(
+            f"edge.metrics_port {port}: cannot listen on {addr}:{port} ({exc.strerror})"
+        ) from None
     threading.Thread(target=server.serve_forever, name="edgeloop-http", daemon=True).start()
     log.info("serving /metrics, /healthz and /readyz on port %d", server.server_address[1])
     return server
