@@ -392,3 +392,46 @@ def test_kill_9_and_restart_restores_state_and_answers_every_reading(
     )
     feed.close()
     predictions.close()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="until QoS 1 readings are acknowledged after their prediction (manual acks), the readings "
+    "the edge had received but not answered when it was killed are lost",
+)
+def test_kill_9_mid_stream_answers_every_reading_exactly_once(
+    mosquitto: MosquittoBroker, edge_process: Any, site: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    label = install_champion(data)
+    env = edge_env(mosquitto, data, site, free_port())
+    edge = edge_process(env)
+    predictions = Collector(mosquitto, f"edgeloop/{site}/+/prediction")
+    feed = Feed(mosquitto, site)
+    feed.publish(50)
+    wait_answered(feed, predictions, 30)
+    time.sleep(1.0)  # a snapshot with every device's lag window
+    feed.publish(100)  # a burst, and the kill lands in the middle of answering it
+    edge.kill9()
+    feed.publish(20)
+    edge = edge_process(env)
+    restarted = time.monotonic()
+    feed.publish(20)
+    with contextlib.suppress(AssertionError):
+        wait_answered(feed, predictions, 8)
+    answered, lost, duplicated = count_answers(feed.sent, predictions.payloads())
+    report(
+        "edge kill -9 mid-stream and restart",
+        published=feed.published,
+        answered=answered,
+        lost=lost,
+        duplicated=duplicated,
+        recovery_s=time.monotonic() - restarted,
+        note="at-least-once needs manual acks; duplicates are counted",
+    )
+    assert edge.stop() == 0
+    last = max(p["seq"] for p in predictions.payloads())
+    assert all(p["predictions"][TARGET]["model"] == label for p in predictions.payloads() if p["seq"] == last)
+    assert lost == 0
+    feed.close()
+    predictions.close()
