@@ -68,3 +68,18 @@ def test_a_busy_metrics_port_is_a_clear_error(make_settings: Callable[..., Setti
         with pytest.raises(ConfigError, match=r"edge\.metrics_port"):
             edge.run()
     assert edge.writer is not None and not edge.writer.alive  # what was opened was closed again
+
+
+def test_a_stalled_loop_fails_liveness(make_settings: Callable[..., Settings]) -> None:
+    import time
+
+    from edgeloop.service.edge import LOOP_STALL
+
+    edge = EdgeService(make_settings())
+    assert edge.liveness()["loop"] is True  # not started yet: starting, not dead
+    edge.loop_beat = time.monotonic()
+    assert edge.liveness()["loop"] is True
+    edge.loop_beat = time.monotonic() - LOOP_STALL - 1
+    assert edge.liveness()["loop"] is False
+    assert edge.readiness()["alive"] is False
+    edge.dispatcher.close()
