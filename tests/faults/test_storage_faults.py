@@ -353,9 +353,13 @@ def test_kill_9_and_restart_restores_state_and_answers_every_reading(
     feed = Feed(mosquitto, site)
     feed.publish(100)
     wait_answered(feed, predictions, 30)
-    snapshot = next((data / "state").glob("*.json"))
-    answered_at = time.time()
-    wait_until(lambda: snapshot.stat().st_mtime > answered_at, 10, "a snapshot after the last answer")
+    snapshot = data / "state" / f"edge-{site}.json"
+
+    def snapshot_has_all() -> bool:
+        state = orjson.loads(snapshot.read_bytes()) if snapshot.exists() else {"tracks": []}
+        return sorted(t["count"] for t in state["tracks"]) == [100] * len(DEVICES)
+
+    wait_until(snapshot_has_all, 10, "a snapshot holding every reading")
     edge.kill9()
 
     down_from = feed.seq
