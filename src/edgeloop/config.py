@@ -185,6 +185,9 @@ class StoreSettings(_Section):
     path: Path | None = Field(None, description="SQLite file; default <data_dir>/edgeloop.db")
     retention_rows: int = Field(2_000_000, ge=1000, description="Sample rows kept; older rows are pruned")
     flush_interval: float = Field(0.25, gt=0, description="Seconds between batched store commits")
+    max_buffer_rows: int = Field(
+        200_000, ge=1000, description="Rows held while the store cannot write; beyond, the oldest are dropped"
+    )
 
 
 class EdgeSettings(_Section):
@@ -192,7 +195,12 @@ class EdgeSettings(_Section):
     batch_wait: float = Field(0.005, ge=0, description="Seconds to wait for a batch to fill")
     status_interval: float = Field(1.0, gt=0, description="Seconds between status snapshots to the store")
     model_poll_interval: float = Field(5.0, gt=0, description="Seconds between champion checks (fallback)")
-    metrics_port: int | None = Field(None, description="Port for Prometheus /metrics; null: off")
+    metrics_port: int | None = Field(
+        None, description="Port for Prometheus /metrics and the /healthz, /readyz probes; null: off"
+    )
+    snapshot_interval: float = Field(
+        5.0, ge=0, description="Seconds between snapshots of per-device state in <data_dir>/state; 0: off"
+    )
     retrain: Literal["local", "mqtt"] = Field(
         "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
     )

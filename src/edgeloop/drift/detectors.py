@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from river import drift as river_drift
 
+from edgeloop.packing import pack_floats, unpack_floats
+
 __all__ = [
     "Adwin",
     "Detector",
@@ -72,6 +74,10 @@ class Detector(Protocol):
     def calibrated(self) -> bool: ...
 
     def state(self) -> dict[str, Any]: ...
+
+    def to_state(self) -> dict[str, Any]: ...
+
+    def from_state(self, state: dict[str, Any]) -> None: ...
 
 
 def _check_reference(reference_rmse: float | None) -> float | None:
@@ -188,6 +194,41 @@ class _Windowed:
     def calibrated(self) -> bool:
         return False
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything :meth:`from_state` needs to continue exactly where this detector is (JSON-able)."""
+        return {
+            "policy": self.name,
+            "window": self.window,
+            "squares": pack_floats(self._squares),
+            "pos": self._pos,
+            "count": self._count,
+            "sum_sq": self._sum_sq,
+            "samples": self._samples,
+            "ignored": self._ignored,
+            "alarms": self._alarms,
+            "validation_rmse": self._validation_rmse,
+        }
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`to_state` output of a detector of the same policy and window.
+
+        Raises ``ValueError`` (or ``KeyError``/``TypeError`` for a malformed state) when it does not fit;
+        the detector may then be half loaded, so the caller should :meth:`reset` it or build a new one.
+        """
+        if state["policy"] != self.name or int(state["window"]) != self.window:
+            found = f"{state['policy']}/{state['window']}"
+            raise ValueError(f"detector state of {found} does not fit {self.name}/{self.window}")
+        squares = unpack_floats(state["squares"], self.window)
+        pos, count = int(state["pos"]), int(state["count"])
+        if not (0 <= pos < self.window and 0 <= count <= self.window):
+            raise ValueError("detector state out of range")
+        self._squares, self._pos, self._count = squares, pos, count
+        self._sum_sq = float(state["sum_sq"])
+        self._samples = int(state["samples"])
+        self._ignored = int(state["ignored"])
+        self._alarms = int(state["alarms"])
+        self._validation_rmse = _check_reference(state["validation_rmse"])
+
     def state(self) -> dict[str, Any]:
         return {
             "policy": self.name,
@@ -287,6 +328,17 @@ class _Calibrating(_Windowed):
         self._live_reference = live
         return True
 
+    def to_state(self) -> dict[str, Any]:
+        out = super().to_state()
+        out.update(live_reference=self._live_reference, cal_sum=self._cal_sum, cal_n=self._cal_n)
+        return out
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        super().from_state(state)
+        self._live_reference = _check_reference(state["live_reference"])
+        self._cal_sum = float(state["cal_sum"])
+        self._cal_n = int(state["cal_n"])
+
     @property
     def reference_rmse(self) -> float | None:
         """The live-calibrated reference once calibrated, else the validation RMSE (or None)."""
@@ -370,6 +422,36 @@ class _Sequential(_Calibrating):
     def _feed(self, x: float) -> bool:
         raise NotImplementedError
 
+    def _river_state(self) -> dict[str, Any] | None:
+        """The River detector's state, or None when it cannot be saved (then it is re-primed)."""
+        return None
+
+    def _load_river(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def to_state(self) -> dict[str, Any]:
+        out = super().to_state()
+        out.update(armed=self._armed, river=self._river_state() if self._armed else None)
+        return out
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        super().from_state(state)
+        self._new_river()
+        self._armed = False
+        if not state["armed"]:
+            return
+        if self._live_reference is None:
+            raise ValueError("an armed detector state without a scale")
+        self._inv_scale = 1.0 / self._live_reference
+        self._armed = True
+        if state.get("river") is not None:
+            self._load_river(state["river"])
+        else:
+            # Re-prime from the errors in the window, as at calibration: the test restarts on the
+            # current error level instead of waiting for a new calibration cycle.
+            for abs_error in self._abs_errors_oldest_first():
+                self._feed(min(abs_error * self._inv_scale, NORMALISED_CLIP))
+
     def _decide(self, error: float) -> bool:
         if not self._armed:
             if not self._try_calibrate():
@@ -442,6 +524,30 @@ class PageHinkley(_Sequential):
     def _feed(self, x: float) -> bool:
         self._ph.update(x)
         return bool(self._ph.drift_detected)
+
+    def _river_state(self) -> dict[str, Any] | None:
+        ph = self._ph
+        return {
+            "n": ph._x_mean.n,
+            "mean": ph._x_mean._mean,
+            "sum_increase": ph._sum_increase,
+            "sum_decrease": ph._sum_decrease,
+            # inf before the first update; JSON has no inf
+            "min_increase": ph._min_increase if math.isfinite(ph._min_increase) else None,
+            "max_decrease": ph._max_decrease,
+            "drift_detected": bool(ph.drift_detected),
+        }
+
+    def _load_river(self, state: dict[str, Any]) -> None:
+        ph = self._ph
+        ph._x_mean.n = float(state["n"])
+        ph._x_mean._mean = float(state["mean"])
+        ph._sum_increase = float(state["sum_increase"])
+        ph._sum_decrease = float(state["sum_decrease"])
+        low = state["min_increase"]
+        ph._min_increase = float("inf") if low is None else float(low)
+        ph._max_decrease = float(state["max_decrease"])  # type: ignore[assignment]
+        ph._drift_detected = bool(state["drift_detected"])
 
     def state(self) -> dict[str, Any]:
         out = super().state()

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeloop.adapters.store import SampleRow, StatusRow
 from edgeloop.drift import DriftGuard
+from edgeloop.engine import state as _state
 from edgeloop.engine.monitor import RollingRmse, RunningMean
-from edgeloop.models.modelfile import LoadedModel
+from edgeloop.engine.rows import SampleRow, ServedModel, StatusRow
 from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
 
@@ -66,8 +66,8 @@ GuardFactory = Callable[[float | None], DriftGuard]
 class _Serving:
     """A model in service for one scope, with its probation against the model it replaced."""
 
-    model: LoadedModel
-    previous: LoadedModel | None = None
+    model: ServedModel
+    previous: ServedModel | None = None
     probation_left: int = 0
     sq_new: float = 0.0
     sq_old: float = 0.0
@@ -154,7 +154,7 @@ class Engine:
         self._rate_mark: dict[tuple[str, str], tuple[float, int]] = {}
 
     # -- models ---------------------------------------------------------------------------------
-    def install(self, scope: str, model: LoadedModel, *, probation: bool = True) -> None:
+    def install(self, scope: str, model: ServedModel, *, probation: bool = True) -> None:
         """Serve ``model`` for ``scope`` from the next wave on; the one it replaces is kept for probation."""
         current = self.serving.get(scope)
         if current is not None and current.model.label == model.label:
@@ -195,6 +195,15 @@ class Engine:
                 if track.status in ("drifting", "retraining"):
                     track.status = "healthy"
                     track.alarm_ts = None
+
+    # -- state across restarts (see edgeloop.engine.state) ---------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Per-device state as JSON-able data, for a snapshot."""
+        return _state.export_state(self)
+
+    def import_state(self, state: Any, load_model: _state.ModelLoader | None = None) -> _state.RestoreReport:
+        """Continue from :meth:`export_state` output; call after installing models, before any reading."""
+        return _state.import_state(self, state, load_model)
 
     def serving_label(self, device: str, target: str) -> str:
         serving = self._resolve(device, target)
@@ -427,7 +436,7 @@ class Engine:
     def _resolve(self, device: str, target: str) -> _Serving | None:
         return self.serving.get(scope_of(target, device)) or self.serving.get(target)
 
-    def _fallback_model(self, scope: str) -> LoadedModel | None:
+    def _fallback_model(self, scope: str) -> ServedModel | None:
         target, device = parse_scope(scope)
         if device is not None and target in self.serving:
             return self.serving[target].model

@@ -4,6 +4,12 @@ Threads: paho's network thread only appends raw messages to a queue; one loop th
 in batches, runs the engine, publishes, hands rows to the store writer thread, and between batches
 swaps models, dispatches retrains and writes status. Training runs in another process, so nothing
 here ever waits for it.
+
+Start-up order: the data dir is checked and the store opened first (a bad data dir is refused with
+one line before anything else starts), then the health endpoint, the broker, the models, the state
+snapshot (so devices continue where they were), and only then the subscriptions. Every
+``edge.snapshot_interval`` seconds and at shutdown the engine's state is snapshotted; /healthz and
+/readyz report on the loop, the store writer, the connection and the subscriptions.
 """
 
 from __future__ import annotations
@@ -11,31 +17,37 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
-from edgeloop.adapters.store import StoreWriter
+from edgeloop.adapters.writer import StoreWriter, check_data_dir
 from edgeloop.config import Settings
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
-from edgeloop.errors import MessageError
+from edgeloop.engine.rows import ServedModel
+from edgeloop.errors import MessageError, ModelFileError
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
 from edgeloop.scopes import parse_label
-from edgeloop.service import metrics
+from edgeloop.service import health, metrics
 from edgeloop.service.model_sync import ModelSync
+from edgeloop.service.statekeeper import StateKeeper
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
 
 log = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
+LOOP_STALL = 60.0  # seconds without a pass of the message loop before /healthz fails
+WRITER_STALL = 120.0  # the same for the store writer (one commit may wait 30 s on a locked database)
 
 
 def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
@@ -88,10 +100,11 @@ class EdgeService:
         self._last_drop_log = 0.0
         self._dropped_since_log: Counter[str] = Counter()
         self._protocol = protocol
+        self.client_id = settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True)
         self.session = MqttSession(
             settings.broker,
             role="edge",
-            client_id=settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True),
+            client_id=self.client_id,
             # Resume the broker's session (and the telemetry it queued while we were away) unless
             # sessions are configured not to outlive a connection.
             clean_start=settings.broker.session_expiry == 0,
@@ -106,7 +119,12 @@ class EdgeService:
         else:
             self.dispatcher = LocalDispatcher(settings)
         self.writer: StoreWriter | None = None
+        self.state: StateKeeper | None = None
+        self.http: health.HealthServer | None = None
         self.ready = threading.Event()
+        self.subscribed = False
+        self.registry_read = False
+        self.loop_beat: float | None = None  # monotonic time of the message loop's last pass
         self.models = ModelSync(self.registry, self.engine, settings.model.lags, self._emit, self._swapped)
 
     def _swapped(self) -> None:
@@ -130,16 +148,34 @@ class EdgeService:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def snapshot_path(self) -> Path:
+        # One file per edge identity (a stable client id), so edges sharing a data dir never collide.
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.client_id)
+        return self.settings.data_dir / "state" / f"{name}.json"
+
     def run(self) -> None:
         s = self.settings
-        self.session.start()  # first: an unreachable broker fails the start before anything else runs
-        self.writer = StoreWriter(
-            s.store_path, retention_rows=s.store.retention_rows, flush_interval=s.store.flush_interval
-        )
-        self._sync_models()
-        group = s.broker.shared_group if self._protocol == "5" else None
-        self.session.subscribe(s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group)
-        self.session.subscribe([self._events_topic], qos=1)
+        try:
+            # Storage first: a data dir the edge cannot write is refused before anything else starts.
+            self._open_storage()
+            if s.edge.metrics_port:
+                self.http = health.serve(s.edge.metrics_port, self.liveness, self.readiness)
+            self.session.start()
+            self._sync_models()
+            self.registry_read = True
+            if self.state is not None:
+                self.state.restore()  # after the models: the state says which model each device was on
+            group = s.broker.shared_group if self._protocol == "5" else None
+            self.session.subscribe(
+                s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group
+            )
+            self.session.subscribe([self._events_topic], qos=1)
+            self.subscribed = True
+        except BaseException:
+            self._close_storage(final_snapshot=False)
+            self.dispatcher.close()
+            raise
         log.info(
             "edge up: site %s, targets %s, subscribed %s",
             self.site,
@@ -151,9 +187,11 @@ class EdgeService:
         gc.collect()
         gc.freeze()
         self.ready.set()
+        assert self.writer is not None
         next_status = next_poll = time.monotonic()
         try:
             while not self._stop.is_set():
+                self.loop_beat = time.monotonic()
                 batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
                 if batch:
                     self._handle(batch)
@@ -166,21 +204,87 @@ class EdgeService:
                 if now >= next_status:
                     self.writer.put(status=self.engine.status_rows(time.time()))
                     next_status = now + s.edge.status_interval
+                if self.state is not None:
+                    self.state.tick(now, self.stats.processed)
         finally:
             self._shutdown()
+
+    # -- storage, state and health ----------------------------------------------------------------
+    def _open_storage(self) -> None:
+        s = self.settings
+        check_data_dir(s.data_dir)
+        if s.store_path.parent.resolve() != s.data_dir.resolve():
+            check_data_dir(s.store_path.parent)
+        self.writer = StoreWriter(
+            s.store_path,
+            retention_rows=s.store.retention_rows,
+            flush_interval=s.store.flush_interval,
+            max_buffer_rows=s.store.max_buffer_rows,
+            on_error=lambda op: metrics.STORE_ERRORS.labels(op=op).inc(),
+            on_drop=metrics.STORE_ROWS_DROPPED.inc,
+        )
+        if s.edge.snapshot_interval > 0:
+            self.state = StateKeeper(
+                self.engine,
+                self.snapshot_path,
+                interval=s.edge.snapshot_interval,
+                load_model=self._load_label,
+            )
+
+    def _close_storage(self, *, final_snapshot: bool) -> None:
+        if self.state is not None:
+            self.state.close(final=final_snapshot)
+        if self.writer is not None:
+            if final_snapshot:
+                self.writer.put(status=self.engine.status_rows(time.time()))
+            self.writer.close()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+
+    def _load_label(self, label: str) -> ServedModel | None:
+        try:
+            scope, version = parse_label(label)
+            return self.registry.load(scope, version, lags=self.settings.model.lags)
+        except (ModelFileError, OSError, ValueError):
+            return None
+
+    def liveness(self) -> dict[str, object]:
+        """/healthz: the loop and the store writer are alive (and not stalled)."""
+        now = time.monotonic()
+        writer = self.writer
+        beat = self.loop_beat
+        return {
+            # Before the loop starts (waiting for the broker) the process is starting, not dead.
+            "loop": beat is None or (now - beat < LOOP_STALL and not self._stop.is_set()),
+            "store_writer": writer is not None and writer.alive and now - writer.heartbeat < WRITER_STALL,
+            "_store_last_success_age_s": None
+            if writer is None
+            else round(time.time() - writer.last_success, 1),
+            "_store_errors": None if writer is None else writer.errors,
+            "_store_rows_dropped": None if writer is None else writer.rows_dropped,
+        }
+
+    def readiness(self) -> dict[str, object]:
+        """/readyz: connected to the broker, subscribed, registry read, and alive."""
+        return {
+            "connected": self.session.connected,
+            "subscribed": self.subscribed,
+            "registry_read": self.registry_read,
+            "alive": all(v for k, v in self.liveness().items() if not k.startswith("_")),
+        }
 
     def _shutdown(self) -> None:
         # Answer what was received, disconnect (sending the last predictions), then flush the store.
         # Readings that slip in between the last batch and the disconnect are stored but their
         # predictions cannot be sent; they were acknowledged by paho on receipt.
         self._drain()
+        self.subscribed = False
         self.session.close()
         late = self._drain()
         if late:
             log.warning("%d readings arrived during shutdown; stored, predictions not sent", late)
-        if self.writer is not None:
-            self.writer.put(status=self.engine.status_rows(time.time()))
-            self.writer.close()
+        self._close_storage(final_snapshot=True)
         self.dispatcher.close()
         log.info(
             "edge stopped: %d processed, %d dropped", self.stats.processed, sum(self.stats.dropped.values())

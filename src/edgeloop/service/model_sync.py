@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from edgeloop.engine.engine import Engine, Rollback
+from edgeloop.engine.rows import ServedModel
 from edgeloop.errors import ModelFileError
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.registry.local import LocalRegistry, Refusal
@@ -51,7 +53,9 @@ class ModelSync:
                 continue
             serving = self.engine.serving.get(scope)
             try:
-                res = self.registry.resolve(scope, lags=self.lags, current=serving.model if serving else None)
+                # The edge installs only registry models, so what serves is a LoadedModel.
+                current = cast(LoadedModel, serving.model) if serving else None
+                res = self.registry.resolve(scope, lags=self.lags, current=current)
             except (ModelFileError, OSError, ValueError) as exc:
                 log.warning("cannot read the models of %s: %s", scope, exc)
                 continue
@@ -99,7 +103,7 @@ class ModelSync:
         metrics.SWAPS.inc()
         log.info("now serving %s (%s)", model.label, model.meta.get("kind"))
 
-    def _report(self, scope: str, refused: list[Refusal], instead: LoadedModel | None) -> None:
+    def _report(self, scope: str, refused: list[Refusal], instead: ServedModel | None) -> None:
         fresh = [r for r in refused if (scope, r.what, r.reason) not in self._reported]
         if not fresh:
             return
