@@ -6,6 +6,10 @@ alarms. If a LightGBM or River upgrade changes either, these fail.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from river import drift as river_drift
@@ -97,3 +101,26 @@ def test_adwin_gives_rivers_alarms() -> None:
         assert ours.estimation == ref.estimation
     assert sum(alarms_ref) > 0
     assert alarms_ours == alarms_ref
+
+
+def test_edge_serving_a_lightgbm_model_imports_no_pandas_scipy_or_sklearn(tmp_path: Path) -> None:
+    y = _series()["sine + noise"]
+    windows, nxt = training_pairs(y, lags=5)
+    model_file = tmp_path / "model.txt"
+    model_file.write_text(LightGBMForecaster(5, "delta", rounds=20).fit(windows, nxt).to_text())
+    probe = f"""
+import sys
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import edgeloop.service.edge
+from edgeloop.models.forecasters import forecaster_from_text
+model = forecaster_from_text("lgbm-delta", open({str(model_file)!r}).read(), lags=5)
+assert np.isfinite(model.predict(np.ones((3, 5)))).all()
+heavy = [m for m in ("pandas", "scipy", "sklearn", "lightgbm", "river.drift", "mlflow") if m in sys.modules]
+print(",".join(heavy))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -19,8 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol, runtime_checkable
 
-from river import drift as river_drift
-
+from edgeloop.drift.sequential import AdwinTest, PageHinkleyTest
 from edgeloop.packing import pack_floats, unpack_floats
 
 __all__ = [
@@ -400,10 +399,10 @@ class RelativeRmse(_Calibrating):
 
 
 class _Sequential(_Calibrating):
-    """Feeds ``min(|e| / scale, NORMALISED_CLIP)`` to a River detector once the scale is calibrated.
+    """Feeds ``min(|e| / scale, NORMALISED_CLIP)`` to a sequential test once the scale is calibrated.
 
     |e|/scale rather than (e/scale)^2: squares make one outlier worth hundreds of normal samples.
-    The River detector is armed only at calibration, primed with the calibration window itself (so its
+    The test is armed only at calibration, primed with the calibration window itself (so its
     baseline is the new model's live error level and no second window is lost); before that the
     validation RMSE alone is not trusted as a scale, since a scale 10x too small is exactly what makes
     a sequential test storm. The cost is a blind spot of one window after warm-up, which the relative
@@ -414,29 +413,29 @@ class _Sequential(_Calibrating):
         super()._clear()
         self._inv_scale = 0.0
         self._armed = False
-        self._new_river()
+        self._new_test()
 
-    def _new_river(self) -> None:
+    def _new_test(self) -> None:
         raise NotImplementedError
 
     def _feed(self, x: float) -> bool:
         raise NotImplementedError
 
-    def _river_state(self) -> dict[str, Any] | None:
-        """The River detector's state, or None when it cannot be saved (then it is re-primed)."""
+    def _test_state(self) -> dict[str, Any] | None:
+        """The sequential test's state, or None when it cannot be saved (then it is re-primed)."""
         return None
 
-    def _load_river(self, state: dict[str, Any]) -> None:
+    def _load_test(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def to_state(self) -> dict[str, Any]:
         out = super().to_state()
-        out.update(armed=self._armed, river=self._river_state() if self._armed else None)
+        out.update(armed=self._armed, test=self._test_state() if self._armed else None)
         return out
 
     def from_state(self, state: dict[str, Any]) -> None:
         super().from_state(state)
-        self._new_river()
+        self._new_test()
         self._armed = False
         if not state["armed"]:
             return
@@ -444,8 +443,8 @@ class _Sequential(_Calibrating):
             raise ValueError("an armed detector state without a scale")
         self._inv_scale = 1.0 / self._live_reference
         self._armed = True
-        if state.get("river") is not None:
-            self._load_river(state["river"])
+        if state.get("test") is not None:
+            self._load_test(state["test"])
         else:
             # Re-prime from the errors in the window, as at calibration: the test restarts on the
             # current error level instead of waiting for a new calibration cycle.
@@ -471,7 +470,7 @@ class _Sequential(_Calibrating):
 
 
 class PageHinkley(_Sequential):
-    """Page-Hinkley test (River, mode "up") on normalised errors ``|e| / reference_rmse``.
+    """Page-Hinkley test (River's, mode "up": :mod:`edgeloop.drift.sequential`) on errors ``|e| / scale``.
 
     ``threshold`` and ``delta`` are in normalised units, so the same values serve every target: with
     |e|/scale the normal mean is ~0.8 (Gaussian errors); ``delta`` is the tolerated increase of that
@@ -479,7 +478,7 @@ class PageHinkley(_Sequential):
     is flagged in ~30-50 samples, a 2x one in ~120, a 1.5x one mostly not at all (delta tolerates ~60%
     more mean |e|); no false alarm in 200,000 i.i.d. Gaussian, Student-t(3) or Laplace errors. Strongly
     autocorrelated errors (AR(1), phi=0.9) give ~1 false alarm per 10,000 samples: the guard's job.
-    River restarts the test after each detection, so the new level becomes the baseline.
+    The test restarts after each detection, so the new level becomes the baseline.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(2)
@@ -512,42 +511,22 @@ class PageHinkley(_Sequential):
         self.alpha = float(alpha)
         super().__init__(window, reference_rmse, calibration)
 
-    def _new_river(self) -> None:
-        self._ph = river_drift.PageHinkley(
+    def _new_test(self) -> None:
+        self._ph = PageHinkleyTest(
             min_instances=self.min_instances,
             delta=self.ph_delta,
             threshold=self.ph_threshold,
             alpha=self.alpha,
-            mode="up",
         )
 
     def _feed(self, x: float) -> bool:
-        self._ph.update(x)
-        return bool(self._ph.drift_detected)
+        return self._ph.update(x)
 
-    def _river_state(self) -> dict[str, Any] | None:
-        ph = self._ph
-        return {
-            "n": ph._x_mean.n,
-            "mean": ph._x_mean._mean,
-            "sum_increase": ph._sum_increase,
-            "sum_decrease": ph._sum_decrease,
-            # inf before the first update; JSON has no inf
-            "min_increase": ph._min_increase if math.isfinite(ph._min_increase) else None,
-            "max_decrease": ph._max_decrease,
-            "drift_detected": bool(ph.drift_detected),
-        }
+    def _test_state(self) -> dict[str, Any] | None:
+        return self._ph.to_state()
 
-    def _load_river(self, state: dict[str, Any]) -> None:
-        ph = self._ph
-        ph._x_mean.n = float(state["n"])
-        ph._x_mean._mean = float(state["mean"])
-        ph._sum_increase = float(state["sum_increase"])
-        ph._sum_decrease = float(state["sum_decrease"])
-        low = state["min_increase"]
-        ph._min_increase = float("inf") if low is None else float(low)
-        ph._max_decrease = float(state["max_decrease"])  # type: ignore[assignment]
-        ph._drift_detected = bool(state["drift_detected"])
+    def _load_test(self, state: dict[str, Any]) -> None:
+        self._ph.load_state(state)
 
     def state(self) -> dict[str, Any]:
         out = super().state()
@@ -556,7 +535,7 @@ class PageHinkley(_Sequential):
 
 
 class Adwin(_Sequential):
-    """ADWIN (River) on normalised errors ``|e| / reference_rmse``; alarms only on an increase.
+    """ADWIN (River's compiled core) on normalised errors ``|e| / scale``; alarms only on an increase.
 
     ADWIN flags a change of the window mean in either direction; a drop in error is no reason to
     retrain, so a detection alarms only if the mean of the kept (recent) sub-window is above the mean
@@ -591,16 +570,15 @@ class Adwin(_Sequential):
         self.clock = int(clock)
         super().__init__(window, reference_rmse, calibration)
 
-    def _new_river(self) -> None:
-        self._adwin = river_drift.ADWIN(delta=self.adwin_delta, clock=self.clock)
+    def _new_test(self) -> None:
+        self._adwin = AdwinTest(delta=self.adwin_delta, clock=self.clock)
         self._increases = 0
         self._decreases = 0
 
     def _feed(self, x: float) -> bool:
         adwin = self._adwin
         before = adwin.estimation
-        adwin.update(x)
-        if not adwin.drift_detected:
+        if not adwin.update(x):
             return False
         # After a cut ADWIN keeps only the recent sub-window, so its estimation is the recent mean.
         if adwin.estimation > before:
