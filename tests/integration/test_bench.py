@@ -10,19 +10,23 @@ import dataclasses
 import inspect
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
 from edgeloop.adapters.broker import MosquittoBroker, mosquitto_binary
 from edgeloop.bench.analysis import analyze, passed
 from edgeloop.bench.cli import bench
+from edgeloop.bench.edge import edge_config
 from edgeloop.bench.lean import LeanSubscriber
 from edgeloop.bench.loadgen import SendLog
 from edgeloop.bench.options import BenchOptions
 from edgeloop.bench.report import format_report
 from edgeloop.bench.run import Bench
+from edgeloop.config import BrokerSettings, load_settings
 
 integration = pytest.mark.integration
 
@@ -52,6 +56,30 @@ def test_cli_defaults_match_bench_options() -> None:
             checked += 1
     assert checked >= 15
     assert inspect.signature(bench).parameters["no_model"].default is (not BenchOptions().train_model)
+
+
+def test_edge_config_is_accepted_by_the_edge_and_pins_what_the_bench_needs(tmp_path: Path) -> None:
+    broker = BrokerSettings(url="mqtt://127.0.0.1:1884").model_dump(mode="json")
+    options = BenchOptions(devices=10, mlflow=False)
+    config = edge_config(site="s1", data_dir=tmp_path, broker=broker, qos=0, group="g1", options=options)
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path)
+    assert (settings.site, settings.data_dir) == ("s1", tmp_path)
+    assert (settings.broker.port, settings.broker.qos, settings.broker.shared_group) == (1884, 0, "g1")
+    assert settings.broker.session_expiry == 0
+    assert settings.edge.model_poll_interval == 1.0
+    assert settings.model.min_train_samples == 10 * 50  # the first model after 50 readings per device
+    assert not settings.mlflow.enabled
+    untrained = edge_config(
+        site="s1",
+        data_dir=tmp_path,
+        broker=broker,
+        qos=0,
+        group="g1",
+        options=BenchOptions(train_model=False),
+    )
+    assert untrained["model"]["min_train_samples"] >= 10**12
 
 
 @integration

@@ -18,14 +18,17 @@ The figures seen are in the docstring of :mod:`edgeloop.bench.lean` and in bench
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import multiprocessing
+import threading
 import time
 from typing import Any
 
 import psutil
 
 from edgeloop.adapters.broker import MosquittoBroker
-from edgeloop.adapters.mqtt import topic_for
+from edgeloop.adapters.mqtt import MqttSession, topic_for
 from edgeloop.bench.lean import LeanSubscriber
 from edgeloop.bench.loadgen import LoadGenerator, unique_client_id
 from edgeloop.config import BrokerSettings
@@ -33,10 +36,11 @@ from edgeloop.config import BrokerSettings
 KINDS = ("paho-v5", "paho-3.1.1", "amqtt", "lean")
 
 
-def _subscribe(kind: str, broker: dict[str, Any], topic: str, qos: int, count: Any, stop: Any) -> None:
-    """A counting subscriber of ``kind`` (a spawned process): counts into ``count`` until ``stop``."""
-    import threading
-
+def _subscribe(
+    kind: str, broker: dict[str, Any], topic: str, qos: int, count: Any, ready: Any, stop: Any
+) -> None:
+    """A counting subscriber of ``kind`` (a spawned process): subscribes, sets ``ready``, counts into
+    ``count`` until ``stop``."""
     settings = BrokerSettings(**broker)
 
     def on_message(*_args: Any) -> None:
@@ -47,12 +51,11 @@ def _subscribe(kind: str, broker: dict[str, Any], topic: str, qos: int, count: A
         sub.subscribe([topic], qos)
         thread = threading.Thread(target=sub.run, args=(on_message, stop.is_set), daemon=True)
         thread.start()
+        ready.set()
         stop.wait()
         thread.join(5)
         sub.close()
     elif kind.startswith("paho"):
-        from edgeloop.adapters.mqtt import MqttSession
-
         session = MqttSession(
             settings,
             role="bench-instrument",
@@ -62,21 +65,21 @@ def _subscribe(kind: str, broker: dict[str, Any], topic: str, qos: int, count: A
         session.on_message = on_message
         session.start()
         session.subscribe([topic], qos=qos)
+        ready.set()
         stop.wait()
         session.close()
     else:
-        import asyncio
-
-        from amqtt.client import MQTTClient
+        from amqtt.client import MQTTClient  # imported only here: heavy, and only measured
 
         async def receive() -> None:
             client = MQTTClient(client_id=unique_client_id("cost"))
             await client.connect(f"mqtt://{settings.host}:{settings.port}/")
             await client.subscribe([(topic, qos)])
+            ready.set()
             while not stop.is_set():
-                with __import__("contextlib").suppress(TimeoutError, asyncio.TimeoutError):
-                    await client.deliver_message(timeout_duration=0.2)
-                    count.value += 1
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    if await client.deliver_message(timeout_duration=0.2) is not None:
+                        count.value += 1
             await client.disconnect()
 
         asyncio.run(receive())
@@ -85,13 +88,16 @@ def _subscribe(kind: str, broker: dict[str, Any], topic: str, qos: int, count: A
 def measure(kind: str, qos: int, broker: MosquittoBroker, *, rate: float, seconds: float) -> dict[str, Any]:
     """One subscriber of ``kind`` receiving ``rate`` msg/s for ``seconds`` s at ``qos``."""
     ctx = multiprocessing.get_context("spawn")
-    count, stop = ctx.Value("q", 0, lock=False), ctx.Event()
+    count, ready, stop = ctx.Value("q", 0, lock=False), ctx.Event(), ctx.Event()
     settings = broker.settings().model_dump(mode="json")
     site = f"cost-{kind}-{qos}"
     filt = topic_for("edgeloop/{site}/+/telemetry", site=site)
-    proc = ctx.Process(target=_subscribe, args=(kind, settings, filt, qos, count, stop), daemon=True)
+    proc = ctx.Process(target=_subscribe, args=(kind, settings, filt, qos, count, ready, stop), daemon=True)
     proc.start()
-    time.sleep(3.0 if kind == "amqtt" else 1.5)  # imports, connect, subscribe
+    if not ready.wait(60):
+        proc.kill()
+        raise RuntimeError(f"the {kind} subscriber did not subscribe within 60 s")
+    time.sleep(0.5)  # its start-up CPU settles before the measured window
     ps = psutil.Process(proc.pid)
     gen = LoadGenerator(broker.settings(), devices=1000).start()
     before = ps.cpu_times()
