@@ -7,6 +7,8 @@ load generator (:mod:`~edgeloop.bench.loadgen`) and the measuring subscriber
 as a separate process (:mod:`~edgeloop.bench.edge`); :mod:`~edgeloop.bench.phases` holds the measured
 windows, :mod:`~edgeloop.bench.usage` samples CPU and memory, :mod:`~edgeloop.bench.analysis` turns
 send and receive times into loss, latency and the targets, and :mod:`~edgeloop.bench.report` prints them.
+:mod:`~edgeloop.bench.instrument` (``python -m edgeloop.bench.instrument``) measures what the measuring
+subscriber costs per message against maintained MQTT clients.
 """
 
 from edgeloop.errors import EdgeloopError

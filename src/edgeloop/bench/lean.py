@@ -11,15 +11,15 @@ calls and builds a message object (and, on MQTT v5, a ``Properties`` object) per
 reader parses whole socket reads and acknowledges all QoS 1 messages of one read with one write.
 Measured with ``python -m edgeloop.bench.instrument`` (a subscriber that only counts, in its own
 process, fed 5,000 msg/s of the bench's telemetry through a private mosquitto; its CPU time per
-message received, least of 3 runs, in each of two sessions) on the 2-core VM while it was shared with other
-jobs (load average ~11, which inflates every figure; the ratios carry over): paho as the edge runs
-it (MQTT v5) 50-52 us per message at QoS 1 and 35-61 us at QoS 0, paho on MQTT 3.1.1 36-39 / 22-35
-us, this subscriber 14-18 / 9-20 us; amqtt's client (the other maintained client installed, asyncio,
-MQTT 3.1.1) took 102 / 79 us in a run where this one took 27 / 29 us. At the edge's 6,700 msg/s
-that is about a third of a core for paho (v5) against about an eighth for this reader, on a machine
-of two. So the bench keeps this ~170-line reader, limited to what it needs (receive at QoS 0 and 1,
-PUBACK, PINGREQ; no QoS 2 and no reconnect: a lost connection ends the window with an error, as an
-instrument should), and tests it against mosquitto (tests/integration/test_bench.py).
+message received, least of 3 runs, in each of two sessions) on the 2-core VM while it was shared
+with other jobs (load average ~10, which inflates every figure; the ratios carry over): at QoS 1 /
+QoS 0, paho as the edge runs it (MQTT v5) 51 / 34-35 us per message, paho on MQTT 3.1.1 32-35 /
+19-23 us, amqtt's asyncio client (MQTT 3.1.1, the other maintained client installed) 102-108 / 71 us,
+this reader 15-19 / 7-14 us. At the edge's 6,700 msg/s that is about a third of a core for paho (v5)
+against about a tenth for this reader, on a machine of two. So the bench keeps this ~170-line
+reader, limited to what it needs (receive at QoS 0 and 1, PUBACK, PINGREQ; no QoS 2 and no
+reconnect: a lost connection ends the window with an error, as an instrument should), and tests it
+against mosquitto (tests/integration/test_bench.py).
 
 >>> varint(0), varint(127), varint(128), varint(16_384)
 (b'\\x00', b'\\x7f', b'\\x80\\x01', b'\\x80\\x80\\x01')
