@@ -75,6 +75,7 @@ REJECT_REASONS = (
     "missing_target",
 )
 
+_TOPIC_CACHE_SIZE = 16_384  # topics whose device id is remembered; the cache starts over when full
 _MAX_DEVICE_BYTES = 128  # UTF-8 bytes: also bounds topic levels and the file names built from a scope
 
 # Characters a device id may not hold. Device ids become MQTT topic levels, and Mosquitto disconnects a
@@ -269,6 +270,8 @@ class TelemetryParser:
         self.max_payload_bytes = max_payload_bytes
         self.ranges = dict(ranges or {})
         self._clock = clock
+        # Topic -> its checked device id: each device publishes on one topic, so split and check once.
+        self._topic_devices: dict[str, str] = {}
         self._wall_clock = wall_clock if max_future_s is not None or max_past_s is not None else None
         self.max_future_s = max_future_s
         self.max_past_s = max_past_s
@@ -291,14 +294,19 @@ class TelemetryParser:
 
     def _device(self, topic: str, data: dict[str, Any]) -> str:
         claimed = data.get(self._device_key)
-        if self.device_level is not None:
+        device = self._topic_devices.get(topic)
+        if device is None and self.device_level is not None:
             levels = topic.split("/")
             if len(levels) > self.device_level:
                 device = check_device(levels[self.device_level])
-                if claimed is not None and claimed != device:
-                    check_device(claimed)  # a malformed field is reported as such
-                    raise MessageError("device_mismatch", f"payload names {claimed[:40]!r} on {topic[:80]!r}")
-                return device
+                if len(self._topic_devices) >= _TOPIC_CACHE_SIZE:
+                    self._topic_devices.clear()
+                self._topic_devices[topic] = device
+        if device is not None:
+            if claimed is not None and claimed != device:
+                check_device(claimed)  # a malformed field is reported as such
+                raise MessageError("device_mismatch", f"payload names {claimed[:40]!r} on {topic[:80]!r}")
+            return device
         if claimed is None:
             return self.default_device
         return check_device(claimed)
