@@ -98,7 +98,9 @@ class TopicSettings(_Section):
         description="Subscription filters for telemetry ({site} is filled in)",
     )
     device_level: int | None = Field(
-        2, description="Topic level (0-based) holding the device id when the payload has none; null: none"
+        2,
+        description="Topic level (0-based) holding the device id; it wins over the payload's (a payload "
+        "naming another device is dropped); null: the payload names the device",
     )
     prediction: str = Field("edgeloop/{site}/{device}/prediction", description="Where predictions go")
     events: str = Field("edgeloop/{site}/events", description="Where drift and model events go")
