@@ -246,3 +246,13 @@ def test_status_rows_only_for_tracks_that_changed() -> None:
     assert [(r.device, r.status) for r in eng.status_rows(105.5)] == [("b", "drifting")]
     eng.evict("a")
     assert eng.status_rows(106.0) == [] and ("a", "voc_ppb") not in eng._rate_mark
+
+
+def test_state_made_outside_process_counts_and_a_lowered_limit_is_caught_up() -> None:
+    eng = bounded(4, device_idle_s=10)
+    eng.process([reading(d, 0.0) for d in "abc"])
+    eng._track("restored", "voc_ppb")  # as a state restore would: it must count towards the limit
+    assert eng.devices == 4
+    eng.max_devices = 2
+    out = eng.process([reading("new", 20.0)])
+    assert out.evicted == 3 and eng.devices == 2 and set(eng._heard) == {"restored", "new"}

@@ -439,19 +439,22 @@ class Engine:
         device, order = msg.device, self._heard
         if device in order:
             order.move_to_end(device)
-        elif len(order) >= self.max_devices:
-            oldest, last = next(iter(order.items()))
-            # Never evict a device of this batch: its readings may sit in a wave not yet processed.
-            if oldest in heard or self._heard_ts - last < self.device_idle_s:
-                return False
-            self.evict(oldest)
-            out.evicted += 1
+        else:
+            while len(order) >= self.max_devices:
+                oldest, last = next(iter(order.items()))
+                # Never evict a device of this batch: its readings may sit in a wave not yet processed.
+                if oldest in heard or self._heard_ts - last < self.device_idle_s:
+                    return False
+                self.evict(oldest)
+                out.evicted += 1
         order[device] = self._heard_ts
         heard.add(device)
         return True
 
     def evict(self, device: str) -> None:
-        """Forget a device's state (lag windows, error scales, detectors); its models stay in service."""
+        """Forget a device's state (lag windows, error scales, detectors); its models stay in service.
+
+        Not to be called while :meth:`process` runs (the engine is single-threaded anyway)."""
         self._heard.pop(device, None)
         for target in self.targets:
             self.tracks.pop((device, target), None)
@@ -471,6 +474,8 @@ class Engine:
             guard = self.guard_factory(serving.model.val_rmse if serving else None)
             track = _Track(device, target, self.window, guard)
             self.tracks[(device, target)] = track
+            if device not in self._heard:  # a track made outside process() still counts and can age out
+                self._heard[device] = self._heard_ts
         return track
 
     def _serving_scope(self, device: str, target: str) -> str:

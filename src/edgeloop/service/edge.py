@@ -224,7 +224,12 @@ class EdgeService:
         with metrics.BATCH_SECONDS.time():
             out = self.engine.process(readings)
         for reading, reason in out.dropped:
-            self._dropped(MessageError(reason, f"no room for device {reading.device[:40]!r}"), "")
+            limits = self.settings.limits
+            detail = (
+                f"no room for device {reading.device[:40]!r}: {limits.max_devices} devices kept, none "
+                f"silent for limits.device_idle_s={limits.device_idle_s:g} s"
+            )
+            self._dropped(MessageError(reason, detail), "the engine")
         if out.evicted:
             metrics.EVICTED.inc(out.evicted)
         qos = self.settings.broker.qos
