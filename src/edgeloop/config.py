@@ -98,7 +98,9 @@ class TopicSettings(_Section):
         description="Subscription filters for telemetry ({site} is filled in)",
     )
     device_level: int | None = Field(
-        2, description="Topic level (0-based) holding the device id when the payload has none; null: none"
+        2,
+        description="Topic level (0-based) holding the device id; it wins over the payload's (a payload "
+        "naming another device is dropped); null: the payload names the device",
     )
     prediction: str = Field("edgeloop/{site}/{device}/prediction", description="Where predictions go")
     events: str = Field("edgeloop/{site}/events", description="Where drift and model events go")
@@ -127,6 +129,26 @@ class LimitSettings(_Section):
             "voc_ppb": (0.0, 1e6),
         },
         description="Plausible [min, max] per field; readings outside are dropped as out_of_range",
+    )
+    max_future_s: float | None = Field(
+        300.0,
+        ge=0,
+        description="Readings stamped more than this ahead of the edge's clock are dropped; null: off",
+    )
+    max_past_s: float | None = Field(
+        None,
+        ge=0,
+        description="Readings older than this by the edge's clock are dropped; null: any age (replays)",
+    )
+    max_devices: int = Field(
+        10_000,
+        ge=1,
+        description="Devices the edge keeps state for; beyond, idle ones are evicted or new dropped",
+    )
+    device_idle_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="A device silent this long (in reading time) may be evicted to make room for a new one",
     )
 
 

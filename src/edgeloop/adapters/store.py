@@ -6,7 +6,7 @@ Tables (one row per reading and target in ``samples``; everything else is small)
                    forecast for this reading), persistence (the previous reading: the naive forecast),
                    prediction (the forecast of the next reading made now), model (its version)
 ``events``         drift and model events (also published on MQTT)
-``scope_status``   one row per device and target, upserted about once a second by the edge: last seen,
+``scope_status``   one row per device and target, upserted by the edge when it changed: last seen,
                    rate, rolling RMSE, threshold, baselines, serving version, status
 ``model_versions`` every trained version: scores, window, decision and reason, MLflow run id
 

@@ -63,6 +63,8 @@ def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
         probation_samples=settings.model.probation_samples,
         probation_tolerance=settings.model.probation_tolerance,
         auto_train=auto_train,
+        max_devices=settings.limits.max_devices,
+        device_idle_s=settings.limits.device_idle_s,
     )
 
 
@@ -329,11 +331,20 @@ class EdgeService:
             return
         with metrics.BATCH_SECONDS.time():
             out = self.engine.process(readings)
+        for reading, reason in out.dropped:
+            limits = self.settings.limits
+            detail = (
+                f"no room for device {reading.device[:40]!r}: {limits.max_devices} devices kept, none "
+                f"silent for limits.device_idle_s={limits.device_idle_s:g} s"
+            )
+            self._dropped(MessageError(reason, detail), "the engine")
+        if out.evicted:
+            metrics.EVICTED.inc(out.evicted)
         qos = self.settings.broker.qos
         for prediction in out.predictions:
             topic = self._prediction_template.format(site=self.site, device=prediction.device)
             self.session.publish(topic, prediction.to_json(), qos=qos)
-        self.stats.processed += len(readings)
+        self.stats.processed += len(readings) - len(out.dropped)
         self.stats.predictions += len(out.predictions)
         metrics.PREDICTIONS.inc(len(out.predictions))
         assert self.writer is not None
@@ -356,7 +367,7 @@ class EdgeService:
         now = time.monotonic()
         if now - self._last_drop_log >= DROP_LOG_INTERVAL:
             log.warning(
-                "dropped malformed telemetry: %s (last: %s on %s)",
+                "dropped telemetry: %s (last: %s on %s)",
                 dict(self._dropped_since_log),
                 str(exc)[:120],
                 topic[:80],
