@@ -4,7 +4,8 @@ Imported only by the trainer (a separate process), never by the edge's hot path:
 seconds to import and its database is not needed to serve.
 
 Registered model names are ``<prefix>.<scope>`` with ``@`` spelled ``.device.`` (``edgeloop.voc_ppb``,
-``edgeloop.voc_ppb.device.dev-003``); the alias ``champion`` marks the version in service.
+``edgeloop.voc_ppb.device.dev-003``) and unusual characters escaped (:func:`registered_name`); the
+alias ``champion`` marks the version in service.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop.scopes import parse_scope
+
 if TYPE_CHECKING:
     from edgeloop.config import Settings
 
@@ -22,11 +25,27 @@ log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 
 
+_NAME_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
 def registered_name(prefix: str, scope: str) -> str:
-    """>>> registered_name("edgeloop", "voc_ppb@dev-003")
+    """The MLflow registered-model name of ``scope``; every scope the edge accepts has one.
+
+    MLflow refuses ``/`` and ``:`` in names and search filters quote them, so any character outside
+    ``[A-Za-z0-9_.-]`` is written as ``%XX`` of its UTF-8 bytes (names of plain scopes are unchanged).
+
+    >>> registered_name("edgeloop", "voc_ppb@dev-003")
     'edgeloop.voc_ppb.device.dev-003'
+    >>> registered_name("edgeloop", "voc_ppb@Küche"), registered_name("edgeloop", "voc_ppb@dev 1:a/b")
+    ('edgeloop.voc_ppb.device.K%C3%BCche', 'edgeloop.voc_ppb.device.dev%201%3Aa%2Fb')
     """
-    return f"{prefix}." + scope.replace("@", ".device.")
+    target, device = parse_scope(scope)
+    name = _escape(target) + (".device." + _escape(device) if device is not None else "")
+    return f"{prefix}.{name}"
+
+
+def _escape(text: str) -> str:
+    return "".join(c if c in _NAME_SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
 
 
 class Tracker:
