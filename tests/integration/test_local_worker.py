@@ -100,3 +100,49 @@ def test_an_answer_line_is_json() -> None:
 
     line = orjson.dumps({"id": "x", "outcome": {"metrics": {"val_rmse": np.float64(1.5)}}}, default=_plain)
     assert orjson.loads(line)["outcome"]["metrics"]["val_rmse"] == 1.5
+
+
+# A parent that starts a child calling die_with_parent, prints the child's pid, then waits to be killed.
+_CHILD = (
+    "import sys, time\n"
+    "{platform}"
+    "from edgeloop.retrain.worker import die_with_parent\n"
+    "die_with_parent(int(sys.argv[1]))\n"
+    "time.sleep(60)\n"
+)
+_PARENT = (
+    "import os, subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid())])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.mark.parametrize("mechanism", ["pdeathsig", "watchdog"])
+def test_a_worker_dies_with_its_parent_even_on_kill_9(mechanism: str) -> None:
+    import subprocess
+
+    import psutil
+
+    # "watchdog": pretend not to be Linux, so only the parent-pid watchdog thread can notice.
+    platform = "sys.platform = 'elsewhere'\n" if mechanism == "watchdog" else ""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, _CHILD.format(platform=platform)], stdout=subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(1.0)  # the child is past its imports and waiting
+    assert child.is_running()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        child.kill()
+        raise AssertionError(f"the child outlived its parent ({mechanism})")
