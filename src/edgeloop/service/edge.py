@@ -246,7 +246,8 @@ class EdgeService:
                 if event.kind == "retrain_requested" and event.scope == request.scope:
                     event.request_id = request_id
         self._emit(out.events)
-        self._dispatch_due()
+        if out.retrains:
+            self._dispatch_due()
         for rollback in out.rollbacks:
             self._persist_rollback(rollback)
 
