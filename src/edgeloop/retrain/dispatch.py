@@ -245,7 +245,7 @@ class LocalDispatcher:
                     + b"\n"
                 )
                 proc.stdin.flush()
-            except OSError as exc:  # cannot start a process, or it died before reading
+            except (OSError, ValueError) as exc:  # cannot start a process, or it died before reading
                 self._reports.append(
                     Report(
                         "failed", attempt.request_id, attempt.scope, attempt.number, reason=f"worker: {exc}"
