@@ -338,15 +338,17 @@ def test_trainer_survives_hostile_requests_and_unusual_scope_names(
         if set(verdicts.values()) <= {"model_promoted", "model_rejected"}:
             # The scopes reached MLflow: their registered-model names must have been accepted.
             assert "MLflow logging failed" not in trainer.log()
-        answered = sum(bool(answers(str(r["request_id"]))) for r in requests if isinstance(r, dict))
+        with_id = [str(r["request_id"]) for r in requests if isinstance(r, dict)]
+        answered = sum(bool(answers(rid)) for rid in with_id)
         report(
             "trainer: malformed and hostile retrain requests",
-            published=len(requests),
-            answered=answered + 2,  # the two unparseable ones are refused in the log, nothing to answer to
-            lost=0,
+            published=len(with_id),
+            answered=answered,
+            lost=len(with_id) - answered,
             duplicated=0,
             recovery_s=time.monotonic() - started,
-            note=f"bad JSON, bad types, control chars refused; Küche/dev 1: {sorted(set(verdicts.values()))}",
+            note=f"2 without an id refused in the log; bad types, control chars refused by event; "
+            f"Küche/dev 1: {sorted(set(verdicts.values()))}",
         )
     finally:
         trainer.stop()
@@ -357,13 +359,17 @@ def test_trainer_survives_hostile_requests_and_unusual_scope_names(
 def test_edge_kill_9_leaves_no_orphan_processes(
     mosquitto: MosquittoBroker, edge_process: Callable[..., EdgeProcess], tmp_path: Path, site: str
 ) -> None:
+    # MLflow on: the training just dispatched runs for seconds, so the edge dies while its worker works.
     edge = edge_process(base_env(mosquitto, tmp_path / "data", site, EDGELOOP_MLFLOW_ENABLED="true"))
+    predictions = Collector(mosquitto, f"edgeloop/{site}/+/prediction")
     readings = Readings(mosquitto, site).start()
     try:
         edge.wait_log("retrain of voc_ppb dispatched (attempt 1", 30)
+        published, answered, lost, duplicated = settle(readings, predictions)
         worker = wait_worker(edge, 10)
         family = [worker, *edge.children()]
         pids = {p.pid for p in family}
+        assert "model_promoted" not in edge.log(), "the training ended before the kill"
         edge.kill9()
         killed_at = time.monotonic()
 
@@ -377,14 +383,16 @@ def test_edge_kill_9_leaves_no_orphan_processes(
             return True
 
         wait_until(gone, 5, f"the edge's children {sorted(pids)} to exit")
+        assert lost == 0 and duplicated == 0
         report(
-            "edge kill -9 while training: orphans",
-            published=readings.stop(),
-            answered=0,
-            lost=0,
-            duplicated=0,
+            "edge kill -9 while its worker trains: orphans",
+            published=published,
+            answered=answered,
+            lost=lost,
+            duplicated=duplicated,
             recovery_s=time.monotonic() - killed_at,
-            note=f"{len(pids)} child process(es) gone after the edge died",
+            note=f"{len(pids)} child process(es) of the edge gone after kill -9 (recovery: until gone)",
         )
     finally:
         readings.close()
+        predictions.close()
