@@ -228,6 +228,19 @@ class EdgeSettings(_Section):
     )
 
 
+class RetrainSettings(_Section):
+    timeout: float = Field(
+        900.0, gt=0, description="Seconds a retrain attempt may take (from its start) before it is retried"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts per retrain request; then the scope is released until asked again"
+    )
+    backoff: float = Field(
+        30.0, gt=0, description="Seconds before retrying a failed attempt; doubles per failure"
+    )
+    backoff_max: float = Field(600.0, gt=0, description="Cap of the retry backoff (s)")
+
+
 class MlflowSettings(_Section):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in <data_dir>")
     experiment: str = Field("edgeloop", description="MLflow experiment name")
@@ -258,6 +271,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     store: StoreSettings = StoreSettings()
     edge: EdgeSettings = EdgeSettings()
+    retrain: RetrainSettings = RetrainSettings()
     mlflow: MlflowSettings = MlflowSettings()
 
     @model_validator(mode="after")

@@ -88,6 +88,7 @@ MARKER_KINDS = {
     "retrain_requested": "retrain",
     "retrain_started": "retrain",
     "retrain_finished": "retrain",
+    "retrain_failed": "retrain",
     "model_promoted": "promotion",
     "model_rejected": "rejection",
     "model_rolled_back": "rollback",

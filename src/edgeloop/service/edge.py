@@ -34,6 +34,7 @@ from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
 from edgeloop.engine.rows import ServedModel
 from edgeloop.errors import MessageError, ModelFileError
+from edgeloop.lifecycle.retrains import Failure, Retrains, RetryPolicy
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
@@ -78,6 +79,7 @@ class EdgeStats:
     dropped: Counter[str] = field(default_factory=Counter)
     swaps: int = 0
     retrains_requested: int = 0
+    retrains_failed: int = 0
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -120,6 +122,7 @@ class EdgeService:
             self.dispatcher = MqttDispatcher(self.session, topic_for(settings.topics.retrain, site=self.site))
         else:
             self.dispatcher = LocalDispatcher(settings)
+        self.retrains = Retrains(RetryPolicy.from_settings(settings.retrain))
         self.writer: StoreWriter | None = None
         self.state: StateKeeper | None = None
         self.http: health.HealthServer | None = None
@@ -188,6 +191,7 @@ class EdgeService:
         # whose full passes over it paused the loop 50-105 ms every few seconds (bench, 1,000 devices).
         gc.collect()
         gc.freeze()
+        self.dispatcher.start()  # from this thread, which lives as long as the service
         self.ready.set()
         assert self.writer is not None
         next_status = next_poll = time.monotonic()
@@ -200,6 +204,7 @@ class EdgeService:
                 now = time.monotonic()
                 self._handle_control()
                 self._handle_outcomes()
+                self._check_retrains()
                 if now >= next_poll:
                     self._sync_models()
                     next_poll = now + s.edge.model_poll_interval
@@ -352,11 +357,16 @@ class EdgeService:
         self._after_engine(out)
 
     def _after_engine(self, out: EngineOutput) -> None:
-        self._emit(out.events)
         for request in out.retrains:
             self.stats.retrains_requested += 1
             metrics.RETRAINS.labels(trigger=request.trigger).inc()
-            self.dispatcher.submit(request)
+            request_id = self.retrains.add(request)
+            for event in out.events:
+                if event.kind == "retrain_requested" and event.scope == request.scope:
+                    event.request_id = request_id
+        self._emit(out.events)
+        if out.retrains:
+            self._dispatch_due()
         for rollback in out.rollbacks:
             self._persist_rollback(rollback)
 
@@ -386,21 +396,65 @@ class EdgeService:
             log.info("event %s %s: %s", event.kind, event.scope, event.reason)
             self.session.publish(self._events_topic, orjson.dumps(event.to_dict(self.site)), qos=1)
 
-    # -- models -----------------------------------------------------------------------------------
-    def _handle_outcomes(self) -> None:
-        for outcome in self.dispatcher.poll():
-            self._apply_outcome(outcome)
+    # -- retrains: the bookkeeping decides, the dispatcher moves the attempts ----------------------
+    def _dispatch_due(self) -> None:
+        for attempt in self.retrains.due():
+            log.info(
+                "retrain of %s dispatched (attempt %d of %d, request %s)",
+                attempt.scope,
+                attempt.number,
+                self.retrains.policy.max_attempts,
+                attempt.request_id,
+            )
+            self.dispatcher.submit(attempt)
 
-    def _apply_outcome(self, outcome: RetrainOutcome) -> None:
+    def _check_retrains(self) -> None:
+        if not len(self.retrains):
+            return
+        for failure in self.retrains.expired():
+            self.dispatcher.cancel(failure.request_id)
+            self._retrain_failed(failure)
+        self._dispatch_due()
+
+    def _retrain_failed(self, failure: Failure) -> None:
+        self.stats.retrains_failed += 1
+        log.warning("retrain of %s failed (attempt %d): %s", failure.scope, failure.attempt, failure.reason)
+        self._emit([failure.event(self.engine.stream_ts)])
+        if failure.gave_up:
+            self.engine.retrain_finished(failure.scope, installed=False)
+
+    def _retrain_answered(self, request_id: str | None, scope: str, *, installed: bool) -> None:
+        done = self.retrains.answered(request_id) if request_id else self.retrains.answered_scope(scope)
+        if done is not None:
+            self.engine.retrain_finished(done, installed=installed)
+
+    def _handle_outcomes(self) -> None:
+        for report in self.dispatcher.poll():
+            if report.kind == "started":
+                self.retrains.started(report.request_id)
+            elif report.kind == "failed":
+                failure = self.retrains.failed(report.request_id, report.reason, report.attempt)
+                if failure is not None:
+                    self._retrain_failed(failure)
+            elif report.outcome is not None:
+                self._apply_outcome(report.outcome, report.request_id)
+
+    def _apply_outcome(self, outcome: RetrainOutcome, request_id: str | None = None) -> None:
         events = [Event.from_dict(e) for e in outcome.events]
+        for event in events:
+            event.request_id = event.request_id or request_id
         self._emit(events)
         installed = False
         if outcome.decision == "promoted" and outcome.version is not None:
             installed = self._install(outcome.scope, outcome.version)
-        self.engine.retrain_finished(outcome.scope, installed=installed)
+        self._retrain_answered(request_id, outcome.scope, installed=installed)
 
     def _handle_control(self) -> None:
-        """Events from other processes (trainer service, other replicas): swap models they promote."""
+        """Events from other processes (trainer service, other replicas): swap models they promote.
+
+        Answers carrying a request id settle that request; the edge's own events come back here
+        too and change nothing (their request is already settled, or the attempt is not in flight).
+        """
         while True:
             try:
                 payload = self._control.get_nowait()
@@ -408,27 +462,37 @@ class EdgeService:
                 return
             try:
                 event = Event.from_dict(orjson.loads(payload))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 log.warning("ignored an unreadable event on %s", self._events_topic)
                 continue
-            if event.kind == "model_promoted" and event.version:
+            rid = event.request_id
+            if event.kind == "retrain_started" and rid:
+                self.retrains.started(rid)
+            elif event.kind == "retrain_failed" and rid:
+                attempt = event.metrics.get("attempt")
+                failure = self.retrains.failed(
+                    rid,
+                    f"trainer: {event.reason}",
+                    int(attempt) if isinstance(attempt, int | float) else None,
+                )
+                if failure is not None:
+                    self._retrain_failed(failure)
+            elif event.kind == "model_promoted" and event.version:
                 try:
                     scope, version = parse_label(event.version)
                 except ValueError:
                     continue
-                if (
-                    self.engine.serving.get(scope) is None
-                    or self.engine.serving[scope].model.label != event.version
-                ):
-                    self.engine.retrain_finished(scope, installed=self._install(scope, version))
-            elif event.kind in ("model_rejected", "model_rolled_back") or (
-                event.kind == "retrain_finished" and not event.metrics
-            ):
-                if event.kind == "model_rolled_back":
-                    self._sync_models()
-                elif event.scope in self.engine.pending:
-                    self.engine.retrain_finished(event.scope, installed=False)
+                serving = self.engine.serving.get(scope)
+                installed = serving is not None and serving.model.label == event.version
+                if not installed:
+                    installed = self._install(scope, version)
+                self._retrain_answered(rid, scope, installed=installed)
+            elif event.kind == "model_rejected" or (event.kind == "retrain_finished" and not event.metrics):
+                self._retrain_answered(rid, event.scope, installed=False)
+            elif event.kind == "model_rolled_back":
+                self._sync_models()
 
+    # -- models -----------------------------------------------------------------------------------
     def _install(self, scope: str, version: int) -> bool:
         return self.models.install(scope, version)
 

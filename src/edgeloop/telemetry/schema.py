@@ -22,6 +22,8 @@ Event (``edgeloop/<site>/events``)::
     {"kind": "drift_detected", "ts": ..., "site": "site-1", "scope": "voc_ppb@dev-001",
      "reason": "...", "metrics": {...}, "version": "...", "previous_version": "..."}
 
+Events about a retrain request also carry its ``"request_id"`` (absent otherwise).
+
 >>> p = TelemetryParser(targets=["voc_ppb"])
 >>> r = p.parse("edgeloop/s/dev-9/telemetry", b'{"ts": 10, "seq": 1, "voc_ppb": 150.5}')
 >>> (r.device, r.ts, r.seq, r.values)
@@ -51,6 +53,7 @@ EVENT_KINDS = (
     "retrain_requested",
     "retrain_started",
     "retrain_finished",
+    "retrain_failed",
     "model_promoted",
     "model_rejected",
     "model_rolled_back",
@@ -163,13 +166,14 @@ class Event:
     metrics: dict[str, float | int | None] = field(default_factory=dict)
     version: str | None = None
     previous_version: str | None = None
+    request_id: str | None = None  # the retrain request this event answers or reports on
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {self.kind!r}")
 
     def to_dict(self, site: str) -> dict[str, Any]:
-        return {
+        data = {
             "kind": self.kind,
             "ts": self.ts,
             "site": site,
@@ -179,6 +183,9 @@ class Event:
             "version": self.version,
             "previous_version": self.previous_version,
         }
+        if self.request_id is not None:
+            data["request_id"] = self.request_id
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -190,6 +197,7 @@ class Event:
             metrics=dict(data.get("metrics") or {}),
             version=data.get("version"),
             previous_version=data.get("previous_version"),
+            request_id=data["request_id"] if isinstance(data.get("request_id"), str) else None,
         )
 
 
