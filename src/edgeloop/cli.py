@@ -1,4 +1,9 @@
-"""The ``edgeloop`` command line (Typer): every command has ``--help``."""
+"""The ``edgeloop`` command line (Typer): every command has ``--help`` with examples.
+
+User errors (a bad flag, a missing file, an unknown version) end in one ``error:`` line and a
+non-zero exit, never a traceback. Heavy dependencies (pandas, scikit-learn, MLflow, Streamlit,
+matplotlib) are imported inside the commands that need them, so ``edgeloop edge`` stays small.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,64 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 import yaml
 
 from edgeloop.config import Settings, load_settings
-from edgeloop.errors import EdgeloopError
+from edgeloop.errors import ConfigError, EdgeloopError
 from edgeloop.logs import setup_logging
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    # Typer's rich help prints `<bool>` beside on/off flags, which take no value: show nothing there.
+    if self.is_flag:
+        return None
+    return _typer_option_type(self, ctx)
+
+
+_typer_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"edgeloop {version('edgeloop')}")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            typer.echo("edgeloop (not installed)")
+        raise typer.Exit()
+
+
+def _examples(*lines: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+
 
 app = typer.Typer(
     help="edgeloop: forecast IoT telemetry on the edge, detect drift, retrain, validate and hot-swap models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    epilog=_examples("edgeloop demo", "edgeloop edge -c edge.yaml", "edgeloop models list"),
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """edgeloop: forecast IoT telemetry on the edge, detect drift, retrain, validate and hot-swap models."""
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -33,20 +77,64 @@ ConfigOpt = Annotated[
         "--config", "-c", help="YAML config file (env EDGELOOP_* overrides it).", exists=True, dir_okay=False
     ),
 ]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Override data_dir.")]
+DATA_DIR_HELP = "Data folder: store, models and MLflow runs (overrides data_dir / EDGELOOP_DATA_DIR)."
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)]
 BrokerOpt = Annotated[
     str | None, typer.Option("--broker", help="Override broker.url, e.g. mqtt://host:1883.")
 ]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with one ``error:`` line on stderr (the user's mistake, not a crash)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(
+    config: Path | None,
+    flags: dict[str, tuple[str, Any]] | None = None,
+    *,
+    fixed: dict[str, Any] | None = None,
+    need_data: bool = False,
+) -> Settings:
+    """Settings from the config file, the environment and the command's flags.
+
+    ``flags`` maps a settings key to (flag name, value): an invalid value is reported as that flag's
+    error, not as a YAML key or environment variable the user never wrote. ``need_data``: the command
+    reads existing data, so a data folder that does not exist is an error (usually a typo).
+    """
+    flags = flags or {}
+    overrides = {**(fixed or {}), **{key: value for key, (_, value) in flags.items()}}
     try:
         settings = load_settings(config, **overrides)
-    except EdgeloopError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        _explain_config_error(config, flags, fixed or {}, exc)
     setup_logging(settings.log_level, json=settings.log_json)
+    if need_data and not settings.data_dir.is_dir():
+        flag = "--data-dir" if flags.get("data_dir", ("", None))[1] is not None else "data_dir"
+        fail(f"{flag}: data folder {settings.data_dir} does not exist")
     return settings
+
+
+def _explain_config_error(
+    config: Path | None, flags: dict[str, tuple[str, Any]], fixed: dict[str, Any], exc: ConfigError
+) -> NoReturn:
+    try:
+        load_settings(config, **fixed)
+    except ConfigError as base:
+        fail(str(base))  # the file or the environment is wrong, whatever the flags say
+    for key, (flag, value) in flags.items():
+        if value is None:
+            continue
+        try:
+            load_settings(config, **fixed, **{key: value})
+        except ConfigError as one:
+            cause = one.__cause__
+            errors = getattr(cause, "errors", None)
+            why = "; ".join(e["msg"].removeprefix("Value error, ") for e in errors()) if errors else str(one)
+            fail(f"{flag} {value!r}: {why}")
+    fail(str(exc))
 
 
 def _stop_on_signals(stop: Any) -> None:
@@ -57,29 +145,43 @@ def _stop_on_signals(stop: Any) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-@config_app.command("show")
-def config_show(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@config_app.command(
+    "show", epilog=_examples("edgeloop config show -c edge.yaml", "edgeloop config show --json")
+)
+def config_show(
+    config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
     """Print the effective config (defaults < YAML < env) with secrets masked."""
     data = _settings(config).masked()
     typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "edgeloop edge -c edge.yaml",
+        "edgeloop edge --broker mqtts://broker.local:8883 --data-dir /var/lib/edgeloop",
+    )
+)
 def edge(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: BrokerOpt = None) -> None:
     """Run the edge inference service: subscribe, forecast, publish, watch drift, retrain, hot-swap."""
     from edgeloop.service.edge import EdgeService
 
-    settings = _settings(config, data_dir=data_dir, **{"broker.url": broker})
-    service = EdgeService(settings)
-    _stop_on_signals(lambda: service._stop.set())
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)})
     try:
+        service = EdgeService(settings)
+        _stop_on_signals(lambda: service._stop.set())
         service.run()
     except EdgeloopError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc), 1)
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "edgeloop simulate --devices 5 --rate 2",
+        "edgeloop simulate --drift dev-001:level_shift@3000:target=temp_c,magnitude=4",
+        "edgeloop simulate --steps 9000 --csv build/sim.csv",
+    )
+)
 def simulate(
     config: ConfigOpt = None,
     broker: BrokerOpt = None,
@@ -102,25 +204,35 @@ def simulate(
     from edgeloop.service.publisher import SimulatorPublisher
     from edgeloop.telemetry.simulator import Simulator, parse_drift
 
-    settings = _settings(config, **{"broker.url": broker})
+    settings = _settings(config, {"broker.url": ("--broker", broker)})
     try:
         specs = [parse_drift(text) for text in drift or []]
         sim = Simulator(devices, seed=seed, interval=interval, drifts=specs)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(f"--drift: {exc}" if drift else str(exc))
     if csv is not None:
-        path = sim.write_csv(csv, steps or 10_000)
+        try:
+            path = sim.write_csv(csv, steps or 10_000)
+        except OSError as exc:
+            fail(f"--csv {csv}: {exc.strerror or exc}")
         typer.echo(f"wrote {path} and {path}.onsets.json")
         return
     publisher = SimulatorPublisher(settings, sim, rate=rate or None, steps=steps)
     _stop_on_signals(publisher._stop.set)
     typer.echo(f"publishing {devices} devices at {rate:g}/s to {settings.broker.url} (Ctrl-C stops)")
-    publisher.run()
+    try:
+        publisher.run()
+    except EdgeloopError as exc:
+        fail(str(exc), 1)
     typer.echo(f"published {publisher.published} readings")
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "edgeloop replay air_quality --rate 50",
+        "edgeloop replay my.csv --column temperature=temp_c --column rh=humidity --device lab-1",
+    )
+)
 def replay(
     file: Annotated[str, typer.Argument(help="CSV file, or a known recording: air_quality, occupancy, nab.")],
     config: ConfigOpt = None,
@@ -138,36 +250,39 @@ def replay(
     from edgeloop.service.publisher import replay as do_replay
     from edgeloop.telemetry import recordings
 
-    settings = _settings(config, **{"broker.url": broker})
+    settings = _settings(config, {"broker.url": ("--broker", broker)})
     defaults = {
         "air_quality": {"temp_c": "temp_c", "humidity": "humidity", "pt08_s2_nmhc": "voc_ppb"},
         "occupancy": {"temp_c": "temp_c", "humidity": "humidity", "co2": "voc_ppb"},
         "nab": {"value": "temp_c"},
     }
     try:
+        pairs = [item.split("=", 1) for item in column or []]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("--column takes SOURCE=NAME")
         if file in recordings.KNOWN_RECORDINGS:
             frame = recordings.known_recording(file)
-            mapping = defaults[file]
+            mapping = dict(pairs) if pairs else defaults[file]
         else:
-            mapping = dict(item.split("=", 1) for item in column or [])
+            mapping = dict(pairs)
             if not mapping:
                 raise ValueError("a plain CSV needs at least one --column SOURCE=NAME")
             frame = recordings.load_csv(file, ts_column=ts_column, columns={k: k for k in mapping})
-        if column and file in recordings.KNOWN_RECORDINGS:
-            mapping = dict(item.split("=", 1) for item in column)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except (ValueError, OSError, KeyError) as exc:
+        fail(str(exc))
     if limit:
         frame = frame.head(limit)
     stop = threading.Event()
     _stop_on_signals(stop.set)
     name = device or Path(file).stem
-    sent = do_replay(settings, frame, columns=mapping, device=name, rate=rate or None, stop=stop)
+    try:
+        sent = do_replay(settings, frame, columns=mapping, device=name, rate=rate or None, stop=stop)
+    except EdgeloopError as exc:
+        fail(str(exc), 1)
     typer.echo(f"replayed {sent} rows of {file} as device {name}")
 
 
-@app.command()
+@app.command(epilog=_examples("edgeloop train", "edgeloop train --scope voc_ppb@dev-001 --no-mlflow"))
 def train(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -181,12 +296,9 @@ def train(
     from edgeloop.registry.tracking import Tracker
     from edgeloop.retrain.job import run_retrain
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
     if not settings.store_path.exists():
-        typer.echo(
-            f"error: no store at {settings.store_path}: run `edgeloop edge` (or the demo) first", err=True
-        )
-        raise typer.Exit(2)
+        fail(f"no store at {settings.store_path}: run `edgeloop edge` (or the demo) first")
     tracker = Tracker.from_settings(settings, enabled=not no_mlflow)
     failed = False
     for name in scope or settings.model.targets:
@@ -201,86 +313,217 @@ def train(
     raise typer.Exit(1 if failed else 0)
 
 
-@app.command()
+@app.command(epilog=_examples("edgeloop trainer -c trainer.yaml"))
 def trainer(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: BrokerOpt = None) -> None:
     """Run the trainer service: consume retrain requests over MQTT, train, register, promote, report."""
     from edgeloop.retrain.service import TrainerService
 
-    settings = _settings(config, data_dir=data_dir, **{"broker.url": broker})
-    service = TrainerService(settings)
-    _stop_on_signals(service.stop)
-    service.run()
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)})
+    try:
+        service = TrainerService(settings)
+        _stop_on_signals(service.stop)
+        service.run()
+    except EdgeloopError as exc:
+        fail(str(exc), 1)
 
 
-@models_app.command("list")
-def models_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """List every version per scope with its scores, decision and whether it is the champion."""
-    from edgeloop.retrain.admin import list_versions
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    from datetime import datetime
 
-    settings = _settings(config, data_dir=data_dir)
-    rows = list_versions(settings)
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+@models_app.command(
+    "list",
+    epilog=_examples("edgeloop models list", "edgeloop models list --json --data-dir /var/lib/edgeloop"),
+)
+def models_list(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list, one object per version.")
+    ] = False,
+) -> None:
+    """List every version per scope: created, scores, decision; `*` marks the champion."""
+    from edgeloop.retrain.admin import version_rows
+
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
+    try:
+        rows = version_rows(settings)
+    except EdgeloopError as exc:
+        fail(str(exc), 1)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
     if not rows:
         typer.echo(f"no models yet in {settings.models_dir}")
         return
-    for row in rows:
-        typer.echo(row)
+    header = ("", "VERSION", "KIND", "CREATED", "TRIGGER", "VAL RMSE", "VS", "PERSIST", "DECISION")
+    table = [header]
+    for r in rows:
+        if "error" in r:
+            table.append(("!", r["label"], r["error"], "", "", "", "", "", ""))
+            continue
+        vs = f"{r['compared_with'] or 'persistence'} {_num(r['champion_rmse'])}"
+        table.append(
+            (
+                "*" if r["champion"] else "",
+                r["label"],
+                str(r["kind"] or "-"),
+                _when(r["created"]),
+                str(r["trigger"] or "-"),
+                _num(r["val_rmse"]),
+                vs if r["champion_rmse"] is not None else "-",
+                _num(r["persistence_rmse"]),
+                r["decision"],
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-@models_app.command("promote")
+@models_app.command(
+    "promote",
+    epilog=_examples(
+        "edgeloop models promote voc_ppb:v3", "edgeloop models promote voc_ppb@dev-001:v2 --force --yes"
+    ),
+)
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version label, e.g. voc_ppb:v3 or voc_ppb@dev-001:v2.")],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    force: Annotated[bool, typer.Option(help="Promote even if it does not beat the champion.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if it does not beat the champion.")
+    ] = False,
+    yes: YesOpt = False,
 ) -> None:
     """Promote a version, with the same holdout check as automatic promotion (unless --force)."""
     from edgeloop.retrain.admin import promote
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
+    if force and not yes:
+        _confirm(f"Serve {version} on every edge even if it is worse than the champion?")
     ok, message = promote(settings, version, force=force)
+    if not ok:
+        fail(message, 1)
     typer.echo(message)
-    raise typer.Exit(0 if ok else 1)
 
 
-@models_app.command("rollback")
+@models_app.command(
+    "rollback",
+    epilog=_examples("edgeloop models rollback voc_ppb", "edgeloop models rollback voc_ppb@dev-001 --yes"),
+)
 def models_rollback(
     scope: Annotated[str, typer.Argument(help="Scope, e.g. voc_ppb or voc_ppb@dev-001.")],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    yes: YesOpt = False,
 ) -> None:
-    """Restore the previous champion of a scope."""
+    """Take the champion of a scope out of service and restore the previous one."""
     from edgeloop.retrain.admin import rollback
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
+    if not yes:
+        _confirm(f"Roll back the champion of {scope} on every edge?")
     ok, message = rollback(settings, scope)
+    if not ok:
+        fail(message, 1)
     typer.echo(message)
-    raise typer.Exit(0 if ok else 1)
 
 
-@app.command()
+def _confirm(question: str) -> None:
+    if not sys.stdin.isatty():
+        fail("this changes what the edges serve: pass --yes to confirm when not at a terminal")
+    if not typer.confirm(question, default=False):
+        fail("cancelled", 1)
+
+
+def _run_child(cmd: list[str], env: dict[str, str], what: str) -> NoReturn:
+    """Run ``cmd`` in its own process group until it ends; SIGTERM/SIGINT stop the whole group.
+
+    Servers such as gunicorn and Streamlit fork workers; signalling only the parent would orphan them.
+    """
+    import os
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    except OSError as exc:
+        fail(f"cannot start {what}: {exc}", 1)
+    _forward_signals(proc)
+    raise typer.Exit(_wait_group(proc, os.getpgid(proc.pid)))
+
+
+def _forward_signals(proc: Any, group: bool = True) -> None:
+    import os
+
+    def handler(signum: int, _frame: Any) -> None:
+        try:
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _wait_group(proc: Any, pgid: int, grace: float = 10.0) -> int:
+    import contextlib
+    import os
+    import time
+
+    code: int = proc.wait()
+    # The parent is gone; give its workers a moment to follow, then make sure none is left behind.
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return code
+        except PermissionError:
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    return code
+
+
+@app.command(epilog=_examples("edgeloop mlflow", "edgeloop mlflow --port 5001 --data-dir /var/lib/edgeloop"))
 def mlflow(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI on the embedded tracking store."""
+    """Start the MLflow UI on the embedded tracking store (one worker, no job runner)."""
     import os
-    import subprocess
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)})
     artifacts = (settings.data_dir / "mlartifacts").resolve()
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", settings.tracking_uri,
         "--default-artifact-root", artifacts.as_uri(),
         "--host", host, "--port", str(port),
+        "--workers", "1",
     ]  # fmt: skip
+    # MLflow 3 otherwise starts a huey job consumer (GenAI jobs) beside the UI; the UI does not need it.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     typer.echo(f"MLflow UI on http://{host}:{port} (tracking {settings.tracking_uri})")
-    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    _run_child(cmd, env, "the MLflow server")
 
 
-@app.command()
+@app.command(epilog=_examples("edgeloop dashboard", "edgeloop dashboard -c edge.yaml --port 8502"))
 def dashboard(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -292,17 +535,25 @@ def dashboard(
 
     from edgeloop.dashboard.launch import run_dashboard
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)})
     env = {**os.environ, "EDGELOOP_DATA_DIR": str(settings.data_dir.resolve())}
-    proc = run_dashboard(config, port=port, host=host, env=env)
-    typer.echo(f"dashboard on http://{host}:{port} (Ctrl-C stops)")
     try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
+        proc = run_dashboard(config, port=port, host=host, env=env)
+    except (OSError, EdgeloopError) as exc:
+        fail(f"cannot start the dashboard: {exc}", 1)
+    typer.echo(f"dashboard on http://{host}:{port} (Ctrl-C stops)")
+    # Streamlit runs in the dashboard launcher's process; forward the signal to it, then wait.
+    _forward_signals(proc, group=False)
+    raise typer.Exit(proc.wait())
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "edgeloop demo",
+        "edgeloop demo --duration 120 --no-dashboard --json build/demo.json",
+        "edgeloop demo --drift dev-002:level_shift@3000",
+    )
+)
 def demo(
     config: ConfigOpt = None,
     broker: BrokerOpt = None,
@@ -318,9 +569,9 @@ def demo(
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Run without a scheduled drift.")] = False,
     dashboard: Annotated[bool, typer.Option(help="Also start the dashboard.")] = True,
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
-    data_dir: Annotated[Path, typer.Option(help="Folder for this demo's data (emptied at start).")] = Path(
-        "edgeloop-data/demo"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help=DATA_DIR_HELP + " A demo's folder is emptied at start.")
+    ] = Path("edgeloop-data/demo"),
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the final report as JSON here.")
     ] = None,
@@ -331,9 +582,8 @@ def demo(
 
     settings = _settings(
         config,
-        data_dir=data_dir,
-        **{
-            "broker.url": broker,
+        {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)},
+        fixed={
             # A simulated day is 1,440 readings: train on a day of the fleet, retrain on a day after a drift.
             "model.min_train_samples": devices * 1440,
             "model.retrain_min_samples": 1440,
@@ -342,29 +592,54 @@ def demo(
             "broker.shared_group": None,
         },
     )
-    spec = None if no_drift or not drift else parse_drift(drift)
-    report = run_demo(
-        settings,
-        duration=duration,
-        devices=devices,
-        rate=rate,
-        seed=seed,
-        drift=spec,
-        dashboard=dashboard,
-        dashboard_port=dashboard_port,
-        config_path=config,
-    )
+    try:
+        spec = None if no_drift or not drift else parse_drift(drift)
+    except ValueError as exc:
+        fail(f"--drift {drift!r}: {exc}")
+    try:
+        report = run_demo(
+            settings,
+            duration=duration,
+            devices=devices,
+            rate=rate,
+            seed=seed,
+            drift=spec,
+            dashboard=dashboard,
+            dashboard_port=dashboard_port,
+            config_path=config,
+        )
+    except EdgeloopError as exc:
+        fail(str(exc), 1)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2, default=str))
 
 
-def _mount_extras() -> None:
-    # Imported here: each brings its own dependencies (matplotlib, psutil) only when its command runs.
-    from edgeloop.bench.cli import bench
+@app.command(
+    "evaluate",
+    # Everything after `evaluate` goes to the real command, which is imported only now: it pulls in
+    # pandas, scikit-learn and matplotlib, which no other command needs.
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def evaluate(ctx: typer.Context) -> None:
+    """Replay data sets through the live engine in simulated time and compare retraining strategies."""
     from edgeloop.evaluate.cli import evaluate_command
 
-    app.command("evaluate")(evaluate_command)
-    app.command("bench")(bench)
+    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    sub.command(
+        epilog=_examples(
+            "edgeloop evaluate --dataset air_quality",
+            "edgeloop evaluate -d sim:all -s persistence,relative,adwin --jobs 2",
+        )
+    )(evaluate_command)
+    typer.main.get_command(sub).main(args=list(ctx.args), prog_name="edgeloop evaluate")
+
+
+def _mount_extras() -> None:
+    # Light at import (its heavy dependencies are imported when it runs).
+    from edgeloop.bench.cli import bench
+
+    app.command("bench", epilog=_examples("edgeloop bench --help"))(bench)
 
 
 _mount_extras()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
 from edgeloop.adapters.store import Store
 from edgeloop.config import Settings
-from edgeloop.errors import ModelFileError
+from edgeloop.errors import EdgeloopError, ModelFileError
 from edgeloop.models.forecasters import Persistence, rmse
 from edgeloop.models.training import NotEnoughData, split_series
 from edgeloop.registry.local import LocalRegistry
@@ -15,46 +17,125 @@ from edgeloop.retrain.job import serving_model
 from edgeloop.scopes import parse_label, parse_scope, version_label
 from edgeloop.telemetry.schema import Event
 
+log = logging.getLogger(__name__)
+
 
 def _tracker(settings: Settings) -> Tracker:
     return Tracker.from_settings(settings)
 
 
-def list_versions(settings: Settings) -> list[str]:
+def _known_versions(registry: LocalRegistry, scope: str) -> str:
+    """What exists, for an error about a version that does not: the user's next command is in it."""
+    scopes = registry.scopes()
+    if scope not in scopes:
+        return f"no scope {scope!r}; scopes: {', '.join(scopes) or 'none yet'}"
+    try:
+        versions = registry.versions(scope)
+        champion = registry.champion(scope)
+    except ModelFileError as exc:
+        return str(exc)
+    listed = ", ".join(version_label(scope, v) + (" (champion)" if v == champion else "") for v in versions)
+    return f"{scope} has {listed or 'no versions'}"
+
+
+def _decisions(settings: Settings) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The store's row per version label, and the labels a rollback took out of service."""
+    if not settings.store_path.exists():
+        return {}, set()
+    store = Store(settings.store_path, retention_rows=settings.store.retention_rows, readonly=True)
+    try:
+        rows = {row["label"]: row for row in store.model_versions()}
+        rolled = {
+            e.previous_version
+            for e in store.events(limit=100_000)
+            if e.kind == "model_rolled_back" and e.previous_version
+        }
+    finally:
+        store.close()
+    return rows, rolled
+
+
+def version_rows(settings: Settings) -> list[dict[str, Any]]:
+    """One row per version of every scope: label, kind, created, scores, decision and champion flag.
+
+    ``decision`` is what the version is now: ``champion``, ``retired`` (an earlier champion that a
+    rollback could restore), ``rolled back``, or the decision recorded when it was trained.
+    """
     registry = LocalRegistry(settings.models_dir)
-    lines = []
+    stored, rolled = _decisions(settings)
+    rows: list[dict[str, Any]] = []
     for scope in registry.scopes():
         try:
-            champion = registry.champion(scope)
+            pointer = registry.pointer(scope)
         except ModelFileError as exc:
-            lines.append(f"{scope:<28} champion unreadable: {exc}")
-            champion = None
+            rows.append({"scope": scope, "label": scope, "error": f"champion unreadable: {exc}"})
+            pointer = None
+        champion = pointer["version"] if pointer else None
+        history = set(pointer["history"]) if pointer else set()
         for version in registry.versions(scope):
+            label = version_label(scope, version)
             try:
                 meta = registry.meta(scope, version)
             except ModelFileError as exc:
-                lines.append(f"{version_label(scope, version):<28} unreadable: {exc}")
+                rows.append({"scope": scope, "label": label, "error": f"unreadable: {exc}"})
                 continue
-            nan = float("nan")
-            # Scores are checked to be numbers or null (a NaN is stored as null).
-            raw = meta.get("scores") or {}
-            scores = {k: nan if v is None else v for k, v in raw.items()}
-            mark = "* champion" if version == champion else ""
-            lines.append(
-                f"{meta['label']:<28} {meta['kind']:<12} val RMSE {scores.get('val_rmse', nan):>9.4g}"
-                f"  vs {raw.get('champion') or '?'} {scores.get('champion_rmse', nan):.4g}"
-                f"  persistence {scores.get('persistence_rmse', nan):.4g}"
-                f"  {meta.get('trigger', '')} {mark}"
+            scores = meta.get("scores") or {}
+            row = stored.get(label, {})
+            if version == champion:
+                decision = "champion"
+            elif label in rolled:
+                decision = "rolled back"
+            elif version in history:
+                decision = "retired"
+            else:
+                decision = row.get("decision") or "-"
+            rows.append(
+                {
+                    "scope": scope,
+                    "version": version,
+                    "label": label,
+                    "kind": meta.get("kind"),
+                    "created": meta.get("created") or row.get("created"),
+                    "trigger": meta.get("trigger") or row.get("trigger"),
+                    "val_rmse": scores.get("val_rmse"),
+                    "champion_rmse": scores.get("champion_rmse"),
+                    "persistence_rmse": scores.get("persistence_rmse"),
+                    "compared_with": scores.get("champion"),
+                    "decision": decision,
+                    "champion": version == champion,
+                }
             )
-    return lines
+    return rows
 
 
 def _record(settings: Settings, event: Event) -> None:
+    """Store the event and, when the broker answers, publish it where edges and dashboards listen."""
     store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
     try:
         store.write(events=[event])
     finally:
         store.close()
+    publish_event(settings, event)
+
+
+def publish_event(settings: Settings, event: Event, *, timeout: float = 3.0) -> bool:
+    """Publish one event on ``topics.events``; False (logged) when no broker answers in ``timeout``."""
+    import orjson
+
+    from edgeloop.adapters.mqtt import MqttSession, topic_for
+
+    session = MqttSession(settings.broker, role="admin")
+    try:
+        session.start(timeout=timeout)
+    except (EdgeloopError, OSError) as exc:
+        log.info("event %s stored but not published (%s)", event.kind, exc)
+        return False
+    try:
+        topic = topic_for(settings.topics.events, site=settings.site)
+        session.publish(topic, orjson.dumps(event.to_dict(settings.site)), qos=1)
+    finally:
+        session.close(drain_timeout=timeout)
+    return True
 
 
 def _mlflow_run(settings: Settings, scope: str, version: int) -> str | None:
@@ -76,6 +157,12 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
         return False, str(exc)
     registry = LocalRegistry(settings.models_dir)
     lags = settings.model.lags
+    try:
+        exists = version in registry.versions(scope)
+    except (ModelFileError, ValueError):
+        exists = False
+    if not exists:
+        return False, f"{label} does not exist: {_known_versions(registry, scope)}"
     try:
         candidate = registry.load(scope, version, lags=lags)
     except (ModelFileError, ValueError) as exc:
