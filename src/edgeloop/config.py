@@ -105,6 +105,7 @@ class TopicSettings(_Section):
     prediction: str = Field("edgeloop/{site}/{device}/prediction", description="Where predictions go")
     events: str = Field("edgeloop/{site}/events", description="Where drift and model events go")
     retrain: str = Field("edgeloop/{site}/control/retrain", description="Retrain requests to a trainer")
+    alerts: str = Field("edgeloop/{site}/alerts", description="Where alerts go (see alerts.mqtt)")
 
     def telemetry_filters(self, site: str) -> list[str]:
         return [t.format(site=site) for t in self.telemetry]
@@ -248,6 +249,37 @@ class MlflowSettings(_Section):
     enabled: bool = Field(True, description="Log runs and versions to MLflow")
 
 
+class AlertSettings(_Section):
+    webhook_url: str | None = Field(
+        None, description="HTTP(S) URL that receives each alert as a JSON POST; null: no webhook"
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Seconds a webhook POST may take")
+    mqtt: bool = Field(True, description="Publish alerts on topics.alerts")
+    kinds: list[str] = Field(
+        ["drift_detected", "model_rolled_back", "model_demoted", "retrain_failed", "device_silent"],
+        description="What raises an alert: event kinds, and device_silent",
+    )
+    min_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="At most one alert per (kind, scope) in this many seconds; the rest are counted",
+    )
+    silent_factor: float = Field(
+        3.0, gt=1, description="A device is silent after this many of its own median reporting intervals"
+    )
+    silence_check_s: float = Field(
+        15.0, ge=0, description="Seconds between checks for silent devices (wall time); 0: no silence alerts"
+    )
+    queue_size: int = Field(256, ge=1, description="Alerts waiting to be sent; beyond, new ones are dropped")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value[:16]!r}")
+        return value
+
+
 class Settings(BaseSettings):
     """The whole configuration of edgeloop."""
 
@@ -273,6 +305,7 @@ class Settings(BaseSettings):
     edge: EdgeSettings = EdgeSettings()
     retrain: RetrainSettings = RetrainSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Settings:
@@ -315,6 +348,12 @@ class Settings(BaseSettings):
         if uri and "@" in uri:
             scheme, rest = uri.split("://", 1)
             data["mlflow"]["tracking_uri"] = f"{scheme}://{SECRET_MASK}@{rest.split('@', 1)[1]}"
+        if data["alerts"].get("webhook_url"):
+            # A webhook URL often carries its token (Slack, Teams): show where it goes, not the path.
+            scheme, _, rest = data["alerts"]["webhook_url"].partition("://")
+            data["alerts"]["webhook_url"] = (
+                f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}/{SECRET_MASK}"
+            )
         return data
 
 

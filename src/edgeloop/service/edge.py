@@ -39,7 +39,7 @@ from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
 from edgeloop.scopes import parse_label
-from edgeloop.service import health, metrics
+from edgeloop.service import alerts, health, metrics
 from edgeloop.service.model_sync import ModelSync
 from edgeloop.service.statekeeper import StateKeeper
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
@@ -386,6 +386,7 @@ class EdgeService:
             self._last_drop_log = now
 
     def _emit(self, events: list[Event]) -> None:
+        alerts.offer(self, self.settings, events, self.session.publish)
         if not events:
             return
         assert self.writer is not None
