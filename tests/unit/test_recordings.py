@@ -8,6 +8,7 @@ import pytest
 
 from edgeloop.telemetry.recordings import (
     KNOWN_RECORDINGS,
+    PACKAGED_DATA,
     known_recording,
     load_air_quality,
     load_csv,
@@ -46,10 +47,23 @@ def nab() -> pd.DataFrame:
     return load_nab(DATA / "nab" / "machine_temperature_system_failure.csv")
 
 
-def test_default_data_dir_is_next_to_the_repo(monkeypatch) -> None:
+def test_default_data_dir_is_the_packaged_copy_and_it_equals_the_shared_original(monkeypatch) -> None:
     monkeypatch.delenv("EDGELOOP_SHARED_DATA", raising=False)
-    assert shared_data_dir().resolve() == DATA.resolve()
+    assert shared_data_dir().resolve() == PACKAGED_DATA
     assert (DATA / "README.md").is_file()
+    for name in KNOWN_RECORDINGS:
+        pd.testing.assert_frame_equal(known_recording(name), known_recording(name, DATA))
+    for readme in DATA.glob("*/README.md"):
+        assert (PACKAGED_DATA / readme.relative_to(DATA)).read_text() == readme.read_text()
+    assert (PACKAGED_DATA / "nab" / "LICENSE.txt").read_text() == (DATA / "nab" / "LICENSE.txt").read_text()
+
+
+def test_the_shared_folder_is_used_when_the_package_has_no_copy(monkeypatch, tmp_path: Path) -> None:
+    import edgeloop.telemetry.recordings as recordings
+
+    monkeypatch.delenv("EDGELOOP_SHARED_DATA", raising=False)
+    monkeypatch.setattr(recordings, "PACKAGED_DATA", tmp_path / "absent")
+    assert shared_data_dir().resolve() == DATA.resolve()
 
 
 # -- air quality ----------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 SHARED_DATA_ENV = "EDGELOOP_SHARED_DATA"
 KNOWN_RECORDINGS = ("air_quality", "occupancy", "nab")
+PACKAGED_DATA = Path(__file__).resolve().parent / "data"
+COMPRESSED_SUFFIXES = (".xz", ".gz")  # pandas reads both, chosen by the suffix
 
 AIR_QUALITY_FILE = Path("air_quality") / "AirQualityUCI.csv"
 OCCUPANCY_DIR = Path("occupancy")
@@ -72,11 +74,28 @@ def snake_case(name: str) -> str:
 
 
 def shared_data_dir() -> Path:
-    """``$EDGELOOP_SHARED_DATA`` if set, else ``../shared/data`` next to the repository."""
+    """``$EDGELOOP_SHARED_DATA`` if set, else the copy inside the package, else ``../shared/data``.
+
+    The package holds the recordings xz-compressed (``edgeloop/telemetry/data``), so they are there
+    after ``pip install``; ``../shared/data`` next to a checkout is the uncompressed original.
+    """
     env = os.environ.get(SHARED_DATA_ENV)
     if env:
         return Path(env)
+    if (PACKAGED_DATA / AIR_QUALITY_FILE.parent).is_dir():
+        return PACKAGED_DATA
     return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def existing(path: Path) -> Path:
+    """``path``, or its compressed copy ``path.xz`` / ``path.gz`` when only that exists."""
+    if path.exists():
+        return path
+    for suffix in COMPRESSED_SUFFIXES:
+        packed = path.with_name(path.name + suffix)
+        if packed.is_file():
+            return packed
+    return path
 
 
 def _require_file(path: Path) -> None:
@@ -113,7 +132,7 @@ def load_csv(
     ``ts_format`` (strptime; ``None``: let pandas infer). Values equal to a ``missing`` sentinel
     become NaN; rows whose timestamp cells are all empty (trailing padding) are dropped.
     """
-    path = Path(path)
+    path = existing(Path(path))
     _require_file(path)
     ts_columns = [ts_column] if isinstance(ts_column, str) else list(ts_column)
     if not ts_columns:
