@@ -185,17 +185,19 @@ def edge(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: BrokerOp
 def simulate(
     config: ConfigOpt = None,
     broker: BrokerOpt = None,
-    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 3,
+    devices: Annotated[int, typer.Option(min=1, help="Number of simulated devices.")] = 3,
     rate: Annotated[
-        float, typer.Option(help="Readings per second per device (0: as fast as possible).")
+        float, typer.Option(min=0, help="Readings per second per device (0: as fast as possible).")
     ] = 10.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
-    interval: Annotated[float, typer.Option(help="Simulated seconds between readings.")] = 60.0,
+    interval: Annotated[float, typer.Option(min=0.001, help="Simulated seconds between readings.")] = 60.0,
     drift: Annotated[
         list[str] | None,
         typer.Option(help="Drift scenario DEVICE:KIND@STEP[:target=T,magnitude=X,duration=N]; repeatable."),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Stop after this many readings per device.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many readings per device.")
+    ] = None,
     csv: Annotated[
         Path | None, typer.Option(help="Write STEPS readings to this CSV (+ onsets JSON) and exit.")
     ] = None,
@@ -243,8 +245,8 @@ def replay(
     ] = None,
     ts_column: Annotated[str, typer.Option(help="Timestamp column of a plain CSV.")] = "ts",
     device: Annotated[str | None, typer.Option(help="Device id for the replayed rows.")] = None,
-    rate: Annotated[float, typer.Option(help="Rows per second (0: as fast as possible).")] = 100.0,
-    limit: Annotated[int | None, typer.Option(help="Replay at most this many rows.")] = None,
+    rate: Annotated[float, typer.Option(min=0, help="Rows per second (0: as fast as possible).")] = 100.0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many rows.")] = None,
 ) -> None:
     """Publish a real recording as telemetry, row by row, with a column mapping."""
     from edgeloop.service.publisher import replay as do_replay
@@ -294,7 +296,9 @@ def train(
 ) -> None:
     """Train candidates on the stored readings; report them beside the naive baselines; promote if better."""
     from edgeloop.registry.tracking import Tracker
+    from edgeloop.retrain.admin import record_events
     from edgeloop.retrain.job import run_retrain
+    from edgeloop.telemetry.schema import Event
 
     settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
     if not settings.store_path.exists():
@@ -303,6 +307,8 @@ def train(
     failed = False
     for name in scope or settings.model.targets:
         outcome = run_retrain(settings, name, trigger="manual", reason="edgeloop train", tracker=tracker)
+        # The Models view and the edges learn of a promotion from its event, whoever promoted.
+        record_events(settings, [Event.from_dict(e) for e in outcome.events])
         typer.echo(f"{name}: {outcome.decision}: {outcome.reason}")
         m = outcome.metrics
         for key in sorted(k for k in m if k.startswith("rmse_")):
@@ -502,7 +508,7 @@ def _wait_group(proc: Any, pgid: int, grace: float = 10.0) -> int:
 def mlflow(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the embedded tracking store (one worker, no job runner)."""
@@ -527,7 +533,7 @@ def mlflow(
 def dashboard(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    port: Annotated[int, typer.Option(help="Port of the dashboard.")] = 8501,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the dashboard.")] = 8501,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
     """Start the live dashboard (Streamlit) on the store, registry and events."""
@@ -557,10 +563,12 @@ def dashboard(
 def demo(
     config: ConfigOpt = None,
     broker: BrokerOpt = None,
-    duration: Annotated[float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
-    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 4,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Seconds to run (default: until Ctrl-C).")
+    ] = None,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 4,
     rate: Annotated[
-        float, typer.Option(help="Readings per second per device (a reading is a simulated minute).")
+        float, typer.Option(min=0, help="Readings per second per device (a reading is a simulated minute).")
     ] = 100.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
     drift: Annotated[

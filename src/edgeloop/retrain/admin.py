@@ -109,17 +109,22 @@ def version_rows(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _record(settings: Settings, event: Event) -> None:
-    """Store the event and, when the broker answers, publish it where edges and dashboards listen."""
+    record_events(settings, [event])
+
+
+def record_events(settings: Settings, events: list[Event], *, timeout: float = 3.0) -> bool:
+    """Store ``events`` and publish them on ``topics.events``, where edges and dashboards listen.
+
+    Publishing is best effort (an operator's command must not fail because the broker is down):
+    False, logged, when no broker answers within ``timeout``.
+    """
+    if not events:
+        return True
     store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
     try:
-        store.write(events=[event])
+        store.write(events=events)
     finally:
         store.close()
-    publish_event(settings, event)
-
-
-def publish_event(settings: Settings, event: Event, *, timeout: float = 3.0) -> bool:
-    """Publish one event on ``topics.events``; False (logged) when no broker answers in ``timeout``."""
     import orjson
 
     from edgeloop.adapters.mqtt import MqttSession, topic_for
@@ -128,11 +133,12 @@ def publish_event(settings: Settings, event: Event, *, timeout: float = 3.0) -> 
     try:
         session.start(timeout=timeout)
     except (EdgeloopError, OSError) as exc:
-        log.info("event %s stored but not published (%s)", event.kind, exc)
+        log.warning("%d event(s) stored but not published: %s", len(events), exc)
         return False
     try:
         topic = topic_for(settings.topics.events, site=settings.site)
-        session.publish(topic, orjson.dumps(event.to_dict(settings.site)), qos=1)
+        for event in events:
+            session.publish(topic, orjson.dumps(event.to_dict(settings.site)), qos=1)
     finally:
         session.close(drain_timeout=timeout)
     return True
