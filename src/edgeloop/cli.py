@@ -647,7 +647,13 @@ def _mount_extras() -> None:
     # Light at import (its heavy dependencies are imported when it runs).
     from edgeloop.bench.cli import bench
 
-    app.command("bench", epilog=_examples("edgeloop bench --help"))(bench)
+    app.command(
+        "bench",
+        epilog=_examples(
+            "edgeloop bench --devices 100 --rate 2000 --latency-seconds 10",
+            "edgeloop bench --during-retrain --out build/bench.json",
+        ),
+    )(bench)
 
 
 _mount_extras()

@@ -112,7 +112,7 @@ def test_version_help_examples_and_flags_without_a_value() -> None:
     assert code == 0 and out.startswith("edgeloop ")
     for command in (
         ["edge"], ["simulate"], ["replay"], ["train"], ["trainer"], ["mlflow"], ["dashboard"], ["demo"],
-        ["models", "list"], ["models", "promote"], ["models", "rollback"], ["config", "show"],
+        ["models", "list"], ["models", "promote"], ["models", "rollback"], ["config", "show"], ["bench"],
     ):  # fmt: skip
         code, out = run(*command, "--help")
         assert code == 0 and "Examples:" in out and "$ edgeloop" in out, command
