@@ -75,6 +75,7 @@ class Alerter:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(cfg.queue_size)
         self._last: dict[tuple[str, str], float] = {}
         self._held: dict[tuple[str, str], int] = {}
+        self._limit_lock = threading.Lock()  # the message loop and the silence watch both raise alerts
         self._thread: threading.Thread | None = None
         self.sent = 0
         self.failed = 0
@@ -119,28 +120,30 @@ class Alerter:
         """Queue one alert unless (kind, scope) alerted within ``min_interval``; True if queued."""
         now = self.clock()
         key = (kind, scope)
-        last = self._last.get(key)
-        if last is not None and now - last < self.min_interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            self.suppressed += 1
-            return False
-        alert = {
-            "alert": kind,
-            "site": self.site,
-            "scope": scope,
-            "time": _iso(now),
-            "reason": reason,
-            "version": version,
-            "previous_version": previous_version,
-            "suppressed": self._held.pop(key, 0),
-        }
-        try:
-            self._queue.put_nowait(alert)
-        except queue.Full:
-            self.dropped += 1
-            return False
-        self._last[key] = now
-        return True
+        with self._limit_lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.min_interval:
+                self._held[key] = self._held.get(key, 0) + 1
+                self.suppressed += 1
+                return False
+            alert = {
+                "alert": kind,
+                "site": self.site,
+                "scope": scope,
+                "time": _iso(now),
+                "reason": reason,
+                "version": version,
+                "previous_version": previous_version,
+                "suppressed": self._held.get(key, 0),
+            }
+            try:
+                self._queue.put_nowait(alert)
+            except queue.Full:
+                self.dropped += 1
+                return False
+            self._held.pop(key, None)
+            self._last[key] = now
+            return True
 
     def _run(self) -> None:
         while True:
