@@ -8,56 +8,38 @@ matplotlib) are imported inside the commands that need them, so ``edgeloop edge`
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-import typer.core
 import yaml
 
-from edgeloop.config import Settings, load_settings
-from edgeloop.errors import ConfigError, EdgeloopError
-from edgeloop.logs import setup_logging
-
-
-def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
-    # Typer's rich help prints `<bool>` beside on/off flags, which take no value: show nothing there.
-    if self.is_flag:
-        return None
-    return _typer_option_type(self, ctx)
-
-
-_typer_option_type = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
-
-
-def _version(value: bool) -> None:
-    if value:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            typer.echo(f"edgeloop {version('edgeloop')}")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            typer.echo("edgeloop (not installed)")
-        raise typer.Exit()
-
-
-def _examples(*lines: str) -> str:
-    return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
-
+from edgeloop.cli_models import models_app
+from edgeloop.cli_support import (
+    DATA_DIR_HELP,
+    BrokerOpt,
+    ConfigOpt,
+    DataDirOpt,
+    command_settings,
+    examples,
+    fail,
+    forward_signals,
+    print_version,
+    run_child,
+    stop_on_signals,
+)
+from edgeloop.errors import EdgeloopError
 
 app = typer.Typer(
     help="edgeloop: forecast IoT telemetry on the edge, detect drift, retrain, validate and hot-swap models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    epilog=_examples("edgeloop demo", "edgeloop edge -c edge.yaml", "edgeloop models list"),
+    epilog=examples("edgeloop demo", "edgeloop edge -c edge.yaml", "edgeloop models list"),
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
-models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 
@@ -65,99 +47,26 @@ app.add_typer(models_app, name="models")
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=print_version, is_eager=True),
     ] = False,
 ) -> None:
     """edgeloop: forecast IoT telemetry on the edge, detect drift, retrain, validate and hot-swap models."""
 
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="YAML config file (env EDGELOOP_* overrides it).", exists=True, dir_okay=False
-    ),
-]
-DATA_DIR_HELP = "Data folder: store, models and MLflow runs (overrides data_dir / EDGELOOP_DATA_DIR)."
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)]
-BrokerOpt = Annotated[
-    str | None, typer.Option("--broker", help="Override broker.url, e.g. mqtt://host:1883.")
-]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """End the command with one ``error:`` line on stderr (the user's mistake, not a crash)."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings(
-    config: Path | None,
-    flags: dict[str, tuple[str, Any]] | None = None,
-    *,
-    fixed: dict[str, Any] | None = None,
-    need_data: bool = False,
-) -> Settings:
-    """Settings from the config file, the environment and the command's flags.
-
-    ``flags`` maps a settings key to (flag name, value): an invalid value is reported as that flag's
-    error, not as a YAML key or environment variable the user never wrote. ``need_data``: the command
-    reads existing data, so a data folder that does not exist is an error (usually a typo).
-    """
-    flags = flags or {}
-    overrides = {**(fixed or {}), **{key: value for key, (_, value) in flags.items()}}
-    try:
-        settings = load_settings(config, **overrides)
-    except ConfigError as exc:
-        _explain_config_error(config, flags, fixed or {}, exc)
-    setup_logging(settings.log_level, json=settings.log_json)
-    if need_data and not settings.data_dir.is_dir():
-        flag = "--data-dir" if flags.get("data_dir", ("", None))[1] is not None else "data_dir"
-        fail(f"{flag}: data folder {settings.data_dir} does not exist")
-    return settings
-
-
-def _explain_config_error(
-    config: Path | None, flags: dict[str, tuple[str, Any]], fixed: dict[str, Any], exc: ConfigError
-) -> NoReturn:
-    try:
-        load_settings(config, **fixed)
-    except ConfigError as base:
-        fail(str(base))  # the file or the environment is wrong, whatever the flags say
-    for key, (flag, value) in flags.items():
-        if value is None:
-            continue
-        try:
-            load_settings(config, **fixed, **{key: value})
-        except ConfigError as one:
-            cause = one.__cause__
-            errors = getattr(cause, "errors", None)
-            why = "; ".join(e["msg"].removeprefix("Value error, ") for e in errors()) if errors else str(one)
-            fail(f"{flag} {value!r}: {why}")
-    fail(str(exc))
-
-
-def _stop_on_signals(stop: Any) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 @config_app.command(
-    "show", epilog=_examples("edgeloop config show -c edge.yaml", "edgeloop config show --json")
+    "show", epilog=examples("edgeloop config show -c edge.yaml", "edgeloop config show --json")
 )
 def config_show(
     config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
 ) -> None:
     """Print the effective config (defaults < YAML < env) with secrets masked."""
-    data = _settings(config).masked()
+    data = command_settings(config).masked()
     typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
 
 
 @app.command(
-    epilog=_examples(
+    epilog=examples(
         "edgeloop edge -c edge.yaml",
         "edgeloop edge --broker mqtts://broker.local:8883 --data-dir /var/lib/edgeloop",
     )
@@ -166,17 +75,19 @@ def edge(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: BrokerOp
     """Run the edge inference service: subscribe, forecast, publish, watch drift, retrain, hot-swap."""
     from edgeloop.service.edge import EdgeService
 
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)})
+    settings = command_settings(
+        config, {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)}
+    )
     try:
         service = EdgeService(settings)
-        _stop_on_signals(lambda: service._stop.set())
+        stop_on_signals(lambda: service._stop.set())
         service.run()
     except EdgeloopError as exc:
         fail(str(exc), 1)
 
 
 @app.command(
-    epilog=_examples(
+    epilog=examples(
         "edgeloop simulate --devices 5 --rate 2",
         "edgeloop simulate --drift dev-001:level_shift@3000:target=temp_c,magnitude=4",
         "edgeloop simulate --steps 9000 --csv build/sim.csv",
@@ -206,7 +117,7 @@ def simulate(
     from edgeloop.service.publisher import SimulatorPublisher
     from edgeloop.telemetry.simulator import Simulator, parse_drift
 
-    settings = _settings(config, {"broker.url": ("--broker", broker)})
+    settings = command_settings(config, {"broker.url": ("--broker", broker)})
     try:
         specs = [parse_drift(text) for text in drift or []]
         sim = Simulator(devices, seed=seed, interval=interval, drifts=specs)
@@ -220,7 +131,7 @@ def simulate(
         typer.echo(f"wrote {path} and {path}.onsets.json")
         return
     publisher = SimulatorPublisher(settings, sim, rate=rate or None, steps=steps)
-    _stop_on_signals(publisher._stop.set)
+    stop_on_signals(publisher._stop.set)
     typer.echo(f"publishing {devices} devices at {rate:g}/s to {settings.broker.url} (Ctrl-C stops)")
     try:
         publisher.run()
@@ -230,7 +141,7 @@ def simulate(
 
 
 @app.command(
-    epilog=_examples(
+    epilog=examples(
         "edgeloop replay air_quality --rate 50",
         "edgeloop replay my.csv --column temperature=temp_c --column rh=humidity --device lab-1",
     )
@@ -252,7 +163,7 @@ def replay(
     from edgeloop.service.publisher import replay as do_replay
     from edgeloop.telemetry import recordings
 
-    settings = _settings(config, {"broker.url": ("--broker", broker)})
+    settings = command_settings(config, {"broker.url": ("--broker", broker)})
     defaults = {
         "air_quality": {"temp_c": "temp_c", "humidity": "humidity", "pt08_s2_nmhc": "voc_ppb"},
         "occupancy": {"temp_c": "temp_c", "humidity": "humidity", "co2": "voc_ppb"},
@@ -275,7 +186,7 @@ def replay(
     if limit:
         frame = frame.head(limit)
     stop = threading.Event()
-    _stop_on_signals(stop.set)
+    stop_on_signals(stop.set)
     name = device or Path(file).stem
     try:
         sent = do_replay(settings, frame, columns=mapping, device=name, rate=rate or None, stop=stop)
@@ -284,7 +195,7 @@ def replay(
     typer.echo(f"replayed {sent} rows of {file} as device {name}")
 
 
-@app.command(epilog=_examples("edgeloop train", "edgeloop train --scope voc_ppb@dev-001 --no-mlflow"))
+@app.command(epilog=examples("edgeloop train", "edgeloop train --scope voc_ppb@dev-001 --no-mlflow"))
 def train(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -300,7 +211,7 @@ def train(
     from edgeloop.retrain.job import run_retrain
     from edgeloop.telemetry.schema import Event
 
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
+    settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
     if not settings.store_path.exists():
         fail(f"no store at {settings.store_path}: run `edgeloop edge` (or the demo) first")
     tracker = Tracker.from_settings(settings, enabled=not no_mlflow)
@@ -319,192 +230,23 @@ def train(
     raise typer.Exit(1 if failed else 0)
 
 
-@app.command(epilog=_examples("edgeloop trainer -c trainer.yaml"))
+@app.command(epilog=examples("edgeloop trainer -c trainer.yaml"))
 def trainer(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: BrokerOpt = None) -> None:
     """Run the trainer service: consume retrain requests over MQTT, train, register, promote, report."""
     from edgeloop.retrain.service import TrainerService
 
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)})
+    settings = command_settings(
+        config, {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)}
+    )
     try:
         service = TrainerService(settings)
-        _stop_on_signals(service.stop)
+        stop_on_signals(service.stop)
         service.run()
     except EdgeloopError as exc:
         fail(str(exc), 1)
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    from datetime import datetime
-
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
-
-
-@models_app.command(
-    "list",
-    epilog=_examples("edgeloop models list", "edgeloop models list --json --data-dir /var/lib/edgeloop"),
-)
-def models_list(
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON list, one object per version.")
-    ] = False,
-) -> None:
-    """List every version per scope: created, scores, decision; `*` marks the champion."""
-    from edgeloop.retrain.admin import version_rows
-
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
-    try:
-        rows = version_rows(settings)
-    except EdgeloopError as exc:
-        fail(str(exc), 1)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        typer.echo(f"no models yet in {settings.models_dir}")
-        return
-    header = ("", "VERSION", "KIND", "CREATED", "TRIGGER", "VAL RMSE", "VS", "PERSIST", "DECISION")
-    table = [header]
-    for r in rows:
-        if "error" in r:
-            table.append(("!", r["label"], r["error"], "", "", "", "", "", ""))
-            continue
-        vs = f"{r['compared_with'] or 'persistence'} {_num(r['champion_rmse'])}"
-        table.append(
-            (
-                "*" if r["champion"] else "",
-                r["label"],
-                str(r["kind"] or "-"),
-                _when(r["created"]),
-                str(r["trigger"] or "-"),
-                _num(r["val_rmse"]),
-                vs if r["champion_rmse"] is not None else "-",
-                _num(r["persistence_rmse"]),
-                r["decision"],
-            )
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-@models_app.command(
-    "promote",
-    epilog=_examples(
-        "edgeloop models promote voc_ppb:v3", "edgeloop models promote voc_ppb@dev-001:v2 --force --yes"
-    ),
-)
-def models_promote(
-    version: Annotated[str, typer.Argument(help="Version label, e.g. voc_ppb:v3 or voc_ppb@dev-001:v2.")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Promote even if it does not beat the champion.")
-    ] = False,
-    yes: YesOpt = False,
-) -> None:
-    """Promote a version, with the same holdout check as automatic promotion (unless --force)."""
-    from edgeloop.retrain.admin import promote
-
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
-    if force and not yes:
-        _confirm(f"Serve {version} on every edge even if it is worse than the champion?")
-    ok, message = promote(settings, version, force=force)
-    if not ok:
-        fail(message, 1)
-    typer.echo(message)
-
-
-@models_app.command(
-    "rollback",
-    epilog=_examples("edgeloop models rollback voc_ppb", "edgeloop models rollback voc_ppb@dev-001 --yes"),
-)
-def models_rollback(
-    scope: Annotated[str, typer.Argument(help="Scope, e.g. voc_ppb or voc_ppb@dev-001.")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    yes: YesOpt = False,
-) -> None:
-    """Take the champion of a scope out of service and restore the previous one."""
-    from edgeloop.retrain.admin import rollback
-
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
-    if not yes:
-        _confirm(f"Roll back the champion of {scope} on every edge?")
-    ok, message = rollback(settings, scope)
-    if not ok:
-        fail(message, 1)
-    typer.echo(message)
-
-
-def _confirm(question: str) -> None:
-    if not sys.stdin.isatty():
-        fail("this changes what the edges serve: pass --yes to confirm when not at a terminal")
-    if not typer.confirm(question, default=False):
-        fail("cancelled", 1)
-
-
-def _run_child(cmd: list[str], env: dict[str, str], what: str) -> NoReturn:
-    """Run ``cmd`` in its own process group until it ends; SIGTERM/SIGINT stop the whole group.
-
-    Servers such as gunicorn and Streamlit fork workers; signalling only the parent would orphan them.
-    """
-    import os
-    import subprocess
-
-    try:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    except OSError as exc:
-        fail(f"cannot start {what}: {exc}", 1)
-    _forward_signals(proc)
-    raise typer.Exit(_wait_group(proc, os.getpgid(proc.pid)))
-
-
-def _forward_signals(proc: Any, group: bool = True) -> None:
-    import os
-
-    def handler(signum: int, _frame: Any) -> None:
-        try:
-            if group:
-                os.killpg(proc.pid, signum)
-            else:
-                proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def _wait_group(proc: Any, pgid: int, grace: float = 10.0) -> int:
-    import contextlib
-    import os
-    import time
-
-    code: int = proc.wait()
-    # The parent is gone; give its workers a moment to follow, then make sure none is left behind.
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return code
-        except PermissionError:
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    return code
-
-
-@app.command(epilog=_examples("edgeloop mlflow", "edgeloop mlflow --port 5001 --data-dir /var/lib/edgeloop"))
+@app.command(epilog=examples("edgeloop mlflow", "edgeloop mlflow --port 5001 --data-dir /var/lib/edgeloop"))
 def mlflow(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -514,7 +256,7 @@ def mlflow(
     """Start the MLflow UI on the embedded tracking store (one worker, no job runner)."""
     import os
 
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)})
+    settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)})
     artifacts = (settings.data_dir / "mlartifacts").resolve()
     cmd = [
         sys.executable, "-m", "mlflow", "server",
@@ -526,10 +268,10 @@ def mlflow(
     # MLflow 3 otherwise starts a huey job consumer (GenAI jobs) beside the UI; the UI does not need it.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     typer.echo(f"MLflow UI on http://{host}:{port} (tracking {settings.tracking_uri})")
-    _run_child(cmd, env, "the MLflow server")
+    run_child(cmd, env, "the MLflow server")
 
 
-@app.command(epilog=_examples("edgeloop dashboard", "edgeloop dashboard -c edge.yaml --port 8502"))
+@app.command(epilog=examples("edgeloop dashboard", "edgeloop dashboard -c edge.yaml --port 8502"))
 def dashboard(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -541,7 +283,7 @@ def dashboard(
 
     from edgeloop.dashboard.launch import run_dashboard
 
-    settings = _settings(config, {"data_dir": ("--data-dir", data_dir)})
+    settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)})
     env = {**os.environ, "EDGELOOP_DATA_DIR": str(settings.data_dir.resolve())}
     try:
         proc = run_dashboard(config, port=port, host=host, env=env)
@@ -549,12 +291,12 @@ def dashboard(
         fail(f"cannot start the dashboard: {exc}", 1)
     typer.echo(f"dashboard on http://{host}:{port} (Ctrl-C stops)")
     # Streamlit runs in the dashboard launcher's process; forward the signal to it, then wait.
-    _forward_signals(proc, group=False)
+    forward_signals(proc, group=False)
     raise typer.Exit(proc.wait())
 
 
 @app.command(
-    epilog=_examples(
+    epilog=examples(
         "edgeloop demo",
         "edgeloop demo --duration 120 --no-dashboard --json build/demo.json",
         "edgeloop demo --drift dev-002:level_shift@3000",
@@ -588,7 +330,7 @@ def demo(
     from edgeloop.service.demo import run_demo
     from edgeloop.telemetry.simulator import parse_drift
 
-    settings = _settings(
+    settings = command_settings(
         config,
         {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)},
         fixed={
@@ -635,7 +377,7 @@ def evaluate(ctx: typer.Context) -> None:
 
     sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     sub.command(
-        epilog=_examples(
+        epilog=examples(
             "edgeloop evaluate --dataset air_quality",
             "edgeloop evaluate -d sim:all -s persistence,relative,adwin --jobs 2",
         )
@@ -649,7 +391,7 @@ def _mount_extras() -> None:
 
     app.command(
         "bench",
-        epilog=_examples(
+        epilog=examples(
             "edgeloop bench --devices 100 --rate 2000 --latency-seconds 10",
             "edgeloop bench --during-retrain --out build/bench.json",
         ),
