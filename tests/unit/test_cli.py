@@ -135,3 +135,19 @@ def test_evaluate_passes_its_arguments_through() -> None:
     assert code == 0 and "--dataset" in out and "edgeloop evaluate" in out
     code, out = run("evaluate", "--strategies", "nonsense", "--dataset", "sim:stationary")
     assert code == 2 and "error:" in out
+
+
+def test_config_show_masks_the_webhook_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "EDGELOOP_ALERTS_WEBHOOK_URL", "https://user:pw@hooks.example.com/services/T0/B0/s3cr3t"
+    )
+    code, out = run("config", "show", "--json")
+    assert code == 0
+    shown = json.loads(out)["alerts"]["webhook_url"]
+    assert "s3cr3t" not in out and "pw" not in shown and shown.startswith("https://hooks.example.com/")
+
+
+def test_a_webhook_that_is_not_http_is_refused_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGELOOP_ALERTS_WEBHOOK_URL", "file:///etc/passwd")
+    code, out = run("config", "show")
+    assert code == 2 and "webhook_url" in out and "http" in out
