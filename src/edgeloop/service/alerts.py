@@ -140,6 +140,10 @@ class Alerter:
                 self._queue.put_nowait(alert)
             except queue.Full:
                 self.dropped += 1
+                if self.dropped == 1 or self.dropped % 100 == 0:
+                    log.warning(
+                        "alert queue full (the webhook is slow or down): %d alerts dropped", self.dropped
+                    )
                 return False
             self._held.pop(key, None)
             self._last[key] = now
