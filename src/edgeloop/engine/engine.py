@@ -9,6 +9,13 @@ Model resolution for a device and target: the device's own model (scope ``voc_pp
 trained after drift on that device) if there is one, else the fleet model of the target (scope
 ``voc_ppb``), else persistence.
 
+The model lifecycle per device (see :class:`Engine`): a persistence floor at run time (a model whose
+recent error exceeds persistence's is demoted and keeps forecasting in the shadow until it recovers),
+a fast retrain soon after a drift alarm and a consolidation retrain once a full cycle of the new
+regime is in, a scheduled validated refresh per scope, and a lag window reset after a gap in the
+data. Spans are times (``1d``) or readings, turned into readings with each device's observed
+sampling interval.
+
 Every batch is cut into waves in which each device appears at most once, so forecasts can be made
 with one vectorised call per model and a wave and the reading after it are scored exactly as if
 messages were processed one by one.
@@ -17,6 +24,7 @@ messages were processed one by one.
 from __future__ import annotations
 
 import logging
+import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgeloop.adapters.store import SampleRow, StatusRow
+from edgeloop.config import Span
 from edgeloop.drift import DriftGuard
 from edgeloop.engine.monitor import RollingRmse, RunningMean
 from edgeloop.models.modelfile import LoadedModel
@@ -37,7 +46,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RetrainRequest:
     scope: str
-    trigger: str  # initial | drift | manual | periodic
+    trigger: str  # initial | drift | consolidate | refresh | manual | periodic
     reason: str
     since_ts: float | None = None
     requested_ts: float = 0.0
@@ -72,12 +81,13 @@ class _Serving:
     sq_new: float = 0.0
     sq_old: float = 0.0
     n: int = 0
+    sq_persist: float = 0.0
 
 
 class _Track:
     """State of one device and target."""
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023 - lifecycle fields last, so parallel additions merge cleanly
         "alarm_count",
         "alarm_ts",
         "count",
@@ -96,6 +106,16 @@ class _Track:
         "since_model",
         "status",
         "target",
+        "demoted",
+        "dts",
+        "floor_model",
+        "floor_n",
+        "floor_persist",
+        "gaps",
+        "interval",
+        "model_forecast",
+        "regime_n",
+        "regime_ts",
     )
 
     def __init__(self, device: str, target: str, window: int, guard: DriftGuard) -> None:
@@ -118,6 +138,20 @@ class _Track:
         self.since_alarm = 0
         # Scored readings and squared errors (model, persistence, mean) since the serving model changed.
         self.since_model = [0, 0.0, 0.0, 0.0]
+        # The model's own forecast of the next reading, served or (while demoted) in the shadow.
+        self.model_forecast: float | None = None
+        self.demoted = False
+        # Exponentially weighted squared errors of the model and of persistence (the floor).
+        self.floor_n = 0
+        self.floor_model = 0.0
+        self.floor_persist = 0.0
+        # Median sampling interval (s), learned from recent intervals; None until a few are seen.
+        self.interval: float | None = None
+        self.dts: list[float] = []
+        self.gaps = 0
+        # Start of the regime an alarm announced, and readings since: for the consolidation retrain.
+        self.regime_ts: float | None = None
+        self.regime_n = 0
 
 
 class Engine:
@@ -135,6 +169,12 @@ class Engine:
         probation_samples: int = 200,
         probation_tolerance: float = 1.1,
         auto_train: bool = True,
+        floor_margin: float | None = 0.05,
+        floor_window: int = 300,
+        gap_intervals: float | None = 5.0,
+        consolidate_after: Span | None = None,
+        refresh_every: Span | None = None,
+        train_window: int = 4000,
     ) -> None:
         self.targets = tuple(targets)
         self.lags = lags
@@ -152,6 +192,17 @@ class Engine:
         self._initial_threshold: dict[str, int] = {}
         self.stream_ts = 0.0
         self._rate_mark: dict[tuple[str, str], tuple[float, int]] = {}
+        # Lifecycle knobs; None switches a mechanism off (the evaluator's baselines do).
+        self.floor_margin = floor_margin
+        self.floor_window = floor_window
+        self.gap_intervals = gap_intervals
+        self.consolidate_after = (
+            consolidate_after if consolidate_after and not consolidate_after.off else None
+        )
+        self.refresh_every = refresh_every if refresh_every and not refresh_every.off else None
+        self.train_window = train_window
+        self._refresh_at: dict[str, float] = {}  # scope -> stream time its next refresh is due
+        self._deferred: list[Event] = []  # events of install(), emitted with the next batch
 
     # -- models ---------------------------------------------------------------------------------
     def install(self, scope: str, model: LoadedModel, *, probation: bool = True) -> None:
@@ -166,6 +217,7 @@ class Engine:
             probation_left=self.probation_samples if probation and previous is not None else 0,
         )
         self.pending.discard(scope)
+        self._refresh_at.pop(scope, None)  # a new model restarts its scope's refresh clock
         for track in self._tracks_served_by(scope):
             track.guard.model_changed(model.val_rmse)
             track.model_rmse.reset()
@@ -173,6 +225,7 @@ class Engine:
             track.status = "probation" if probation and previous is not None else "healthy"
             track.alarm_ts = None
             track.shadow_forecast = None
+            self._reset_floor(track, f"{model.label} now serves", model.label)
 
     def uninstall(self, scope: str) -> None:
         """Stop serving ``scope``'s model: its devices fall back to the fleet model or persistence."""
@@ -182,6 +235,7 @@ class Engine:
                 track.guard.model_changed(fallback.val_rmse if fallback else None)
                 track.model_rmse.reset()
                 track.since_model = [0, 0.0, 0.0, 0.0]
+                self._reset_floor(track, f"{scope}'s model was withdrawn", None)
 
     def retrain_finished(self, scope: str, *, installed: bool) -> None:
         """The adapter reports a retrain's end; a failed or rejected one may be asked again later."""
@@ -203,6 +257,9 @@ class Engine:
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, batch: Iterable[Telemetry]) -> EngineOutput:
         out = EngineOutput()
+        if self._deferred:
+            out.events.extend(self._deferred)
+            self._deferred = []
         wave: list[Telemetry] = []
         seen: set[str] = set()
         for msg in batch:
@@ -229,6 +286,8 @@ class Engine:
             forecasts.append(per_msg)
             for target, value in msg.values.items():
                 track = self._track(msg.device, target)
+                if track.count:
+                    self._observe_interval(track, msg.ts)
                 row = self._score(track, msg, value, out)
                 self.samples_per_target[target] += 1
                 hist = track.hist
@@ -238,11 +297,14 @@ class Engine:
                 track.mean.add(value)
                 track.count += 1
                 track.last_ts = msg.ts
+                if self.refresh_every is not None:
+                    self._maybe_refresh(track, msg.ts, out)
                 serving = self._resolve(msg.device, target)
                 if serving is None or len(hist) < self.lags:
                     track.last_forecast = value
                     track.last_model = PERSISTENCE_VERSION
                     track.shadow_forecast = None
+                    track.model_forecast = None
                     per_msg[target] = Forecast(value, PERSISTENCE_VERSION)
                     row.extend([value, PERSISTENCE_VERSION])
                 else:
@@ -262,9 +324,17 @@ class Engine:
                     if serving.probation_left > 0 and serving.previous is not None
                     else None
                 )
+                label = serving.model.label
                 for k, (_, track) in enumerate(members):
-                    track.last_forecast = float(values[k])
-                    track.last_model = serving.model.label
+                    own = float(values[k])
+                    track.model_forecast = own
+                    if track.demoted:
+                        # Below the floor: serve the last reading; the model keeps forecasting in the shadow.
+                        track.last_forecast = track.hist[-1]
+                        track.last_model = PERSISTENCE_VERSION
+                    else:
+                        track.last_forecast = own
+                        track.last_model = label
                     track.shadow_forecast = float(shadow[k]) if shadow is not None else None
         # Assemble predictions and store rows in message order.
         r = 0
@@ -280,6 +350,31 @@ class Engine:
                 out.samples.append(SampleRow(*row))
             out.predictions.append(Prediction(msg.device, msg.seq, msg.ts, per_msg))
 
+    def _observe_interval(self, track: _Track, ts: float) -> None:
+        """Learn the device's sampling interval; after a gap, forget the lag window (no forecast across)."""
+        dt = ts - track.last_ts
+        if dt <= 0:
+            return
+        if (
+            self.gap_intervals is not None
+            and track.interval is not None
+            and dt > self.gap_intervals * track.interval
+        ):
+            # Readings on either side of a hole are not consecutive: the window refills first, and
+            # until then persistence serves; the forecast made before the hole is not scored.
+            track.hist.clear()
+            track.last_forecast = track.shadow_forecast = track.model_forecast = None
+            track.gaps += 1
+            return
+        dts = track.dts
+        dts.append(dt)
+        # A median of recent intervals: robust to jitter and to the odd late reading. First estimate
+        # after a few readings, then one every 32.
+        if (track.interval is None and len(dts) >= 5) or len(dts) >= 32:
+            track.interval = float(statistics.median(dts))
+            if len(dts) >= 32:
+                dts.clear()
+
     def _score(self, track: _Track, msg: Telemetry, value: float, out: EngineOutput) -> list[Any]:
         forecast = track.last_forecast
         persistence = track.hist[-1] if track.hist else None
@@ -294,15 +389,24 @@ class Engine:
             acc[1] += error * error
             acc[2] += p_err * p_err
             acc[3] += m_err * m_err
-            self._probation(track, value, error, out)
-            if track.last_model != PERSISTENCE_VERSION and track.guard.update(error):
-                self._alarm(track, msg.ts, out)
+            own = track.model_forecast
+            if own is not None:
+                # Drift, probation and the floor judge the model itself, also while it is demoted.
+                own_error = value - own
+                self._probation(track, value, own_error, p_err, out)
+                if self.floor_margin is not None:
+                    self._floor(track, own_error, p_err, msg.ts, out)
+                if track.guard.update(own_error):
+                    self._alarm(track, msg.ts, out)
             if track.alarm_ts is not None and track.status == "drifting":
                 track.since_alarm += 1
                 self._maybe_request_drift_retrain(track, out)
+            if track.regime_ts is not None:
+                track.regime_n += 1
+                self._maybe_consolidate(track, out)
         return [msg.device, track.target, msg.ts, msg.seq, value, forecast, persistence]
 
-    def _probation(self, track: _Track, value: float, error: float, out: EngineOutput) -> None:
+    def _probation(self, track: _Track, value: float, error: float, p_err: float, out: EngineOutput) -> None:
         if track.shadow_forecast is None:
             return
         scope = self._serving_scope(track.device, track.target)
@@ -312,22 +416,43 @@ class Engine:
         old_error = value - track.shadow_forecast
         serving.sq_new += error * error
         serving.sq_old += old_error * old_error
+        serving.sq_persist += p_err * p_err
         serving.n += 1
         serving.probation_left -= 1
         if serving.probation_left > 0:
             return
         new_rmse = (serving.sq_new / serving.n) ** 0.5
         old_rmse = (serving.sq_old / serving.n) ** 0.5
-        metrics = {"probation_rmse": new_rmse, "previous_rmse": old_rmse, "samples": serving.n}
-        if new_rmse > old_rmse * self.probation_tolerance:
+        persist_rmse = (serving.sq_persist / serving.n) ** 0.5
+        metrics = {
+            "probation_rmse": new_rmse,
+            "previous_rmse": old_rmse,
+            "persistence_rmse": persist_rmse,
+            "samples": serving.n,
+        }
+        tol = self.probation_tolerance
+        reason = None
+        if new_rmse > old_rmse * tol:
+            reason = (
+                f"live RMSE {new_rmse:.4g} on probation > {tol:g} x {old_rmse:.4g} of the model it replaced, "
+                f"on the same {serving.n} readings"
+            )
+        elif new_rmse > persist_rmse * tol and old_rmse < new_rmse:
+            # Worse than persistence, and the model it replaced did better: restore that one (the
+            # floor then judges it). Worse than persistence but better than the old one: keep it and
+            # let the floor serve persistence.
+            reason = (
+                f"live RMSE {new_rmse:.4g} on probation > {tol:g} x persistence's {persist_rmse:.4g}, and "
+                f"the model it replaced did better ({old_rmse:.4g}), on the same {serving.n} readings"
+            )
+        if reason is not None:
             rejected, restored = serving.model, serving.previous
             out.events.append(
                 Event(
                     "model_rolled_back",
                     scope,
                     self.stream_ts,
-                    reason=f"live RMSE {new_rmse:.4g} on probation > {self.probation_tolerance:g} x "
-                    f"{old_rmse:.4g} of the model it replaced, on the same {serving.n} readings",
+                    reason=reason,
                     metrics=metrics,
                     version=restored.label,
                     previous_version=rejected.label,
@@ -344,12 +469,78 @@ class Engine:
                 t.shadow_forecast = None
                 t.since_model = [0, 0.0, 0.0, 0.0]
                 t.guard.model_changed(restored.val_rmse)
+                self._reset_floor(t, f"{restored.label} restored by rollback", restored.label)
         else:
             serving.previous = None
             for t in self._tracks_served_by(scope):
                 if t.status == "probation":
                     t.status = "healthy"
 
+    # -- the persistence floor ------------------------------------------------------------------
+    def _floor(self, track: _Track, error: float, p_err: float, ts: float, out: EngineOutput) -> None:
+        """Demote a model whose recent error exceeds persistence's by the margin; restore it once it recovers.
+
+        Both errors are exponentially weighted over ``floor_window`` readings (O(1) memory per device,
+        unlike a ring buffer of that length); the gap between the demotion threshold (persistence x
+        (1 + margin)) and the restore threshold (persistence x 1) keeps it from flapping.
+        """
+        alpha = 1.0 / self.floor_window
+        track.floor_model += alpha * (error * error - track.floor_model)
+        track.floor_persist += alpha * (p_err * p_err - track.floor_persist)
+        track.floor_n += 1
+        if track.floor_n < self.floor_window:
+            return
+        model_rmse, persist_rmse = track.floor_model**0.5, track.floor_persist**0.5
+        assert self.floor_margin is not None
+        if not track.demoted and model_rmse > persist_rmse * (1.0 + self.floor_margin):
+            track.demoted = True
+            label = self.serving_label(track.device, track.target)
+            out.events.append(
+                Event(
+                    "model_demoted",
+                    scope_of(track.target, track.device),
+                    ts,
+                    reason=f"recent RMSE of {label} {model_rmse:.4g} > {1 + self.floor_margin:g} x "
+                    f"persistence's {persist_rmse:.4g}: serving persistence; the model keeps forecasting "
+                    "in the shadow",
+                    metrics={"model_rmse": model_rmse, "persistence_rmse": persist_rmse},
+                    version=PERSISTENCE_VERSION,
+                    previous_version=label,
+                )
+            )
+        elif track.demoted and model_rmse <= persist_rmse:
+            label = self.serving_label(track.device, track.target)
+            self._restore(
+                track,
+                f"recent RMSE {model_rmse:.4g} back at or below persistence's {persist_rmse:.4g}",
+                label,
+                ts,
+                out.events,
+            )
+
+    def _restore(self, track: _Track, why: str, label: str | None, ts: float, events: list[Event]) -> None:
+        track.demoted = False
+        events.append(
+            Event(
+                "model_restored",
+                scope_of(track.target, track.device),
+                ts,
+                reason=f"{why}: serving {label} again",
+                metrics={"model_rmse": track.floor_model**0.5, "persistence_rmse": track.floor_persist**0.5},
+                version=label,
+                previous_version=PERSISTENCE_VERSION,
+            )
+        )
+
+    def _reset_floor(self, track: _Track, why: str, label: str | None) -> None:
+        """Another model serves the device: it starts undemoted, with a fresh comparison."""
+        if track.demoted and label is not None:
+            self._restore(track, why, label, self.stream_ts, self._deferred)
+        track.demoted = False
+        track.floor_n = 0
+        track.floor_model = track.floor_persist = 0.0
+
+    # -- drift, consolidation, refresh ----------------------------------------------------------
     def _alarm(self, track: _Track, ts: float, out: EngineOutput) -> None:
         scope = scope_of(track.target, track.device)
         track.alarm_count += 1
@@ -359,16 +550,17 @@ class Engine:
             "persistence_rmse": track.persist_rmse.value,
             "threshold": track.guard.detector.threshold,
         }
+        label = self.serving_label(track.device, track.target)
         out.events.append(
             Event(
                 "drift_detected",
                 scope,
                 ts,
-                reason=f"forecast error of {track.last_model} rose (rolling RMSE {rmse:.4g})"
+                reason=f"forecast error of {label} rose (rolling RMSE {rmse:.4g})"
                 if rmse is not None
                 else "forecast error rose",
                 metrics=metrics,
-                version=track.last_model,
+                version=label,
             )
         )
         if scope in self.pending or track.status in ("retraining", "drifting"):
@@ -376,6 +568,9 @@ class Engine:
         track.status = "drifting"
         track.alarm_ts = ts
         track.since_alarm = 0
+        # A new regime starts here: once a full cycle of it is in, retrain on all of it.
+        track.regime_ts = ts if self.consolidate_after is not None else None
+        track.regime_n = 0
 
     def _maybe_request_drift_retrain(self, track: _Track, out: EngineOutput) -> None:
         if track.since_alarm < self.retrain_min_samples:
@@ -383,18 +578,87 @@ class Engine:
         scope = scope_of(track.target, track.device)
         if scope in self.pending:
             return
-        self.pending.add(scope)
         track.status = "retraining"
-        request = RetrainRequest(
+        self._request(
             scope,
             "drift",
             f"drift detected at ts {track.alarm_ts}; {track.since_alarm} readings since",
-            since_ts=track.alarm_ts,
-            requested_ts=self.stream_ts,
+            track.alarm_ts,
+            out,
+            {"readings_since_alarm": track.since_alarm},
         )
+
+    def _maybe_consolidate(self, track: _Track, out: EngineOutput) -> None:
+        """Retrain once more when a full cycle of the new regime is in (the fast retrain saw its start)."""
+        if track.status == "drifting":
+            return  # the fast retrain comes first
+        assert self.consolidate_after is not None
+        need = min(
+            max(self.consolidate_after.readings(track.interval), 2 * self.retrain_min_samples),
+            self.train_window,
+        )
+        scope = scope_of(track.target, track.device)
+        if track.regime_n < need or scope in self.pending:
+            return
+        since, track.regime_ts = track.regime_ts, None
+        self._request(
+            scope,
+            "consolidate",
+            f"a full cycle of the regime that began at ts {since}: {track.regime_n} readings",
+            since,
+            out,
+            {"readings_since_alarm": track.regime_n},
+        )
+
+    def _maybe_refresh(self, track: _Track, ts: float, out: EngineOutput) -> None:
+        """A validated champion/challenger retrain of the scope serving this device, on a schedule."""
+        scope = self._serving_scope(track.device, track.target)
+        if scope not in self.serving and self.auto_train:
+            return  # no model yet: the initial training asks (and asks again), not the refresh
+        due = self._refresh_at.get(scope)
+        if due is None:
+            self._refresh_at[scope] = ts + self._refresh_seconds(track)
+            return
+        if ts < due or scope in self.pending:
+            return
+        self._refresh_at[scope] = ts + self._refresh_seconds(track)
+        self._request(scope, "refresh", f"scheduled refresh every {self._refresh_text()}", None, out, {})
+
+    def _refresh_seconds(self, track: _Track) -> float:
+        # Never sooner than half a training window of new readings: a challenger sharing most of
+        # its data with the champion rarely differs, and each one costs a training.
+        assert self.refresh_every is not None
+        interval = track.interval or 60.0
+        span = self.refresh_every
+        seconds = span.amount if span.seconds else span.amount * interval
+        return max(seconds, (self.train_window // 2) * interval)
+
+    def _refresh_text(self) -> str:
+        span = self.refresh_every
+        assert span is not None
+        return f"{span.amount:g} s" if span.seconds else f"{span.amount:g} readings"
+
+    def _request(
+        self,
+        scope: str,
+        trigger: str,
+        reason: str,
+        since_ts: float | None,
+        out: EngineOutput,
+        metrics: dict[str, float | int | None],
+    ) -> None:
+        self.pending.add(scope)
+        request = RetrainRequest(scope, trigger, reason, since_ts=since_ts, requested_ts=self.stream_ts)
         out.retrains.append(request)
         out.events.append(
-            Event("retrain_requested", scope, self.stream_ts, reason=request.reason, version=track.last_model)
+            Event(
+                "retrain_requested",
+                scope,
+                self.stream_ts,
+                reason=f"{trigger}: {reason}",
+                metrics=metrics,
+                version=self.serving[scope].model.label if scope in self.serving else None,
+            )
         )
 
     def _check_initial_training(self, out: EngineOutput) -> None:

@@ -4,7 +4,8 @@ For one data set and target (:class:`TargetReplay`), every strategy gets its own
 :class:`~edgeloop.engine.engine.Engine` (built as the live edge builds it) and the same stream of
 :class:`~edgeloop.telemetry.schema.Telemetry`, one time step per batch. All strategies but
 ``persistence`` start from the same initial model, trained on each device's first readings with
-:func:`~edgeloop.retrain.job.train_and_judge` and installed without probation.
+:func:`~edgeloop.retrain.job.train_and_judge` and installed without probation if it passed the
+promotion rule (it beats persistence by ``model.promotion_margin``; else they start from persistence).
 
 When an engine asks for a retrain (or the ``periodic`` strategy's clock does), the replay does
 what the live trainer does, in simulated time: it takes the scope's readings *as of the request*
@@ -188,8 +189,8 @@ class TargetReplay:
         except NotEnoughData as exc:
             raise ValueError(f"{self.name}/{self.target}: initial segment too short: {exc}") from None
         result = verdict.result
-        # Installed even when it does not beat persistence on validation (then it *is* persistence):
-        # every strategy must start from a model for the comparison to mean anything.
+        # Installed (see run) only if it beats persistence by the margin, as the live edge does;
+        # otherwise every strategy starts from persistence.
         model = LoadedModel(
             f"{self.target}:v0",
             result.forecaster,
@@ -211,7 +212,7 @@ class TargetReplay:
         engine = build_strategy_engine(
             strategy, self.settings, threshold=self.threshold, river_input=self.config.river_input
         )
-        if strategy.uses_model:
+        if strategy.uses_model and self.initial.promoted:
             engine.install(self.target, self.initial.model, probation=False)
         target, lags = self.target, self.settings.model.lags
         devices = [t.device for t in self.tracks]

@@ -187,8 +187,12 @@ def build_strategy_engine(
     engine = build_engine(s, auto_train=False)
     gap = s.model.retrain_min_samples
     window = s.drift.window
+    if strategy.family != "policy":
+        engine.refresh_every = None  # a scheduled refresh is part of edgeloop's policy, not of these
     if strategy.family == "baseline":
         engine.guard_factory = lambda _ref: _unguarded(NeverDetector(window), 0)
+        # Pure baselines: no floor and no consolidation either (they never see an alarm anyway).
+        engine.floor_margin = engine.consolidate_after = None
     elif strategy.family == "original":
         engine.guard_factory = lambda ref: _unguarded(RmseThreshold(threshold, window, ref), gap)
     elif strategy.family == "reference":

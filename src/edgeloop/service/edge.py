@@ -21,7 +21,7 @@ import orjson
 
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.store import StoreWriter
-from edgeloop.config import Settings
+from edgeloop.config import Settings, Span
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
 from edgeloop.errors import MessageError, ModelFileError
@@ -50,6 +50,12 @@ def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
         probation_samples=settings.model.probation_samples,
         probation_tolerance=settings.model.probation_tolerance,
         auto_train=auto_train,
+        floor_margin=settings.model.floor_margin,
+        floor_window=settings.model.floor_window,
+        gap_intervals=settings.model.gap_intervals,
+        consolidate_after=Span.parse(settings.model.consolidate_after),
+        refresh_every=Span.parse(settings.model.refresh_every),
+        train_window=settings.model.train_window,
     )
 
 
