@@ -222,7 +222,7 @@ class ModelSettings(_Section):
         description="Roll back if probation RMSE exceeds the old model's (or persistence's) RMSE times this",
     )
     floor_margin: float = Field(
-        0.05,
+        0.02,
         ge=0.0,
         lt=1.0,
         description="Serve persistence for a device while its model's recent RMSE exceeds persistence's "

@@ -108,6 +108,8 @@ class _Track:
         "target",
         "demoted",
         "dts",
+        "floor_cum_model",
+        "floor_cum_persist",
         "floor_model",
         "floor_n",
         "floor_persist",
@@ -145,6 +147,9 @@ class _Track:
         self.floor_n = 0
         self.floor_model = 0.0
         self.floor_persist = 0.0
+        # ... and their plain sums since the model began serving this device.
+        self.floor_cum_model = 0.0
+        self.floor_cum_persist = 0.0
         # Median sampling interval (s), learned from recent intervals; None until a few are seen.
         self.interval: float | None = None
         self.dts: list[float] = []
@@ -169,7 +174,7 @@ class Engine:
         probation_samples: int = 200,
         probation_tolerance: float = 1.1,
         auto_train: bool = True,
-        floor_margin: float | None = 0.05,
+        floor_margin: float | None = 0.02,
         floor_window: int = 300,
         gap_intervals: float | None = 5.0,
         consolidate_after: Span | None = None,
@@ -478,45 +483,56 @@ class Engine:
 
     # -- the persistence floor ------------------------------------------------------------------
     def _floor(self, track: _Track, error: float, p_err: float, ts: float, out: EngineOutput) -> None:
-        """Demote a model whose recent error exceeds persistence's by the margin; restore it once it recovers.
+        """Demote a model whose error exceeds persistence's by the margin; restore it once it recovers.
 
-        Both errors are exponentially weighted over ``floor_window`` readings (O(1) memory per device,
-        unlike a ring buffer of that length); the gap between the demotion threshold (persistence x
-        (1 + margin)) and the restore threshold (persistence x 1) keeps it from flapping.
+        Two views of the same errors: recent (exponentially weighted over ``floor_window`` readings,
+        O(1) memory per device unlike a ring buffer) and cumulative since the model began serving the
+        device. Either one above persistence x (1 + margin) demotes; recovery needs the recent view
+        at or below persistence and the cumulative one within the margin. The cumulative view
+        matters on bursty signals (CO2 with occupancy), where a model that wins the quiet hours and
+        loses the bursts looks fine most of the time and still ends worse than persistence: RMSE
+        is dominated by the bursts. The gap between the thresholds keeps it from flapping.
         """
+        sq, p_sq = error * error, p_err * p_err
         alpha = 1.0 / self.floor_window
-        track.floor_model += alpha * (error * error - track.floor_model)
-        track.floor_persist += alpha * (p_err * p_err - track.floor_persist)
+        track.floor_model += alpha * (sq - track.floor_model)
+        track.floor_persist += alpha * (p_sq - track.floor_persist)
+        track.floor_cum_model += sq
+        track.floor_cum_persist += p_sq
         track.floor_n += 1
         if track.floor_n < self.floor_window:
             return
-        model_rmse, persist_rmse = track.floor_model**0.5, track.floor_persist**0.5
         assert self.floor_margin is not None
-        if not track.demoted and model_rmse > persist_rmse * (1.0 + self.floor_margin):
+        bar = (1.0 + self.floor_margin) ** 2  # on squared errors
+        recent_bad = track.floor_model > track.floor_persist * bar
+        total_bad = track.floor_cum_model > track.floor_cum_persist * bar
+        model_rmse, persist_rmse = track.floor_model**0.5, track.floor_persist**0.5
+        if not track.demoted and (recent_bad or total_bad):
             track.demoted = True
             label = self.serving_label(track.device, track.target)
+            n = track.floor_n
+            view = (
+                f"recent RMSE of {label} {model_rmse:.4g} > {1 + self.floor_margin:g} x persistence's "
+                f"{persist_rmse:.4g}"
+                if recent_bad
+                else f"RMSE of {label} over its {n} readings {(track.floor_cum_model / n) ** 0.5:.4g} > "
+                f"{1 + self.floor_margin:g} x persistence's {(track.floor_cum_persist / n) ** 0.5:.4g}"
+            )
             out.events.append(
                 Event(
                     "model_demoted",
                     scope_of(track.target, track.device),
                     ts,
-                    reason=f"recent RMSE of {label} {model_rmse:.4g} > {1 + self.floor_margin:g} x "
-                    f"persistence's {persist_rmse:.4g}: serving persistence; the model keeps forecasting "
-                    "in the shadow",
-                    metrics={"model_rmse": model_rmse, "persistence_rmse": persist_rmse},
+                    reason=f"{view}: serving persistence; the model keeps forecasting in the shadow",
+                    metrics={"model_rmse": model_rmse, "persistence_rmse": persist_rmse, "readings": n},
                     version=PERSISTENCE_VERSION,
                     previous_version=label,
                 )
             )
-        elif track.demoted and model_rmse <= persist_rmse:
+        elif track.demoted and track.floor_model <= track.floor_persist and not total_bad:
             label = self.serving_label(track.device, track.target)
-            self._restore(
-                track,
-                f"recent RMSE {model_rmse:.4g} back at or below persistence's {persist_rmse:.4g}",
-                label,
-                ts,
-                out.events,
-            )
+            why = f"recent RMSE {model_rmse:.4g} back at or below persistence's {persist_rmse:.4g}"
+            self._restore(track, why, label, ts, out.events)
 
     def _restore(self, track: _Track, why: str, label: str | None, ts: float, events: list[Event]) -> None:
         track.demoted = False
@@ -539,6 +555,7 @@ class Engine:
         track.demoted = False
         track.floor_n = 0
         track.floor_model = track.floor_persist = 0.0
+        track.floor_cum_model = track.floor_cum_persist = 0.0
 
     # -- drift, consolidation, refresh ----------------------------------------------------------
     def _alarm(self, track: _Track, ts: float, out: EngineOutput) -> None:
@@ -615,6 +632,8 @@ class Engine:
         scope = self._serving_scope(track.device, track.target)
         if scope not in self.serving and self.auto_train:
             return  # no model yet: the initial training asks (and asks again), not the refresh
+        if track.interval is None:
+            return  # the schedule is set once the sampling interval is known
         due = self._refresh_at.get(scope)
         if due is None:
             self._refresh_at[scope] = ts + self._refresh_seconds(track)
@@ -628,7 +647,7 @@ class Engine:
         # Never sooner than half a training window of new readings: a challenger sharing most of
         # its data with the champion rarely differs, and each one costs a training.
         assert self.refresh_every is not None
-        interval = track.interval or 60.0
+        interval = track.interval or 60.0  # set by then (see _maybe_refresh)
         span = self.refresh_every
         seconds = span.amount if span.seconds else span.amount * interval
         return max(seconds, (self.train_window // 2) * interval)
