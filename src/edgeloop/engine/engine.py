@@ -42,6 +42,11 @@ from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Pred
 
 log = logging.getLogger(__name__)
 
+# The floor's CUSUM threshold, as a share of floor_window readings of persistence's squared error,
+# and the length of its long view, in floor windows.
+FLOOR_CUSUM = 0.2
+FLOOR_LONG = 10
+
 
 @dataclass
 class RetrainRequest:
@@ -143,11 +148,11 @@ class _Track:
         # The model's own forecast of the next reading, served or (while demoted) in the shadow.
         self.model_forecast: float | None = None
         self.demoted = False
-        # Exponentially weighted squared errors of the model and of persistence (the floor).
+        # The floor: CUSUM of the model's excess squared error (or, demoted, of its deficit), the
+        # exponentially weighted squared error of persistence (its scale), and plain sums.
         self.floor_n = 0
         self.floor_model = 0.0
         self.floor_persist = 0.0
-        # ... and their plain sums since the model began serving this device.
         self.floor_cum_model = 0.0
         self.floor_cum_persist = 0.0
         # Median sampling interval (s), learned from recent intervals; None until a few are seen.
@@ -485,54 +490,62 @@ class Engine:
     def _floor(self, track: _Track, error: float, p_err: float, ts: float, out: EngineOutput) -> None:
         """Demote a model whose error exceeds persistence's by the margin; restore it once it recovers.
 
-        Two views of the same errors: recent (exponentially weighted over ``floor_window`` readings,
-        O(1) memory per device unlike a ring buffer) and cumulative since the model began serving the
-        device. Either one above persistence x (1 + margin) demotes; recovery needs the recent view
-        at or below persistence and the cumulative one within the margin. The cumulative view
-        matters on bursty signals (CO2 with occupancy), where a model that wins the quiet hours and
-        loses the bursts looks fine most of the time and still ends worse than persistence: RMSE
-        is dominated by the bursts. The gap between the thresholds keeps it from flapping.
+        A one-sided CUSUM of the excess squared error, ``e_model^2 - (1 + margin)^2 e_persist^2``,
+        demotes when it exceeds ``FLOOR_CUSUM`` x ``floor_window`` readings' worth of persistence's
+        typical squared error (an exponentially weighted mean over ``floor_window``). A CUSUM never
+        banks past credit (it restarts from zero while the model wins), so a model that won a burst
+        an hour ago is still demoted within tens of readings once it starts losing steadily; an
+        exponential average of the two errors was dominated by that burst and reacted hundreds of
+        readings late. The mirror CUSUM of ``e_persist^2 - e_model^2`` restores it. Beside it, a
+        long view (both squared errors averaged over ``FLOOR_LONG`` x ``floor_window`` readings):
+        above the margin it demotes too and blocks restoring, because on bursty signals (CO2 with
+        occupancy) a model that wins quiet hours and loses bursts looks fine most of the time yet
+        ends worse than persistence. O(1) memory per device.
         """
         sq, p_sq = error * error, p_err * p_err
-        alpha = 1.0 / self.floor_window
-        track.floor_model += alpha * (sq - track.floor_model)
-        track.floor_persist += alpha * (p_sq - track.floor_persist)
-        track.floor_cum_model += sq
-        track.floor_cum_persist += p_sq
-        track.floor_n += 1
-        if track.floor_n < self.floor_window:
-            return
         assert self.floor_margin is not None
         bar = (1.0 + self.floor_margin) ** 2  # on squared errors
-        recent_bad = track.floor_model > track.floor_persist * bar
+        track.floor_persist += (p_sq - track.floor_persist) / self.floor_window
+        long = FLOOR_LONG * self.floor_window
+        track.floor_cum_model += (sq - track.floor_cum_model) / long
+        track.floor_cum_persist += (p_sq - track.floor_cum_persist) / long
+        track.floor_n += 1
+        if track.demoted:
+            track.floor_model = max(0.0, track.floor_model + p_sq - sq)
+        else:
+            track.floor_model = max(0.0, track.floor_model + sq - bar * p_sq)
+        if track.floor_n < self.floor_window:
+            return
+        limit = FLOOR_CUSUM * self.floor_window * track.floor_persist
         total_bad = track.floor_cum_model > track.floor_cum_persist * bar
-        model_rmse, persist_rmse = track.floor_model**0.5, track.floor_persist**0.5
-        if not track.demoted and (recent_bad or total_bad):
+        n = track.floor_n
+        debias = 1.0 - (1.0 - 1.0 / long) ** n  # the long averages start from zero
+        model_rmse, persist_rmse = (
+            (track.floor_cum_model / debias) ** 0.5,
+            (track.floor_cum_persist / debias) ** 0.5,
+        )
+        if not track.demoted and (track.floor_model > limit or total_bad):
             track.demoted = True
+            track.floor_model = 0.0
             label = self.serving_label(track.device, track.target)
-            n = track.floor_n
-            view = (
-                f"recent RMSE of {label} {model_rmse:.4g} > {1 + self.floor_margin:g} x persistence's "
-                f"{persist_rmse:.4g}"
-                if recent_bad
-                else f"RMSE of {label} over its {n} readings {(track.floor_cum_model / n) ** 0.5:.4g} > "
-                f"{1 + self.floor_margin:g} x persistence's {(track.floor_cum_persist / n) ** 0.5:.4g}"
-            )
+            view = "its recent errors exceed" if not total_bad else "its long-run RMSE exceeds"
             out.events.append(
                 Event(
                     "model_demoted",
                     scope_of(track.target, track.device),
                     ts,
-                    reason=f"{view}: serving persistence; the model keeps forecasting in the shadow",
+                    reason=f"{label}: {view} {1 + self.floor_margin:g} x persistence's (long-run RMSE "
+                    f"{model_rmse:.4g} vs {persist_rmse:.4g}): serving persistence; the model keeps "
+                    "forecasting in the shadow",
                     metrics={"model_rmse": model_rmse, "persistence_rmse": persist_rmse, "readings": n},
                     version=PERSISTENCE_VERSION,
                     previous_version=label,
                 )
             )
-        elif track.demoted and track.floor_model <= track.floor_persist and not total_bad:
+        elif track.demoted and track.floor_model > limit and not total_bad:
+            track.floor_model = 0.0
             label = self.serving_label(track.device, track.target)
-            why = f"recent RMSE {model_rmse:.4g} back at or below persistence's {persist_rmse:.4g}"
-            self._restore(track, why, label, ts, out.events)
+            self._restore(track, "its recent errors are back below persistence's", label, ts, out.events)
 
     def _restore(self, track: _Track, why: str, label: str | None, ts: float, events: list[Event]) -> None:
         track.demoted = False
@@ -542,7 +555,7 @@ class Engine:
                 scope_of(track.target, track.device),
                 ts,
                 reason=f"{why}: serving {label} again",
-                metrics={"model_rmse": track.floor_model**0.5, "persistence_rmse": track.floor_persist**0.5},
+                metrics={"readings": track.floor_n},
                 version=label,
                 previous_version=PERSISTENCE_VERSION,
             )
