@@ -162,7 +162,7 @@ def test_a_gap_resets_the_lag_window_and_short_jitter_does_not() -> None:
     assert out.samples[0].forecast is None and out.samples[0].persistence is None  # not scored
     models = [p.forecasts["voc_ppb"].model for p in out.predictions]
     assert models[:4] == [PERSISTENCE_VERSION] * 4 and models[4:] == ["voc_ppb:v1"] * 5
-    assert track.gaps == 1 and track.interval == 60.0
+    assert track.cadence.gaps == 1 and track.interval == 60.0
 
 
 # -- fast retrain, consolidation, refresh ------------------------------------------------------------

@@ -24,7 +24,6 @@ messages were processed one by one.
 from __future__ import annotations
 
 import logging
-import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,17 +34,14 @@ import numpy as np
 from edgeloop.adapters.store import SampleRow, StatusRow
 from edgeloop.config import Span
 from edgeloop.drift import DriftGuard
+from edgeloop.engine.cadence import Cadence
 from edgeloop.engine.monitor import RollingRmse, RunningMean
+from edgeloop.lifecycle.floor import Floor
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
 
 log = logging.getLogger(__name__)
-
-# The floor's CUSUM threshold, as a share of floor_window readings of persistence's squared error,
-# and the length of its long view, in floor windows.
-FLOOR_CUSUM = 0.2
-FLOOR_LONG = 10
 
 
 @dataclass
@@ -111,21 +107,16 @@ class _Track:
         "since_model",
         "status",
         "target",
-        "demoted",
-        "dts",
-        "floor_cum_model",
-        "floor_cum_persist",
-        "floor_model",
-        "floor_n",
-        "floor_persist",
-        "gaps",
-        "interval",
+        "cadence",
+        "floor",
         "model_forecast",
         "regime_n",
         "regime_ts",
     )
 
-    def __init__(self, device: str, target: str, window: int, guard: DriftGuard) -> None:
+    def __init__(
+        self, device: str, target: str, window: int, guard: DriftGuard, floor: Floor | None, cadence: Cadence
+    ) -> None:
         self.device = device
         self.target = target
         self.hist: list[float] = []
@@ -147,21 +138,19 @@ class _Track:
         self.since_model = [0, 0.0, 0.0, 0.0]
         # The model's own forecast of the next reading, served or (while demoted) in the shadow.
         self.model_forecast: float | None = None
-        self.demoted = False
-        # The floor: CUSUM of the model's excess squared error (or, demoted, of its deficit), the
-        # exponentially weighted squared error of persistence (its scale), and plain sums.
-        self.floor_n = 0
-        self.floor_model = 0.0
-        self.floor_persist = 0.0
-        self.floor_cum_model = 0.0
-        self.floor_cum_persist = 0.0
-        # Median sampling interval (s), learned from recent intervals; None until a few are seen.
-        self.interval: float | None = None
-        self.dts: list[float] = []
-        self.gaps = 0
+        self.floor = floor  # None: no floor (the evaluator's baselines)
+        self.cadence = cadence
         # Start of the regime an alarm announced, and readings since: for the consolidation retrain.
         self.regime_ts: float | None = None
         self.regime_n = 0
+
+    @property
+    def demoted(self) -> bool:
+        return self.floor is not None and self.floor.demoted
+
+    @property
+    def interval(self) -> float | None:
+        return self.cadence.interval
 
 
 class Engine:
@@ -296,8 +285,11 @@ class Engine:
             forecasts.append(per_msg)
             for target, value in msg.values.items():
                 track = self._track(msg.device, target)
-                if track.count:
-                    self._observe_interval(track, msg.ts)
+                if track.cadence.observe(msg.ts):
+                    # Readings on either side of a hole are not consecutive: the window refills first,
+                    # persistence serves until then, and the forecast made before the hole is not scored.
+                    track.hist.clear()
+                    track.last_forecast = track.shadow_forecast = track.model_forecast = None
                 row = self._score(track, msg, value, out)
                 self.samples_per_target[target] += 1
                 hist = track.hist
@@ -361,31 +353,6 @@ class Engine:
                 out.samples.append(SampleRow(*row))
             out.predictions.append(Prediction(msg.device, msg.seq, msg.ts, per_msg))
 
-    def _observe_interval(self, track: _Track, ts: float) -> None:
-        """Learn the device's sampling interval; after a gap, forget the lag window (no forecast across)."""
-        dt = ts - track.last_ts
-        if dt <= 0:
-            return
-        if (
-            self.gap_intervals is not None
-            and track.interval is not None
-            and dt > self.gap_intervals * track.interval
-        ):
-            # Readings on either side of a hole are not consecutive: the window refills first, and
-            # until then persistence serves; the forecast made before the hole is not scored.
-            track.hist.clear()
-            track.last_forecast = track.shadow_forecast = track.model_forecast = None
-            track.gaps += 1
-            return
-        dts = track.dts
-        dts.append(dt)
-        # A median of recent intervals: robust to jitter and to the odd late reading. First estimate
-        # after a few readings, then one every 32.
-        if (track.interval is None and len(dts) >= 5) or len(dts) >= 32:
-            track.interval = float(statistics.median(dts))
-            if len(dts) >= 32:
-                dts.clear()
-
     def _score(self, track: _Track, msg: Telemetry, value: float, out: EngineOutput) -> list[Any]:
         forecast = track.last_forecast
         persistence = track.hist[-1] if track.hist else None
@@ -405,8 +372,8 @@ class Engine:
                 # Drift, probation and the floor judge the model itself, also while it is demoted.
                 own_error = value - own
                 self._probation(track, value, own_error, p_err, out)
-                if self.floor_margin is not None:
-                    self._floor(track, own_error, p_err, msg.ts, out)
+                if track.floor is not None:
+                    self._floor(track, track.floor, own_error, p_err, msg.ts, out)
                 if track.guard.update(own_error):
                     self._alarm(track, msg.ts, out)
             if track.alarm_ts is not None and track.status == "drifting":
@@ -488,75 +455,41 @@ class Engine:
                     t.status = "healthy"
 
     # -- the persistence floor ------------------------------------------------------------------
-    def _floor(self, track: _Track, error: float, p_err: float, ts: float, out: EngineOutput) -> None:
-        """Demote a model whose error exceeds persistence's by the margin; restore it once it recovers.
-
-        A one-sided CUSUM of the excess squared error, ``e_model^2 - (1 + margin)^2 e_persist^2``,
-        demotes when it exceeds ``FLOOR_CUSUM`` x ``floor_window`` readings' worth of persistence's
-        typical squared error (an exponentially weighted mean over ``floor_window``). A CUSUM never
-        banks past credit (it restarts from zero while the model wins), so a model that won a burst
-        an hour ago is still demoted within tens of readings once it starts losing steadily; an
-        exponential average of the two errors was dominated by that burst and reacted hundreds of
-        readings late. The mirror CUSUM of ``e_persist^2 - e_model^2`` restores it. Beside it, a
-        long view (both squared errors averaged over ``FLOOR_LONG`` x ``floor_window`` readings):
-        above the margin it demotes too and blocks restoring, because on bursty signals (CO2 with
-        occupancy) a model that wins quiet hours and loses bursts looks fine most of the time yet
-        ends worse than persistence. O(1) memory per device.
-        """
-        sq, p_sq = error * error, p_err * p_err
-        assert self.floor_margin is not None
-        bar = (1.0 + self.floor_margin) ** 2  # on squared errors
-        track.floor_persist += (p_sq - track.floor_persist) / self.floor_window
-        long = FLOOR_LONG * self.floor_window
-        track.floor_cum_model += (sq - track.floor_cum_model) / long
-        track.floor_cum_persist += (p_sq - track.floor_cum_persist) / long
-        track.floor_n += 1
-        if track.demoted:
-            track.floor_model = max(0.0, track.floor_model + p_sq - sq)
-        else:
-            track.floor_model = max(0.0, track.floor_model + sq - bar * p_sq)
-        if track.floor_n < self.floor_window:
+    def _floor(
+        self, track: _Track, floor: Floor, error: float, p_err: float, ts: float, out: EngineOutput
+    ) -> None:
+        """Demote or restore the device's model (see :mod:`edgeloop.lifecycle.floor`)."""
+        verdict = floor.update(error, p_err)
+        if verdict is None:
             return
-        limit = FLOOR_CUSUM * self.floor_window * track.floor_persist
-        total_bad = track.floor_cum_model > track.floor_cum_persist * bar
-        n = track.floor_n
-        debias = 1.0 - (1.0 - 1.0 / long) ** n  # the long averages start from zero
-        model_rmse, persist_rmse = (
-            (track.floor_cum_model / debias) ** 0.5,
-            (track.floor_cum_persist / debias) ** 0.5,
-        )
-        if not track.demoted and (track.floor_model > limit or total_bad):
-            track.demoted = True
-            track.floor_model = 0.0
-            label = self.serving_label(track.device, track.target)
-            view = "its recent errors exceed" if not total_bad else "its long-run RMSE exceeds"
+        label = self.serving_label(track.device, track.target)
+        model_rmse, persist_rmse = floor.long_rmse()
+        if verdict == "demote":
+            view = "its long-run error exceeds" if floor.long_view else "its recent errors exceed"
             out.events.append(
                 Event(
                     "model_demoted",
                     scope_of(track.target, track.device),
                     ts,
-                    reason=f"{label}: {view} {1 + self.floor_margin:g} x persistence's (long-run RMSE "
+                    reason=f"{label}: {view} {1 + floor.margin:g} x persistence's (long-run RMSE "
                     f"{model_rmse:.4g} vs {persist_rmse:.4g}): serving persistence; the model keeps "
                     "forecasting in the shadow",
-                    metrics={"model_rmse": model_rmse, "persistence_rmse": persist_rmse, "readings": n},
+                    metrics={"model_rmse": model_rmse, "persistence_rmse": persist_rmse, "readings": floor.n},
                     version=PERSISTENCE_VERSION,
                     previous_version=label,
                 )
             )
-        elif track.demoted and track.floor_model > limit and not total_bad:
-            track.floor_model = 0.0
-            label = self.serving_label(track.device, track.target)
+        else:
             self._restore(track, "its recent errors are back below persistence's", label, ts, out.events)
 
     def _restore(self, track: _Track, why: str, label: str | None, ts: float, events: list[Event]) -> None:
-        track.demoted = False
         events.append(
             Event(
                 "model_restored",
                 scope_of(track.target, track.device),
                 ts,
                 reason=f"{why}: serving {label} again",
-                metrics={"readings": track.floor_n},
+                metrics={"readings": track.floor.n if track.floor is not None else 0},
                 version=label,
                 previous_version=PERSISTENCE_VERSION,
             )
@@ -564,12 +497,11 @@ class Engine:
 
     def _reset_floor(self, track: _Track, why: str, label: str | None) -> None:
         """Another model serves the device: it starts undemoted, with a fresh comparison."""
-        if track.demoted and label is not None:
+        if track.floor is None:
+            return
+        if track.floor.demoted and label is not None:
             self._restore(track, why, label, self.stream_ts, self._deferred)
-        track.demoted = False
-        track.floor_n = 0
-        track.floor_model = track.floor_persist = 0.0
-        track.floor_cum_model = track.floor_cum_persist = 0.0
+        track.floor.reset()
 
     # -- drift, consolidation, refresh ----------------------------------------------------------
     def _alarm(self, track: _Track, ts: float, out: EngineOutput) -> None:
@@ -713,7 +645,8 @@ class Engine:
         if track is None:
             serving = self._resolve(device, target)
             guard = self.guard_factory(serving.model.val_rmse if serving else None)
-            track = _Track(device, target, self.window, guard)
+            floor = Floor(self.floor_margin, self.floor_window) if self.floor_margin is not None else None
+            track = _Track(device, target, self.window, guard, floor, Cadence(self.gap_intervals))
             self.tracks[(device, target)] = track
         return track
 
