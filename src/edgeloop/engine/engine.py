@@ -234,7 +234,9 @@ class Engine:
                 track.guard.model_changed(fallback.val_rmse if fallback else None)
                 track.model_rmse.reset()
                 track.since_model = [0, 0.0, 0.0, 0.0]
-                self._reset_floor(track, f"{scope}'s model was withdrawn", None)
+                self._reset_floor(
+                    track, f"{scope}'s model was withdrawn", fallback.label if fallback else None
+                )
 
     def retrain_finished(self, scope: str, *, installed: bool) -> None:
         """The adapter reports a retrain's end; a failed or rejected one may be asked again later."""
