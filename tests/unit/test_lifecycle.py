@@ -307,3 +307,18 @@ def test_a_runaway_calibration_is_acted_on_before_the_end_at_any_sampling_rate(i
     assert rmse(forecasts, scored) <= rmse(persistence, scored)
     # ... and it ends no worse than persistence: the last 100 readings are served as well as by it.
     assert rmse(forecasts, slice(end - 100, end)) <= 1.001 * rmse(persistence, slice(end - 100, end))
+
+
+def test_a_refreshed_fleet_model_keeps_detectors_and_a_devices_drift_retrain() -> None:
+    # A long post-alarm wait, so b is still collecting data when the fleet model changes.
+    eng = engine(retrain_min_samples=5000, consolidate_after="0", refresh_every="0")
+    assert drifting_b(eng, 2000) == []
+    track = eng.tracks[("b", "voc_ppb")]
+    assert track.status == "drifting" and track.alarm_ts is not None
+    alarm_ts, changes = track.alarm_ts, track.guard.model_changes
+    eng.install("voc_ppb", LoadedModel("voc_ppb:v2", Persistence(5), {"trigger": "refresh"}))
+    assert track.guard.model_changes == changes  # no recalibration after a refresh
+    assert track.status == "drifting" and track.alarm_ts == alarm_ts  # b's own retrain still comes
+    eng.install("voc_ppb", LoadedModel("voc_ppb:v3", Persistence(5), {"trigger": "drift"}))
+    assert track.guard.model_changes == changes + 1 and track.status == "drifting"
+    assert eng.tracks[("a", "voc_ppb")].status == "probation"

@@ -217,14 +217,22 @@ class Engine:
         )
         self.pending.discard(scope)
         self._refresh_at.pop(scope, None)  # a new model restarts its scope's refresh clock
+        fleet = parse_scope(scope)[1] is None
+        # A refresh replaces a model by a validated, slightly better one trained on the same stream:
+        # its error scale barely moves, so detectors keep their calibration (recalibrating would
+        # leave every device of the scope blind to drift for drift.calibration readings).
+        refresh = model.meta.get("trigger") == "refresh"
         for track in self._tracks_served_by(scope):
-            track.guard.model_changed(model.val_rmse)
+            if not refresh:
+                track.guard.model_changed(model.val_rmse)
             track.model_rmse.reset()
             track.since_model = [0, 0.0, 0.0, 0.0]
-            track.status = "probation" if probation and previous is not None else "healthy"
-            track.alarm_ts = None
             track.shadow_forecast = None
             self._reset_floor(track, f"{model.label} now serves", model.label)
+            if fleet and track.status in ("drifting", "retraining"):
+                continue  # a new fleet model does not cancel a device's own drift retrain
+            track.status = "probation" if probation and previous is not None else "healthy"
+            track.alarm_ts = None
 
     def uninstall(self, scope: str) -> None:
         """Stop serving ``scope``'s model: its devices fall back to the fleet model or persistence."""
