@@ -303,6 +303,9 @@ def test_a_runaway_calibration_is_acted_on_before_the_end_at_any_sampling_rate(i
         r.requested_at for r in run.retrains if r.trigger in ("drift", "consolidate") and r.requested_at < end
     ]
     assert acted and min(acted) < end - 100
+    # The drift alarm leads to the device's own retrain at every rate (a rejected refresh of the fleet
+    # model in between must not cancel it).
+    assert any(r.trigger == "drift" and r.requested_at < end for r in run.retrains)
     forecasts = run.forecasts["dev-000"]
     assert rmse(forecasts, scored) <= rmse(persistence, scored)
     # ... and it ends no worse than persistence: the last 100 readings are served as well as by it.

@@ -254,8 +254,10 @@ class Engine:
             if device is None:
                 # Not enough or not good enough data yet: ask again once twice as much has arrived.
                 self._initial_threshold[target] = self.samples_per_target[target] * 2
-            for track in self._tracks_served_by(scope):
-                if track.status in ("drifting", "retraining"):
+            # Only the device's own drift retrain ends its wait; a rejected fleet refresh, or a
+            # device refresh while the device still collects data after an alarm, leaves it going.
+            for track in self._tracks_served_by(scope) if device is not None else ():
+                if track.status == "retraining":
                     track.status = "healthy"
                     track.alarm_ts = None
 
