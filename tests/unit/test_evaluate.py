@@ -76,7 +76,7 @@ def test_all_strategies_parse_and_the_default_policy_is_marked() -> None:
     parsed = parse_strategies(["all"])
     assert [s.name for s in parsed] == list(STRATEGY_NAMES)
     assert [s.name for s in parsed if s.default] == [DEFAULT_POLICY]
-    assert {s.family for s in parsed} == {"baseline", "original", "policy", "reference"}
+    assert {s.family for s in parsed} == {"baseline", "original", "policy", "reference", "learner"}
 
 
 def test_policy_variants_carry_validated_overrides() -> None:

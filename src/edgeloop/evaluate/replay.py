@@ -32,6 +32,7 @@ from edgeloop.adapters.store import Series
 from edgeloop.config import Settings
 from edgeloop.engine.engine import Engine, EngineOutput, RetrainRequest
 from edgeloop.evaluate.datasets import DatasetOptions, Track, load_dataset, tracks
+from edgeloop.evaluate.learner import arf_forecasts
 from edgeloop.evaluate.strategies import Strategy, build_strategy_engine, parse_strategy
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.models.training import NotEnoughData
@@ -54,6 +55,7 @@ class ReplayConfig:
     original_factor: float = 1.5
     river_input: str = "abs"
     horizon: int = 1000  # readings after an onset in which a first alarm counts as its detection
+    arf_on_sim: bool = False  # run river-arf on simulator scenarios too (about 2 ms a reading)
 
     def threshold_for(self, target: str, initial_val_rmse: float) -> tuple[float, str]:
         """The original rule's threshold for ``target`` and how it was chosen."""
@@ -207,6 +209,8 @@ class TargetReplay:
 
     # -- one strategy -------------------------------------------------------------------------
     def run(self, strategy: Strategy) -> RunResult:
+        if strategy.family == "learner":
+            return self._run_learner(strategy)
         started = time.perf_counter()
         engine = build_strategy_engine(
             strategy, self.settings, threshold=self.threshold, river_input=self.config.river_input
@@ -251,6 +255,15 @@ class TargetReplay:
                 jobs.append(self._submit(engine, request, step, position, by_device))
             if jobs:
                 jobs = self._finish_due(engine, jobs, step, position, result, versions)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _run_learner(self, strategy: Strategy) -> RunResult:
+        """A continuously learning reference (no engine): each device's own model, same scored readings."""
+        started = time.perf_counter()
+        lags = self.settings.model.lags
+        forecasts = {t.device: arf_forecasts(t.values, start=t.start, lags=lags) for t in self.tracks}
+        result = RunResult(strategy.name, forecasts, {t.device: [] for t in self.tracks})
         result.seconds = time.perf_counter() - started
         return result
 
