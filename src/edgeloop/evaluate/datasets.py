@@ -299,9 +299,7 @@ def csv_dataset(path: Path, options: DatasetOptions) -> Dataset:
     devices = sorted(str(d) for d in frame["device"].unique())
     labels_path = _labels_path(path, options)
     truth = (
-        load_labels(labels_path, devices, control=options.csv_control)
-        if labels_path is not None
-        else None
+        load_labels(labels_path, devices, control=options.csv_control) if labels_path is not None else None
     )
     labels = truth.labels if truth else []
     control = truth.control if truth else options.csv_control

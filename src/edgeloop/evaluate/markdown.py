@@ -13,6 +13,7 @@ def _short(name: str) -> str:
         "page-hinkley": "PH",
         "river-adwin": "river-ADWIN",
         "river-ph": "river-PH",
+        "river-arf": "river-ARF",
     }.get(name, name)
 
 
@@ -49,7 +50,8 @@ def markdown(payload: dict[str, Any]) -> str:
             "",
             "Every retrain, whoever asks, is the live trainer's: validated against the serving model on "
             "the same holdout, then served on probation with rollback. The original rule's threshold per "
-            "target is given in each section.",
+            "target is given in each section. readings/s: replay cost of the whole run (training part and "
+            "retrains included) per second, one core.",
             "",
         ]
     lines += [
@@ -93,8 +95,8 @@ def _target_table(b: dict[str, Any], default: str) -> list[str]:
         "",
         f"| strategy | RMSE | x static | x persistence | per segment ({' / '.join(b['segments'])}) "
         "| retrains (promoted/rolled back) | alarms | median delay (detected/windows) "
-        "| false alarms | alarms/10k |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| false alarms | alarms/10k | readings/s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in b["strategies"].items():
         det = m["detection"]
@@ -109,7 +111,8 @@ def _target_table(b: dict[str, Any], default: str) -> list[str]:
             f"| {label} | {fmt(m['rmse'])} | {fmt(m.get('rmse_vs_static'), 3)} | "
             f"{fmt(m.get('rmse_vs_persistence'), 3)} | {segs} | "
             f"{m['retrains']} ({m['promoted']}/{m['rolled_back']}) | "
-            f"{fmt(m['alarms'])} | {delay} | {fmt(m['false_alarms'])} | {fmt(m['alarms_per_10k'], 3)} |"
+            f"{fmt(m['alarms'])} | {delay} | {fmt(m['false_alarms'])} | {fmt(m['alarms_per_10k'], 3)} | "
+            f"{fmt(m.get('readings_per_s'))} |"
         )
     lines.append("")
     return lines

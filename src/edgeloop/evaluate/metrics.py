@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,7 @@ def errors_of(header: TargetHeader, run: RunResult) -> list[np.ndarray]:
 def run_metrics(header: TargetHeader, run: RunResult, strategy: Strategy) -> dict[str, Any]:
     """Every metric of one strategy on one data set and target (see the module docstring)."""
     errors = errors_of(header, run)
+    by_device = {t.device: t for t in header.tracks}
     scored = int(sum(len(e) for e in errors))
     segs = _segments(header)
     n_seg = max(len(s) for s in segs)
@@ -128,10 +130,18 @@ def run_metrics(header: TargetHeader, run: RunResult, strategy: Strategy) -> dic
         "detection": detection if strategy.alarms and header.has_ground_truth else None,
         "false_alarms": false_alarms,
         "promoted_kinds": dict(Counter(r.kind for r in run.retrains if r.decision == "promoted")),
+        "alarm_log": [
+            {"device": t.device, "ts": iso_time(t.ts[a]), "reading": a}
+            for t in header.tracks
+            for a in run.alarms.get(t.device, [])
+        ],
         "retrain_log": [
             {
                 "device": r.device,
                 "trigger": r.trigger,
+                "requested_ts": iso_time(r.requested_ts),
+                "installed_ts": iso_time(r.effective_ts) if r.decision == "promoted" else None,
+                "finished_ts": iso_time(r.effective_ts),
                 "requested_at": r.requested_at,
                 "effective_at": r.effective_at,
                 "decision": r.decision,
@@ -142,8 +152,14 @@ def run_metrics(header: TargetHeader, run: RunResult, strategy: Strategy) -> dic
             }
             for r in run.retrains
         ],
-        "rollbacks": [{"device": d, "at": at} for d, at in run.rollbacks],
+        "rollbacks": [
+            {"device": d, "ts": iso_time(by_device[d].ts[at]), "at": at} for d, at in run.rollbacks
+        ],
         "seconds": round(run.seconds, 2),
+        # Replay cost: every reading processed (training part included) per second of this run.
+        "readings_per_s": round(sum(len(t.values) for t in header.tracks) / run.seconds)
+        if run.seconds > 0
+        else None,
     }
 
 
@@ -210,6 +226,13 @@ def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[s
                     d["rmse"] <= rivals[best],
                     f"{d['rmse']:.4g} vs {best} {rivals[best]:.4g} ({d['rmse'] / rivals[best]:.3f}x)",
                 )
+            if "river-arf" in m and m["river-arf"]["rmse"]:
+                a = m["river-arf"]["rmse"]
+                add(
+                    "RMSE <= 1.01 x river-arf",
+                    d["rmse"] <= 1.01 * a,
+                    f"{d['rmse']:.4g} vs {a:.4g} ({d['rmse'] / a:.3f}x)",
+                )
             if "periodic" in m:
                 add(
                     "fewer retrains than periodic",
@@ -240,6 +263,18 @@ def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[s
                 f"{d['false_alarms']} vs {r['false_alarms']}",
             )
     return out
+
+
+def iso_time(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC (what a user's CSV and labels file hold).
+
+    >>> iso_time(1709294400.0)
+    '2024-03-01T12:00:00+00:00'
+    """
+    if ts is None or not math.isfinite(ts):
+        return None
+    stamp = datetime.fromtimestamp(float(ts), tz=UTC)
+    return stamp.isoformat(timespec="seconds" if stamp.microsecond == 0 else "milliseconds")
 
 
 def fmt(value: float | None, digits: int = 4) -> str:

@@ -22,6 +22,7 @@ _COLORS = {
     "adwin": "#2ca02c",
     "river-adwin": "#ff7f0e",
     "river-ph": "#d62728",
+    "river-arf": "#9467bd",
 }
 
 
@@ -39,7 +40,6 @@ def plot_target(
 ) -> list[Path]:
     """Two PNGs: actual vs forecasts with onsets and retrain markers; rolling RMSE per strategy."""
     from matplotlib.figure import Figure  # the object API needs no global backend: always Agg-rendered
-    from matplotlib.ticker import FormatStrFormatter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = header.tracks[:3]
@@ -57,7 +57,7 @@ def plot_target(
                 ax.plot(x, t.values[lo:hi], color="black", lw=0.7, label="actual")
                 if "static" in runs and focus != "static":
                     static = runs["static"].forecasts[t.device][lo:hi]
-                    ax.plot(x, static, color="#ff7f0e", lw=0.6, alpha=0.7, label="static forecast")
+                    ax.plot(x, static, color="#ff7f0e", lw=0.6, ls=(0, (3, 2)), label="static forecast")
                 forecast = focus_run.forecasts[t.device][lo:hi]
                 ax.plot(x, forecast, color="#1f77b4", lw=0.6, alpha=0.8, label=f"{focus} forecast")
                 _markers(ax, t, focus_run, lo, hi)
@@ -79,44 +79,86 @@ def plot_target(
         fig.savefig(path, dpi=90)
         paths.append(path)
 
-    fig = Figure(figsize=(14, 3.0 * len(shown)), layout="constrained")
-    axes1 = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
-    for ax, t in zip(axes1, shown, strict=True):
+    paths.append(_rolling_figure(header, runs, strategies, out_dir))
+    return paths
+
+
+# Ratios shown on the rolling-RMSE panels: a log axis whose every tick is labelled and readable.
+_RATIO_TICKS = (0.25, 0.5, 1.0, 2.0, 4.0)  # evenly spaced on the log axis, so labels never collide
+
+
+def _rolling_figure(
+    header: TargetHeader, runs: dict[str, RunResult], strategies: Sequence[Strategy], out_dir: Path
+) -> Path:
+    """Small multiples, one row per strategy and one column per device (first three), so no strategy
+    hides another: rolling RMSE relative to persistence on the same readings (below 1: better than
+    repeating the last value), the static model in grey for reference, labelled windows shaded."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
+
+    shown = header.tracks[:3]
+    rows = [s for s in strategies if s.name != "persistence" and s.name in runs]
+    if "persistence" not in runs or not rows:
+        rows = [s for s in strategies if s.name in runs]
+    fig = Figure(figsize=(5.2 * len(shown) + 1.5, 1.35 * len(rows) + 1.2), layout="constrained")
+    axes = fig.subplots(len(rows), len(shown), squeeze=False, sharex="col", sharey=True)
+    for col, t in enumerate(shown):
         n = len(t.values) - t.start
         window = max(100, n // 60)
         x = np.arange(t.start, len(t.values))
-        for s in strategies:
-            run = runs.get(s.name)
-            if run is None:
-                continue
-            err = t.values[t.start :] - run.forecasts[t.device][t.start :]
-            roll = _rolling_rmse(err, window)
+        actual = t.values[t.start :]
+
+        def rolling(name: str, t: Any = t, actual: np.ndarray = actual, window: int = window) -> np.ndarray:
+            return _rolling_rmse(actual - runs[name].forecasts[t.device][t.start :], window)
+
+        base = rolling("persistence") if "persistence" in runs else None
+        static = rolling("static") if "static" in runs else None
+        for row, s in enumerate(rows):
+            ax = axes[row][col]
+            ratio = rolling(s.name) if base is None else _ratio(rolling(s.name), base)
+            if static is not None and s.name != "static" and base is not None:
+                ax.plot(x, _ratio(static, base), color="#9a9a9a", lw=0.8, label="static")
             ax.plot(
-                x,
-                roll,
-                lw=2.0 if s.default else 0.9,
-                ls="--" if s.name == "persistence" else "-",
-                color=_COLORS.get(s.name),
-                label=s.name + (" *" if s.default else ""),
+                x, ratio, color=_COLORS.get(s.name, "#1f77b4"), lw=1.4 if s.default else 1.0, label="strategy"
             )
-        for first, _, _kind in t.windows:
-            ax.axvline(first, color="red", ls=":", lw=1)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.tick_params(axis="y", which="minor", labelsize=6)
-        ax.set_xlim(x[0], x[-1])
-        ax.set_title(
-            f"{header.dataset} / {header.target} / {t.device}: rolling RMSE over {window} readings",
-            fontsize=9,
-        )
-        ax.tick_params(labelsize=7)
-    handles, labels = axes1[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncol=min(len(labels), 8))
+            ax.axhline(1.0, color="black", ls="--", lw=0.7)
+            for first, end, kind in t.windows:
+                if kind == "anomaly":
+                    ax.axvspan(first, end, color="red", alpha=0.12, lw=0)
+                else:
+                    ax.axvline(first, color="red", ls=":", lw=1)
+            for r in runs[s.name].retrains:
+                if r.device == t.device and r.decision == "promoted" and r.effective_at is not None:
+                    ax.axvline(r.effective_at, color="green", lw=0.6, alpha=0.6)
+            ax.set_xlim(x[0], x[-1])
+            ax.tick_params(labelsize=7)
+            if col == 0:
+                ax.set_ylabel(s.name + (" *" if s.default else ""), fontsize=8, rotation=0, ha="right")
+            if row == 0:
+                ax.set_title(f"{t.device}: rolling RMSE over {window} readings", fontsize=9)
+        axes[-1][col].set_xlabel("reading", fontsize=8)
+    if "persistence" in runs:
+        ax0 = axes[0][0]
+        ax0.set_yscale("log")
+        ax0.set_ylim(_RATIO_TICKS[0], _RATIO_TICKS[-1])
+        ax0.yaxis.set_major_locator(FixedLocator(_RATIO_TICKS))
+        ax0.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax0.yaxis.set_minor_locator(FixedLocator((0.75, 1.5)))
+        ax0.yaxis.set_minor_formatter(NullFormatter())
+    fig.suptitle(
+        f"{header.dataset} / {header.target}: rolling RMSE / persistence's (below 1: better); grey: static; "
+        "red: onsets and labelled windows; green: model installed",
+        fontsize=9,
+    )
     path = out_dir / f"{slug(header)}_rolling_rmse.png"
-    fig.savefig(path, dpi=90)
-    paths.append(path)
-    return paths
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def _ratio(values: np.ndarray, base: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = values / base
+    return np.clip(np.where(np.isfinite(out), out, np.nan), _RATIO_TICKS[0], _RATIO_TICKS[-1])
 
 
 def _zoom(track: Any, run: RunResult, lo: int, hi: int) -> tuple[int, int]:

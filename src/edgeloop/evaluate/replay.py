@@ -34,6 +34,7 @@ from edgeloop.engine.engine import Engine, EngineOutput, RetrainRequest
 from edgeloop.evaluate.datasets import DatasetOptions, Track, load_dataset, tracks
 from edgeloop.evaluate.learner import arf_forecasts
 from edgeloop.evaluate.strategies import Strategy, build_strategy_engine, parse_strategy
+from edgeloop.models.forecasters import forecaster_from_text
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.models.training import NotEnoughData
 from edgeloop.retrain.job import Verdict, train_and_judge
@@ -81,6 +82,8 @@ class RetrainRecord:
     val_rmse: float | None = None
     champion_rmse: float | None = None
     n_samples: int = 0
+    requested_ts: float | None = None  # stream time of the request
+    effective_ts: float | None = None  # stream time at which it was installed or dropped
 
 
 @dataclass
@@ -216,7 +219,7 @@ class TargetReplay:
             strategy, self.settings, threshold=self.threshold, river_input=self.config.river_input
         )
         if strategy.uses_model:
-            engine.install(self.target, self.initial.model, probation=False)
+            engine.install(self.target, _fresh(self.initial.model), probation=False)
         target, lags = self.target, self.settings.model.lags
         devices = [t.device for t in self.tracks]
         by_device = {t.device: t for t in self.tracks}
@@ -313,6 +316,7 @@ class TargetReplay:
             None,
             "failed",
             n_samples=int(sum(len(s.values) for s in series)),
+            requested_ts=float(request.requested_ts),
         )
         try:
             verdict: Verdict | None = train_and_judge(self.settings, series, current)
@@ -353,8 +357,18 @@ class TargetReplay:
             engine.retrain_finished(scope, installed=installed)
             device = job.record.device
             job.record.effective_at = position[device] if device is not None else step
+            job.record.effective_ts = float(engine.stream_ts)
             result.retrains.append(job.record)
         return waiting
+
+
+def _fresh(model: LoadedModel) -> LoadedModel:
+    """The initial model as trained: an online one learns while it serves, and each run starts anew."""
+    forecaster = model.forecaster
+    if not getattr(forecaster, "online", False):
+        return model
+    clone = forecaster_from_text(forecaster.kind, forecaster.to_text(), forecaster.lags)
+    return LoadedModel(model.label, clone, model.meta)
 
 
 def _last(track: Track, index: int, window: int) -> tuple[np.ndarray, np.ndarray]:
