@@ -30,10 +30,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 _KEYS = {"control", "onsets", "windows", "description"}
 
@@ -77,14 +76,15 @@ def parse_time(value: Any, where: str) -> float:
         except ValueError:
             pass
         try:
-            stamp = pd.Timestamp(text)
-        except (ValueError, TypeError):
-            stamp = None
-        if stamp is None or stamp is pd.NaT:
-            raise ValueError(f"{where}: {value!r} is not an ISO-8601 time (e.g. 2024-03-01T12:00:00Z)")
+            # Strict ISO-8601: a lenient parser would read "5 March at 4" as some day in March.
+            stamp = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{where}: {value!r} is not an ISO-8601 time (e.g. 2024-03-01T12:00:00Z)"
+            ) from None
         if stamp.tzinfo is None:
-            stamp = stamp.tz_localize("UTC")
-        return float(stamp.timestamp())
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.timestamp()
     raise ValueError(f"{where}: expected an ISO-8601 time or epoch seconds, got {type(value).__name__}")
 
 
