@@ -11,7 +11,8 @@ trained after drift on that device) if there is one, else the fleet model of the
 
 Every batch is cut into waves in which each device appears at most once, so forecasts can be made
 with one vectorised call per model and a wave and the reading after it are scored exactly as if
-messages were processed one by one.
+messages were processed one by one. A forecaster that declares ``online = True`` (``rls``) learns
+from each wave's scored readings, one vectorised ``update`` per model, before the wave's forecasts.
 """
 
 from __future__ import annotations
