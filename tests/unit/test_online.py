@@ -3,6 +3,7 @@ round-trips through its JSON model file, and learns inside the engine after ever
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,17 @@ def ar_series(n: int, seed: int = 0, level: float = 100.0) -> np.ndarray:
     return level + x
 
 
-def batch_least_squares(
-    windows: np.ndarray, next_values: np.ndarray, scale: float, ridge: float
-) -> np.ndarray:
-    X = np.hstack([design_matrix(windows, "delta") / scale, np.ones((len(windows), 1))])
-    y = (next_values - windows[:, -1]) / scale
-    return np.linalg.solve(X.T @ X + ridge * np.eye(X.shape[1]), X.T @ y)
+def batch_least_squares(windows: np.ndarray, next_values: np.ndarray, rls: RlsForecaster) -> np.ndarray:
+    """Ridge on [lag differences, step, level, 1], scaled as the model scales them, solved directly."""
+    X = np.hstack(
+        [
+            design_matrix(windows, "delta") / rls.scale,
+            (windows[:, -1:] - rls.center) / rls.spread,
+            np.ones((len(windows), 1)),
+        ]
+    )
+    y = (next_values - windows[:, -1]) / rls.scale
+    return np.linalg.solve(X.T @ X + rls.ridge * np.eye(X.shape[1]), X.T @ y)
 
 
 def test_sequential_updates_equal_batch_least_squares_without_forgetting() -> None:
@@ -41,11 +47,11 @@ def test_sequential_updates_equal_batch_least_squares_without_forgetting() -> No
     rls = RlsForecaster(5, forgetting=1.0, clip=None).fit(x[:300], t[:300])
     for i in range(300, len(t)):
         rls.update(x[i : i + 1], t[i : i + 1], ["d"])
-    expected = batch_least_squares(x, t, rls.scale, rls.ridge)
+    expected = batch_least_squares(x, t, rls)
     np.testing.assert_allclose(rls._theta[rls._index["d"]], expected, rtol=1e-6, atol=1e-9)
     # The closed-form fit over every window is the same model.
     whole = RlsForecaster(5, forgetting=1.0).fit(x, t)
-    np.testing.assert_allclose(whole.coef, batch_least_squares(x, t, whole.scale, whole.ridge), rtol=1e-9)
+    np.testing.assert_allclose(whole.coef, batch_least_squares(x, t, whole), rtol=1e-9)
 
 
 def test_fit_with_forgetting_equals_running_rls_from_the_prior() -> None:
@@ -53,8 +59,8 @@ def test_fit_with_forgetting_equals_running_rls_from_the_prior() -> None:
     fitted = RlsForecaster(4, forgetting=0.99, clip=None).fit(x, t)
     # Same scale, prior of the fit, then RLS one window at a time from zero coefficients.
     running = RlsForecaster(4, forgetting=0.99, clip=None)
-    running.scale = fitted.scale
-    running.cov = np.eye(5) / running.ridge
+    running.scale, running.center, running.spread = fitted.scale, fitted.center, fitted.spread
+    running.cov = np.eye(6) / running.ridge
     running._reset_devices()
     running._max_trace = np.inf  # pure RLS: the bound is what this package adds to it
     for i in range(len(t)):
@@ -133,19 +139,35 @@ def test_json_model_file_round_trip_gives_identical_predictions(tmp_path: Path) 
     assert '"cov"' in text and '"forgetting"' in text
 
 
+GOOD = {
+    "forgetting": 0.99,
+    "ridge": 1.0,
+    "clip": None,
+    "scale": 1.0,
+    "center": 0.0,
+    "spread": 1.0,
+    "coef": [0.0, 0.0, 0.0],
+    "cov": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+}
+
+
 @pytest.mark.parametrize(
-    "text",
+    ("change", "message"),
     [
-        "not json",
-        '{"coef": [0, 0]}',
-        '{"forgetting": 0.99, "ridge": 1, "clip": null, "scale": 1, "coef": [0,0,0], "cov": [[1,0],[0,1]]}',
-        '{"forgetting": 0.99, "ridge": 1, "clip": null, "scale": 1, "coef": [0,0], "cov": [[1,2],[0,1]]}',
-        '{"forgetting": 1.5, "ridge": 1, "clip": null, "scale": 1, "coef": [0,0], "cov": [[1,0],[0,1]]}',
+        ({"coef": [0.0, 0.0]}, "expected"),
+        ({"cov": [[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}, "not symmetric"),
+        ({"forgetting": 1.5}, "forgetting factor"),
+        ({"scale": 0.0}, "non-positive"),
+        ({"center": None}, "not an rls model"),
+        ({"coef": [0.0, "nan", 0.0]}, "not an rls model|non-finite"),
     ],
 )
-def test_bad_model_text_is_refused(text: str) -> None:
-    with pytest.raises(ModelFileError):
-        forecaster_from_text("rls", text, lags=1)
+def test_bad_model_text_is_refused(change: dict[str, object], message: str) -> None:
+    forecaster_from_text("rls", json.dumps(GOOD), lags=1)  # the unchanged one loads
+    with pytest.raises(ModelFileError, match=message):
+        forecaster_from_text("rls", json.dumps({**GOOD, **change}), lags=1)
+    with pytest.raises(ModelFileError, match="not an rls model"):
+        forecaster_from_text("rls", "not json", lags=1)
 
 
 def test_rls_is_a_candidate_scored_as_it_would_serve() -> None:

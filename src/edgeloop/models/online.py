@@ -1,9 +1,11 @@
 """Recursive least squares with a forgetting factor: a linear change model that learns after every reading.
 
 :class:`RlsForecaster` predicts the change from the last reading, ``y[t+1] - y[t]``, from the same
-inputs as the other delta models (:func:`~edgeloop.engine.features.design_matrix`, ``"delta"``)
-plus an intercept. Training fits it in one weighted least-squares solve, exactly what running RLS
-over the training windows would give; serving then keeps one copy of the coefficients and their
+inputs as the other delta models (:func:`~edgeloop.engine.features.design_matrix`, ``"delta"``),
+the last reading's level relative to the training mean, and an intercept: the span of the
+``linear`` candidate's raw lags, so it can pull back towards a level, while forgetting lets it
+follow that level when it moves. Training fits it in one weighted least-squares solve, exactly what
+running RLS over the training windows would give; serving then keeps one copy of the coefficients and their
 covariance per device and updates every copy that saw a reading in one vectorised numpy call, so
 the cost per reading is a few hundred floating-point operations whatever the fleet size.
 
@@ -68,8 +70,10 @@ class RlsForecaster:
         self.forgetting = forgetting
         self.ridge = ridge
         self.clip = clip
-        d = lags + 1
+        d = lags + 2
         self.scale = 1.0
+        self.center = 0.0  # the level term: (last reading - center) / spread
+        self.spread = 1.0
         self.coef = np.zeros(d)
         self.cov = np.eye(d) / ridge
         self._reset_devices()
@@ -83,6 +87,10 @@ class RlsForecaster:
         windows, target = windows[ok], target[ok]
         spread = float(np.std(target)) if len(target) > 1 else 0.0
         self.scale = spread if np.isfinite(spread) and spread > 1e-12 else 1.0
+        last = windows[:, -1]
+        self.center = float(np.mean(last)) if len(last) else 0.0
+        level_spread = float(np.std(last)) if len(last) > 1 else 0.0
+        self.spread = level_spread if np.isfinite(level_spread) and level_spread > 1e-12 else self.scale
         X = self._features(windows)
         y = target / self.scale
         n, d = X.shape
@@ -172,6 +180,8 @@ class RlsForecaster:
                 "ridge": self.ridge,
                 "clip": self.clip,
                 "scale": self.scale,
+                "center": self.center,
+                "spread": self.spread,
                 "coef": self.coef.tolist(),
                 "cov": self.cov.tolist(),
             }
@@ -190,26 +200,31 @@ class RlsForecaster:
             coef = np.asarray(data["coef"], dtype=np.float64)
             cov = np.asarray(data["cov"], dtype=np.float64)
             scale = float(data["scale"])
+            center, spread = float(data["center"]), float(data["spread"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"not an rls model: {exc}") from exc
-        d = lags + 1
+        d = lags + 2
         if coef.shape != (d,) or cov.shape != (d, d):
             raise ModelFileError(
                 f"rls model has {coef.shape} coefficients and {cov.shape} covariance, "
                 f"expected ({d},) and ({d}, {d}) for {lags} lags"
             )
-        if not (np.isfinite(coef).all() and np.isfinite(cov).all() and np.isfinite(scale) and scale > 0):
-            raise ModelFileError("rls model holds non-finite numbers or a non-positive scale")
+        numbers = np.array([scale, center, spread])
+        if not (np.isfinite(coef).all() and np.isfinite(cov).all() and np.isfinite(numbers).all()):
+            raise ModelFileError("rls model holds non-finite numbers")
+        if scale <= 0 or spread <= 0:
+            raise ModelFileError("rls model has a non-positive scale")
         if not np.allclose(cov, cov.T):
             raise ModelFileError("rls covariance is not symmetric")
-        model.coef, model.cov, model.scale = coef, cov, scale
+        model.coef, model.cov, model.scale, model.center, model.spread = coef, cov, scale, center, spread
         model._reset_devices()
         return model
 
     # -- internals ----------------------------------------------------------------------------
     def _features(self, windows: np.ndarray) -> np.ndarray:
         X = design_matrix(windows, "delta") / self.scale
-        return np.hstack([X, np.ones((len(X), 1))])
+        level = (windows[:, -1:] - self.center) / self.spread
+        return np.hstack([X, level, np.ones((len(X), 1))])
 
     def _reset_devices(self) -> None:
         self._max_trace = max(len(self.coef) / self.ridge, float(np.trace(self.cov)))
