@@ -85,6 +85,7 @@ def plot_target(
 
 # Ratios shown on the rolling-RMSE panels: a log axis whose every tick is labelled and readable.
 _RATIO_TICKS = (0.25, 0.5, 1.0, 2.0, 4.0)  # evenly spaced on the log axis, so labels never collide
+_RATIO_TICKS_NARROW = (0.5, 0.75, 1.0, 1.5, 2.0)  # when every ratio lies within [0.5, 2]
 
 
 def _rolling_figure(
@@ -94,13 +95,14 @@ def _rolling_figure(
     hides another: rolling RMSE relative to persistence on the same readings (below 1: better than
     repeating the last value), the static model in grey for reference, labelled windows shaded."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
     shown = header.tracks[:3]
     rows = [s for s in strategies if s.name != "persistence" and s.name in runs]
     if "persistence" not in runs or not rows:
         rows = [s for s in strategies if s.name in runs]
-    fig = Figure(figsize=(5.2 * len(shown) + 1.5, 1.35 * len(rows) + 1.2), layout="constrained")
+    fig = Figure(figsize=(max(10.0, 5.2 * len(shown) + 1.5), 1.35 * len(rows) + 1.2), layout="constrained")
+    shown_ratios: list[np.ndarray] = []
     axes = fig.subplots(len(rows), len(shown), squeeze=False, sharex="col", sharey=True)
     for col, t in enumerate(shown):
         n = len(t.values) - t.start
@@ -116,6 +118,7 @@ def _rolling_figure(
         for row, s in enumerate(rows):
             ax = axes[row][col]
             ratio = rolling(s.name) if base is None else _ratio(rolling(s.name), base)
+            shown_ratios.append(ratio)
             if static is not None and s.name != "static" and base is not None:
                 ax.plot(x, _ratio(static, base), color="#9a9a9a", lw=0.8, label="static")
             ax.plot(
@@ -140,14 +143,17 @@ def _rolling_figure(
     if "persistence" in runs:
         ax0 = axes[0][0]
         ax0.set_yscale("log")
-        ax0.set_ylim(_RATIO_TICKS[0], _RATIO_TICKS[-1])
-        ax0.yaxis.set_major_locator(FixedLocator(_RATIO_TICKS))
+        every = np.concatenate(shown_ratios) if shown_ratios else np.array([1.0])
+        every = every[np.isfinite(every)]
+        narrow = not len(every) or (np.quantile(every, 0.005) >= 0.5 and np.quantile(every, 0.995) <= 2.0)
+        ticks = _RATIO_TICKS_NARROW if narrow else _RATIO_TICKS
+        ax0.set_ylim(ticks[0], ticks[-1])
+        ax0.yaxis.set_major_locator(FixedLocator(ticks))
         ax0.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax0.yaxis.set_minor_locator(FixedLocator((0.75, 1.5)))
-        ax0.yaxis.set_minor_formatter(NullFormatter())
+        ax0.yaxis.set_minor_locator(NullLocator())
     fig.suptitle(
-        f"{header.dataset} / {header.target}: rolling RMSE / persistence's (below 1: better); grey: static; "
-        "red: onsets and labelled windows; green: model installed",
+        f"{header.dataset} / {header.target}: rolling RMSE / persistence's on the same readings "
+        "(below 1: better)\ngrey: static; red: onsets and labelled windows; green: a model installed",
         fontsize=9,
     )
     path = out_dir / f"{slug(header)}_rolling_rmse.png"
