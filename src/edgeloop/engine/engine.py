@@ -11,7 +11,8 @@ trained after drift on that device) if there is one, else the fleet model of the
 
 Every batch is cut into waves in which each device appears at most once, so forecasts can be made
 with one vectorised call per model and a wave and the reading after it are scored exactly as if
-messages were processed one by one.
+messages were processed one by one. A forecaster that declares ``online = True`` (``rls``) learns
+from each wave's scored readings, one vectorised ``update`` per model, before the wave's forecasts.
 
 State is kept for at most ``max_devices`` devices. A reading of a new device when the engine is full
 evicts the device heard from least recently, if that one has been silent for ``device_idle_s`` of
@@ -126,6 +127,44 @@ class _Track:
         self.since_alarm = 0
         # Scored readings and squared errors (model, persistence, mean) since the serving model changed.
         self.since_model = [0, 0.0, 0.0, 0.0]
+
+
+class _Learn:
+    """The (window, reading) pairs of one wave for one online forecaster: one vectorised update."""
+
+    __slots__ = ("devices", "forecaster", "values", "windows")
+
+    def __init__(self, forecaster: Any) -> None:
+        self.forecaster = forecaster
+        self.windows: list[list[float]] = []
+        self.values: list[float] = []
+        self.devices: list[str] = []
+
+    def apply(self) -> None:
+        self.forecaster.update(
+            np.asarray(self.windows, dtype=np.float64), np.asarray(self.values), self.devices
+        )
+
+
+def _collect_online(
+    learn: dict[int, _Learn], serving: _Serving, device: str, oldest: float, hist: list[float]
+) -> None:
+    """Queue the window that forecast ``hist[-1]`` for the serving model (and its probation shadow)."""
+    for model in (serving.model, serving.previous):
+        if model is None or not getattr(model.forecaster, "online", False):
+            continue
+        batch = learn.get(id(model.forecaster))
+        if batch is None:
+            batch = learn[id(model.forecaster)] = _Learn(model.forecaster)
+        batch.windows.append([oldest, *hist[:-1]])
+        batch.values.append(hist[-1])
+        batch.devices.append(device)
+
+
+def _predict(forecaster: Any, windows: np.ndarray, members: list[tuple[int, _Track]]) -> np.ndarray:
+    if getattr(forecaster, "online", False):
+        return np.asarray(forecaster.predict(windows, [t.device for _, t in members]))
+    return np.asarray(forecaster.predict(windows))
 
 
 class Engine:
@@ -252,6 +291,7 @@ class Engine:
         windows: list[list[float]] = []
         rows: list[list[Any]] = []
         forecasts: list[dict[str, Forecast]] = []
+        learn: dict[int, _Learn] = {}
         for msg in wave:
             if msg.ts > self.stream_ts:
                 self.stream_ts = msg.ts
@@ -262,6 +302,7 @@ class Engine:
                 row = self._score(track, msg, value, out)
                 self.samples_per_target[target] += 1
                 hist = track.hist
+                oldest = hist[0] if len(hist) == self.lags else None
                 hist.append(value)
                 if len(hist) > self.lags:
                     del hist[0]
@@ -269,6 +310,12 @@ class Engine:
                 track.count += 1
                 track.last_ts = msg.ts
                 serving = self._resolve(msg.device, target)
+                if (
+                    oldest is not None
+                    and serving is not None
+                    and (getattr(serving.model.forecaster, "online", False) or serving.previous is not None)
+                ):
+                    _collect_online(learn, serving, msg.device, oldest, hist)
                 if serving is None or len(hist) < self.lags:
                     track.last_forecast = value
                     track.last_model = PERSISTENCE_VERSION
@@ -280,15 +327,18 @@ class Engine:
                     windows.append(list(hist))
                     row.extend([None, None])
                 rows.append(row)
+        # Online models learn from the readings just scored, before forecasting the next ones.
+        for batch in learn.values():
+            batch.apply()
         # One vectorised forecast per model in service.
         if windows:
             matrix = np.asarray(windows, dtype=np.float64)
             for scope, members in groups.items():
                 serving = self.serving[scope]
                 idx = [j for j, _ in members]
-                values = serving.model.forecaster.predict(matrix[idx])
+                values = _predict(serving.model.forecaster, matrix[idx], members)
                 shadow = (
-                    serving.previous.forecaster.predict(matrix[idx])
+                    _predict(serving.previous.forecaster, matrix[idx], members)
                     if serving.probation_left > 0 and serving.previous is not None
                     else None
                 )
@@ -468,6 +518,12 @@ class Engine:
         for target in self.targets:
             self.tracks.pop((device, target), None)
             self._rate_mark.pop((device, target), None)
+        # Online models keep per-device state too; free it with the device's, or it grows without bound.
+        for serving in self.serving.values():
+            for model in (serving.model, serving.previous):
+                forget = getattr(model.forecaster, "forget", None) if model is not None else None
+                if forget is not None:
+                    forget(device)
         self.evictions += 1
 
     @property

@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeloop.adapters.store import Series
 from edgeloop.engine.features import training_pairs
-from edgeloop.models.forecasters import Forecaster, make_forecaster, rmse
+from edgeloop.models.forecasters import Forecaster, holdout_forecast, make_forecaster, rmse
 
 
 @dataclass
@@ -134,7 +134,7 @@ def train_candidates(
     for kind in kinds:
         model = make_forecaster(kind, lags, rounds=rounds, seed=seed).fit(split.train_x, split.train_y)
         fitted[kind] = model
-        scores[kind] = rmse(model.predict(split.val_x), split.val_y)
+        scores[kind] = rmse(holdout_forecast(model, split.val_x, split.val_y), split.val_y)
     # Ties go to the simpler model: persistence first, then in the order given.
     best = min(kinds, key=lambda k: (round(scores[k], 12), kinds.index(k)))
     return TrainResult(

@@ -7,7 +7,7 @@ import time
 from edgeloop.adapters.store import Store
 from edgeloop.config import Settings
 from edgeloop.errors import ModelFileError
-from edgeloop.models.forecasters import Persistence, rmse
+from edgeloop.models.forecasters import Persistence, holdout_forecast, rmse
 from edgeloop.models.training import NotEnoughData, split_series
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.tracking import Tracker
@@ -91,9 +91,9 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
         store.close()
     try:
         split = split_series(series, lags, settings.model.validation_fraction)
-        new = rmse(candidate.forecaster.predict(split.val_x), split.val_y)
+        new = rmse(holdout_forecast(candidate.forecaster, split.val_x, split.val_y), split.val_y)
         champion = current.forecaster if current else Persistence(lags)
-        old = rmse(champion.predict(split.val_x), split.val_y)
+        old = rmse(holdout_forecast(champion, split.val_x, split.val_y), split.val_y)
         verdict = f"holdout RMSE {new:.4g} vs {current.label if current else 'persistence'} {old:.4g}"
         better = new < old * (1 - settings.model.promotion_margin)
     except NotEnoughData:

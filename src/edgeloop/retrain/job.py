@@ -16,7 +16,7 @@ from typing import Any
 from edgeloop.adapters.store import Series, Store
 from edgeloop.config import Settings
 from edgeloop.errors import ModelFileError
-from edgeloop.models.forecasters import Persistence, rmse
+from edgeloop.models.forecasters import Persistence, holdout_forecast, rmse
 from edgeloop.models.modelfile import LoadedModel, save_model
 from edgeloop.models.training import NotEnoughData, TrainResult, train_candidates
 from edgeloop.registry.local import LocalRegistry
@@ -95,7 +95,10 @@ def train_and_judge(settings: Settings, series: list[Series], current: LoadedMod
     )
     champion = current.forecaster if current is not None else Persistence(lags)
     champion_label = current.label if current is not None else "persistence"
-    champion_rmse = rmse(champion.predict(result.split.val_x), result.split.val_y)
+    # As each would serve: an online champion learns through the holdout like an online challenger.
+    champion_rmse = rmse(
+        holdout_forecast(champion, result.split.val_x, result.split.val_y), result.split.val_y
+    )
     margin = settings.model.promotion_margin
     better = result.val_rmse < champion_rmse * (1.0 - margin)
     if result.kind == "persistence" and current is None:
