@@ -1,9 +1,17 @@
 """The edge service: MQTT in, engine, predictions and events out, store and models around it.
 
-Threads: paho's network thread only appends raw messages to a queue; one loop thread takes them
-in batches, runs the engine, publishes, hands rows to the store writer thread, and between batches
-swaps models, dispatches retrains and writes status. Training runs in another process, so nothing
-here ever waits for it.
+Threads: paho's network thread only appends raw messages to a bounded inbox; one loop thread takes
+them in batches, runs the engine, publishes, hands rows to the store writer thread, and between
+batches swaps models, dispatches retrains and writes status. Training runs in another process, so
+nothing here ever waits for it.
+
+Delivery is at-least-once end to end: a QoS 1 reading is acknowledged (paho's manual acks) only
+after its prediction was handed to paho and its row to the store writer; readings not answered at
+shutdown are left unacknowledged, so the broker delivers them to the next run; redelivered readings
+answered before are dropped as ``duplicate``. Backpressure: the broker has at most
+``broker.receive_maximum`` unacknowledged readings with us (its flow control holds back the rest,
+and the producers with it); should the inbox still fill (QoS 0 has no flow control), paho's thread
+stops reading the socket until there is room.
 """
 
 from __future__ import annotations
@@ -18,23 +26,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from paho.mqtt.client import error_string as mqtt_error_string
+from paho.mqtt.enums import MQTTErrorCode
 
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.store import StoreWriter
 from edgeloop.config import Settings
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
-from edgeloop.errors import MessageError, ModelFileError
+from edgeloop.errors import BrokerError, MessageError, ModelFileError
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
 from edgeloop.scopes import parse_label, version_label
 from edgeloop.service import metrics
+from edgeloop.service.delivery import AnsweredMemory, Received
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
 
 log = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
+INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room in a full inbox
+PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
+SHUTDOWN_RETRY_S = 5.0  # how long shutdown keeps retrying refused predictions before leaving them
 
 
 def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
@@ -61,6 +75,7 @@ class EdgeStats:
     processed: int = 0
     predictions: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    publish_failures: int = 0
     swaps: int = 0
     retrains_requested: int = 0
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
@@ -78,13 +93,23 @@ class EdgeService:
         self.engine = build_engine(settings)
         self.registry = LocalRegistry(settings.models_dir)
         self.stats = EdgeStats()
-        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        # A SimpleQueue bounded by a size check in _on_message: queue.Queue(maxsize) costs a lock
+        # round trip per reading on both threads.
+        self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self._inbox_max = settings.edge.inbox_max
+        self._accepting = True  # False from shutdown on: new deliveries stay unacknowledged
+        self._answered = AnsweredMemory(settings.edge.dedup_devices)
+        # Predictions paho refused, retried before the next batch; the batch they answer waits
+        # unacknowledged meanwhile.
+        self._unsent: list[tuple[str, bytes]] = []
+        self._unacked: list[Received] = []
         self._control: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events_topic = topic_for(settings.topics.events, site=self.site)
         self._prediction_template = settings.topics.prediction
         self._last_drop_log = 0.0
+        self._last_publish_log = 0.0
         self._dropped_since_log: Counter[str] = Counter()
         self._protocol = protocol
         self.session = MqttSession(
@@ -97,6 +122,7 @@ class EdgeService:
             session_expiry=settings.broker.session_expiry,
             protocol=protocol,  # type: ignore[arg-type]
             on_message=self._on_message,
+            manual_ack=True,
         )
         if dispatcher is not None:
             self.dispatcher: Dispatcher = dispatcher
@@ -110,10 +136,17 @@ class EdgeService:
 
     # -- paho's thread: enqueue only --------------------------------------------------------------
     def _on_message(self, message: Any) -> None:
+        connection = self.session.connection
         if message.topic == self._events_topic:
             self._control.put(message.payload)
-        else:
-            self._inbox.put((message.topic, message.payload))
+            self.session.ack(message.mid, message.qos, connection)
+            return
+        while self._inbox.qsize() >= self._inbox_max:
+            if not self._accepting:
+                return
+            time.sleep(INBOX_FULL_PAUSE)  # not reading the socket: TCP and the broker hold back
+        if self._accepting:  # else left unacknowledged: the broker delivers it to the next run
+            self._inbox.put(Received(message.topic, message.payload, message.mid, message.qos, connection))
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> EdgeService:
@@ -123,12 +156,21 @@ class EdgeService:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.session.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def run(self) -> None:
         s = self.settings
-        self.session.start()  # first: an unreachable broker fails the start before anything else runs
+        # First: a broker that refuses us fails the start before anything else runs; one not up yet is
+        # waited for (broker.connect_wait).
+        try:
+            self.session.start()
+        except BrokerError:
+            if self._stop.is_set():
+                log.info("edge stopped while waiting for the broker")
+                return
+            raise
         self.writer = StoreWriter(
             s.store_path, retention_rows=s.store.retention_rows, flush_interval=s.store.flush_interval
         )
@@ -150,9 +192,12 @@ class EdgeService:
         next_status = next_poll = time.monotonic()
         try:
             while not self._stop.is_set():
-                batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
-                if batch:
-                    self._handle(batch)
+                if self._unsent and not self._retry_unsent():
+                    time.sleep(PUBLISH_RETRY_PAUSE)
+                else:
+                    batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
+                    if batch:
+                        self._handle(batch)
                 now = time.monotonic()
                 self._handle_control()
                 self._handle_outcomes()
@@ -166,14 +211,19 @@ class EdgeService:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        # Answer what was received, disconnect (sending the last predictions), then flush the store.
-        # Readings that slip in between the last batch and the disconnect are stored but their
-        # predictions cannot be sent; they were acknowledged by paho on receipt.
-        self._drain()
+        # Stop taking deliveries, answer and acknowledge what is in the inbox, then disconnect: paho
+        # sends the predictions and acks before its DISCONNECT. Deliveries after this point stay
+        # unacknowledged and come again to the next run (with a persistent session).
+        self._accepting = False
+        deadline = time.monotonic() + SHUTDOWN_RETRY_S
+        while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
+            time.sleep(PUBLISH_RETRY_PAUSE)
+        if not self._unsent:
+            self._drain()
+        left = len(self._unacked) + self._inbox.qsize()
+        if left:
+            log.warning("%d readings left unacknowledged at shutdown; the broker delivers them again", left)
         self.session.close()
-        late = self._drain()
-        if late:
-            log.warning("%d readings arrived during shutdown; stored, predictions not sent", late)
         if self.writer is not None:
             self.writer.put(status=self.engine.status_rows(time.time()))
             self.writer.close()
@@ -184,12 +234,12 @@ class EdgeService:
 
     def _drain(self) -> int:
         count = 0
-        while batch := self._take_batch(self.settings.edge.batch_max, 0.0):
+        while not self._unsent and (batch := self._take_batch(self.settings.edge.batch_max, 0.0)):
             self._handle(batch)
             count += len(batch)
         return count
 
-    def _take_batch(self, limit: int, wait: float) -> list[tuple[str, bytes]]:
+    def _take_batch(self, limit: int, wait: float) -> list[Received]:
         try:
             first = self._inbox.get(timeout=0.05) if wait > 0 else self._inbox.get_nowait()
         except queue.Empty:
@@ -208,29 +258,90 @@ class EdgeService:
         return batch
 
     # -- the batch path ---------------------------------------------------------------------------
-    def _handle(self, batch: list[tuple[str, bytes]]) -> None:
+    def _handle(self, batch: list[Received]) -> None:
         readings: list[Telemetry] = []
-        for topic, payload in batch:
+        seen = self._answered.seen
+        for item in batch:
             try:
-                readings.append(self.parser.parse(topic, payload))
+                reading = self.parser.parse(item.topic, item.payload)
             except MessageError as exc:
-                self._dropped(exc, topic)
+                self._dropped(exc, item.topic)
+                continue
+            if seen(reading.device, reading.seq, reading.ts):
+                self._dropped(MessageError("duplicate", f"seq {reading.seq} answered before"), item.topic)
+                continue
+            readings.append(reading)
         self.stats.received += len(batch)
         metrics.RECEIVED.inc(len(batch))
         if not readings:
+            self._ack(batch)
             return
         with metrics.BATCH_SECONDS.time():
             out = self.engine.process(readings)
-        qos = self.settings.broker.qos
-        for prediction in out.predictions:
-            topic = self._prediction_template.format(site=self.site, device=prediction.device)
-            self.session.publish(topic, prediction.to_json(), qos=qos)
+        unsent = self._publish(
+            [
+                (self._prediction_template.format(site=self.site, device=p.device), p.to_json())
+                for p in out.predictions
+            ]
+        )
         self.stats.processed += len(readings)
-        self.stats.predictions += len(out.predictions)
-        metrics.PREDICTIONS.inc(len(out.predictions))
         assert self.writer is not None
         self.writer.put(samples=out.samples)
+        if unsent:
+            self._unsent, self._unacked = unsent, batch
+        else:
+            self._ack(batch)
         self._after_engine(out)
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
+        qos = self.settings.broker.qos
+        publish = self.session.publish
+        refused: list[tuple[str, bytes]] = []
+        failed = 0
+        for topic, payload in messages:
+            rc = publish(topic, payload, qos=qos).rc
+            # At QoS>0 paho keeps a message published while disconnected and sends it on reconnect.
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+                continue
+            failed += 1
+            if qos:
+                refused.append((topic, payload))
+            last_rc = rc
+        if failed:
+            self._publish_failed(failed, last_rc, retried=bool(qos))
+        sent = len(messages) - failed
+        self.stats.predictions += sent
+        metrics.PREDICTIONS.inc(sent)
+        return refused
+
+    def _publish_failed(self, count: int, rc: MQTTErrorCode, *, retried: bool) -> None:
+        self.stats.publish_failures += count
+        metrics.PUBLISH_FAILURES.inc(count)
+        now = time.monotonic()
+        if now - self._last_publish_log >= DROP_LOG_INTERVAL:
+            self._last_publish_log = now
+            log.warning(
+                "paho refused %d prediction(s) (%s); %s",
+                count,
+                mqtt_error_string(rc),
+                "retrying; their readings stay unacknowledged meanwhile" if retried else "lost (QoS 0)",
+            )
+
+    def _retry_unsent(self) -> bool:
+        """Publish refused predictions again; True once all are out and their batch is acknowledged."""
+        self._unsent = self._publish(self._unsent)
+        if self._unsent:
+            return False
+        batch, self._unacked = self._unacked, []
+        self._ack(batch)
+        return True
+
+    def _ack(self, batch: list[Received]) -> None:
+        ack = self.session.ack
+        for item in batch:
+            if item.qos:
+                ack(item.mid, item.qos, item.connection)
 
     def _after_engine(self, out: EngineOutput) -> None:
         self._emit(out.events)
@@ -248,7 +359,7 @@ class EdgeService:
         now = time.monotonic()
         if now - self._last_drop_log >= DROP_LOG_INTERVAL:
             log.warning(
-                "dropped malformed telemetry: %s (last: %s on %s)",
+                "dropped telemetry: %s (last: %s on %s)",
                 dict(self._dropped_since_log),
                 str(exc)[:120],
                 topic[:80],

@@ -6,7 +6,14 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 RECEIVED = Counter("edgeloop_messages_received_total", "Telemetry messages received")
 PREDICTIONS = Counter("edgeloop_predictions_total", "Predictions published")
-DROPPED = Counter("edgeloop_messages_dropped_total", "Malformed telemetry dropped", ["reason"])
+DROPPED = Counter(
+    "edgeloop_messages_dropped_total",
+    "Telemetry dropped (malformed, or a duplicate answered before)",
+    ["reason"],
+)
+PUBLISH_FAILURES = Counter(
+    "edgeloop_publish_failures_total", "Prediction publishes the MQTT client refused (retried at QoS>0)"
+)
 EVENTS = Counter("edgeloop_events_total", "Drift and model events", ["kind"])
 RETRAINS = Counter("edgeloop_retrains_requested_total", "Retrains requested", ["trigger"])
 SWAPS = Counter("edgeloop_model_swaps_total", "Models hot-swapped into service")
