@@ -68,7 +68,8 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 _WILDCARDS = re.compile(r"[/+#]")
-TAKEOVER_STABLE_S = 60.0  # a connection that lasted this long before a takeover resets its backoff
+TAKEOVER_STABLE_S = 10.0  # a connection the broker closes sooner than this counts towards a takeover
+TAKEOVER_SUSPECT = 3  # such closes in a row before the log names a client id clash as the likely cause
 
 
 def shared_filter(topic_filter: str, group: str | None) -> str:
@@ -178,6 +179,9 @@ class MqttSession:
         self._closing = False
         self._cancel = threading.Event()
         self._last_publish: mqtt.MQTTMessageInfo | None = None
+        # Each written by one thread only (the publishing one, paho's), so no lock is needed.
+        self._handed = 0
+        self._finished = 0
         self.disconnects = 0
         self.taken_over = 0  # disconnects because another client connected with our client id
         self.connection = 0  # incremented on every successful connect
@@ -188,6 +192,7 @@ class MqttSession:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
 
     @property
     def connected(self) -> bool:
@@ -287,9 +292,25 @@ class MqttSession:
         self, topic: str, payload: bytes | str, qos: int | None = None, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
         """Publish (QoS defaults to ``broker.qos``); paho queues QoS>0 messages while disconnected."""
-        info = self.client.publish(topic, payload, self.settings.qos if qos is None else qos, retain)
+        qos = self.settings.qos if qos is None else qos
+        info = self.client.publish(topic, payload, qos, retain)
         self._last_publish = info
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self._handed += 1  # paho holds it until sent (QoS 0) or acknowledged (QoS>0)
         return info
+
+    @property
+    def outgoing(self) -> int:
+        """Messages handed to paho that it has not finished (QoS>0: no PUBACK/PUBCOMP yet).
+
+        Counted through paho's public ``on_publish`` callback. paho's own queue has no byte bound and
+        each entry costs kilobytes, so a producer faster than the broker's acknowledgements should
+        wait while this is high.
+        """
+        return self._handed - self._finished
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, _mid: int, _reason: Any, _p: Any) -> None:
+        self._finished += 1
 
     # -- paho callbacks (run on paho's network thread) --------------------------------------------
 
@@ -328,16 +349,31 @@ class MqttSession:
         if self._closing:
             log.debug("disconnected from broker on close")
             return
-        if reason.value == SESSION_TAKEN_OVER:
-            self.taken_over += 1
+        short = was_connected and time.monotonic() - self._connected_at < TAKEOVER_STABLE_S
+        if reason.value == SESSION_TAKEN_OVER or short:
+            self._takeover_streak = self._takeover_streak + 1 if short else 1
             # Two clients with one id evict each other on every reconnect: back off further each time
             # the connection was short-lived, so the pair does not churn the broker twice a second.
-            short = time.monotonic() - self._connected_at < TAKEOVER_STABLE_S
-            self._takeover_streak = self._takeover_streak + 1 if short else 1
             self._attempt = self._takeover_streak
+        else:
+            self._takeover_streak = 0
+        if reason.value == SESSION_TAKEN_OVER:
+            self.taken_over += 1
             log.error(
                 "disconnected: another client connected with client id %s (broker reason: Session taken "
                 "over); give each edge its own broker.client_id",
+                self.client_id,
+            )
+        elif self._takeover_streak >= TAKEOVER_SUSPECT:
+            # Mosquitto 2.0.11 and older close the evicted connection without a reason code.
+            self.taken_over += 1
+            log.error(
+                "disconnected: the broker closed our connection %d times in a row within %g s of accepting "
+                "it (%s): most likely another client connected with client id %s; give each edge its own "
+                "broker.client_id",
+                self._takeover_streak,
+                TAKEOVER_STABLE_S,
+                reason.getName(),
                 self.client_id,
             )
         elif was_connected:
@@ -365,9 +401,11 @@ class MqttSession:
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
         with self._suback_cv:
             if mid in self._background_mids:
-                for topic, code in zip(self._background_mids.pop(mid), codes, strict=False):
+                topics = self._background_mids.pop(mid)
+                for topic, code in zip(topics, codes, strict=False):
                     if code.is_failure:
                         log.error("broker refused re-subscription to %s: %s", topic, code.getName())
+                log.info("subscribed again to %d filter(s)", len(topics))
                 self.subscribed.set()
                 return
             self._subacks[mid] = codes

@@ -256,7 +256,8 @@ def connect(
 
     client.on_connect, client.on_disconnect = on_connect, on_disconnect
     try:
-        client.connect_timeout = timeout
+        if client.connect_timeout != timeout:  # paho refuses the setter after a failed attempt
+            client.connect_timeout = timeout
         kwargs: dict[str, Any] = {"clean_start": clean_start, "properties": properties} if v5 else {}
         try:
             client.connect(settings.host, settings.port, settings.keepalive, **kwargs)

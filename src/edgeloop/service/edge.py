@@ -49,6 +49,8 @@ DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
 INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room in a full inbox
 PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
 SHUTDOWN_RETRY_S = 5.0  # how long shutdown keeps retrying refused predictions before leaving them
+OUTGOING_HIGH_WATER = 5000  # predictions paho holds unacknowledged before the loop waits for the broker
+OUTGOING_MAX_WAIT = 1.0  # seconds the loop waits for them per batch (bounded: see _wait_for_outgoing)
 
 
 def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
@@ -98,6 +100,7 @@ class EdgeService:
         self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self._inbox_max = settings.edge.inbox_max
         self._accepting = True  # False from shutdown on: new deliveries stay unacknowledged
+        self._left_at_shutdown = 0
         self._answered = AnsweredMemory(settings.edge.dedup_devices)
         # Predictions paho refused, retried before the next batch; the batch they answer waits
         # unacknowledged meanwhile.
@@ -141,12 +144,12 @@ class EdgeService:
             self._control.put(message.payload)
             self.session.ack(message.mid, message.qos, connection)
             return
-        while self._inbox.qsize() >= self._inbox_max:
-            if not self._accepting:
-                return
+        while self._inbox.qsize() >= self._inbox_max and self._accepting:
             time.sleep(INBOX_FULL_PAUSE)  # not reading the socket: TCP and the broker hold back
-        if self._accepting:  # else left unacknowledged: the broker delivers it to the next run
+        if self._accepting:
             self._inbox.put(Received(message.topic, message.payload, message.mid, message.qos, connection))
+        else:
+            self._left_at_shutdown += 1  # unacknowledged: the broker delivers it to the next run
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> EdgeService:
@@ -195,6 +198,7 @@ class EdgeService:
                 if self._unsent and not self._retry_unsent():
                     time.sleep(PUBLISH_RETRY_PAUSE)
                 else:
+                    self._wait_for_outgoing()
                     batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
                     if batch:
                         self._handle(batch)
@@ -220,10 +224,10 @@ class EdgeService:
             time.sleep(PUBLISH_RETRY_PAUSE)
         if not self._unsent:
             self._drain()
-        left = len(self._unacked) + self._inbox.qsize()
+        self.session.close()
+        left = len(self._unacked) + self._inbox.qsize() + self._left_at_shutdown
         if left:
             log.warning("%d readings left unacknowledged at shutdown; the broker delivers them again", left)
-        self.session.close()
         if self.writer is not None:
             self.writer.put(status=self.engine.status_rows(time.time()))
             self.writer.close()
@@ -292,6 +296,15 @@ class EdgeService:
         else:
             self._ack(batch)
         self._after_engine(out)
+
+    def _wait_for_outgoing(self) -> None:
+        # Backpressure for our own output: while the broker has not acknowledged many predictions,
+        # take no new readings, so their acks wait and the broker's flow control slows the producers
+        # instead of paho's queue growing. Bounded, so a stalled paho thread (full inbox at QoS 0,
+        # which also holds back our writes) can never wait for this loop while it waits for paho.
+        deadline = time.monotonic() + OUTGOING_MAX_WAIT
+        while self.session.outgoing > OUTGOING_HIGH_WATER and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
