@@ -61,7 +61,9 @@ class _FastAckClient(mqtt.Client):
 
     On every PUBACK paho walks all unacknowledged messages looking for queued ones to send (up to
     1,000 with our in-flight limit). When every stored message is already in flight there is nothing
-    to find, so the walk is skipped; otherwise paho's own code runs unchanged.
+    to find, so the walk is skipped; otherwise paho's own code runs unchanged. Measured by
+    ``benchmarks/bench_paho_inflight.py``: 117 us of CPU per PUBACK with 999 in flight without it,
+    0.1 us with it (58% of a core at 5,000 predictions/s, on a loaded 2-core machine).
     """
 
     def _update_inflight(self) -> MQTTErrorCode:
