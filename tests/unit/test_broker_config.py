@@ -60,7 +60,7 @@ def test_bad_url_with_credentials_does_not_echo_the_password() -> None:
 def test_inbox_must_hold_the_receive_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGELOOP_EDGE_INBOX_MAX", "10")
     monkeypatch.setenv("EDGELOOP_BROKER_RECEIVE_MAXIMUM", "100")
-    with pytest.raises(ConfigError, match="edge.inbox_max must be at least broker.receive_maximum"):
+    with pytest.raises(ConfigError, match=r"edge\.inbox_max must be at least broker\.receive_maximum"):
         load_settings()
 
 
