@@ -208,7 +208,7 @@ def restart_scenario(
         broker.start()
         restarted = time.monotonic()
         edge.wait_log("session present", 30, count=2)
-        edge.wait_log("subscribed again", 10)
+        wait_for(lambda: "subscribed again" in edge.log(), 10)  # counted below if it never comes
         resubscribed = time.monotonic() - restarted
         pub.reconnect()
         pub.start(rate=400)
@@ -379,7 +379,7 @@ def test_edge_sigterm_mid_stream_then_restart(
     sink = Sink(broker, site)
     pub = Publisher(broker, site, devices=50)
     try:
-        pub.start(rate=1000)
+        pub.start(rate=2500)
         time.sleep(2.0)
         assert edge.stop() == 0
         stopped = time.monotonic()

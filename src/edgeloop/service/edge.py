@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
 INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room in a full inbox
 PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
-SHUTDOWN_RETRY_S = 5.0  # how long shutdown keeps retrying refused predictions before leaving them
+SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
 OUTGOING_HIGH_WATER = 5000  # predictions paho holds unacknowledged before the loop waits for the broker
 OUTGOING_MAX_WAIT = 1.0  # seconds the loop waits for them per batch (bounded: see _wait_for_outgoing)
 
@@ -223,7 +223,7 @@ class EdgeService:
         while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
             time.sleep(PUBLISH_RETRY_PAUSE)
         if not self._unsent:
-            self._drain()
+            self._drain(deadline)
         self.session.close()
         left = len(self._unacked) + self._inbox.qsize() + self._left_at_shutdown
         if left:
@@ -236,9 +236,13 @@ class EdgeService:
             "edge stopped: %d processed, %d dropped", self.stats.processed, sum(self.stats.dropped.values())
         )
 
-    def _drain(self) -> int:
+    def _drain(self, deadline: float) -> int:
         count = 0
-        while not self._unsent and (batch := self._take_batch(self.settings.edge.batch_max, 0.0)):
+        while (
+            not self._unsent
+            and time.monotonic() < deadline
+            and (batch := self._take_batch(self.settings.edge.batch_max, 0.0))
+        ):
             self._handle(batch)
             count += len(batch)
         return count
