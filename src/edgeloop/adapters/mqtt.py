@@ -27,6 +27,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
@@ -179,9 +180,7 @@ class MqttSession:
         self._closing = False
         self._cancel = threading.Event()
         self._last_publish: mqtt.MQTTMessageInfo | None = None
-        # Each written by one thread only (the publishing one, paho's), so no lock is needed.
-        self._handed = 0
-        self._finished = 0
+        self._unacked: deque[mqtt.MQTTMessageInfo] = deque()  # QoS>0 publishes, oldest first
         self.disconnects = 0
         self.taken_over = 0  # disconnects because another client connected with our client id
         self.connection = 0  # incremented on every successful connect
@@ -192,7 +191,6 @@ class MqttSession:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
 
     @property
     def connected(self) -> bool:
@@ -295,22 +293,30 @@ class MqttSession:
         qos = self.settings.qos if qos is None else qos
         info = self.client.publish(topic, payload, qos, retain)
         self._last_publish = info
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
-            self._handed += 1  # paho holds it until sent (QoS 0) or acknowledged (QoS>0)
+        if qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._unacked.append(info)
+            self._prune_acknowledged()
         return info
 
     @property
     def outgoing(self) -> int:
-        """Messages handed to paho that it has not finished (QoS>0: no PUBACK/PUBCOMP yet).
+        """About how many QoS>0 messages handed to paho the broker has not acknowledged yet.
 
-        Counted through paho's public ``on_publish`` callback. paho's own queue has no byte bound and
-        each entry costs kilobytes, so a producer faster than the broker's acknowledgements should
-        wait while this is high.
+        Counted from the oldest unacknowledged one (the broker acknowledges mostly in order), with
+        paho's public ``MQTTMessageInfo.is_published``; call it from the publishing thread. paho's
+        own queue has no byte bound and each entry costs kilobytes, so a producer faster than the
+        broker's acknowledgements should wait while this is high.
         """
-        return self._handed - self._finished
+        self._prune_acknowledged()
+        return len(self._unacked)
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, _mid: int, _reason: Any, _p: Any) -> None:
-        self._finished += 1
+    def _prune_acknowledged(self) -> None:
+        unacked = self._unacked
+        while unacked:
+            with contextlib.suppress(RuntimeError, ValueError):  # refused by paho: nothing to wait for
+                if not unacked[0].is_published():
+                    return
+            unacked.popleft()
 
     # -- paho callbacks (run on paho's network thread) --------------------------------------------
 
