@@ -340,9 +340,10 @@ class MqttSession:
         else:
             self.subscribed.set()
         log.info(
-            "connected to %s:%d (session present: %s, subscribing: %d)",
+            "connected to %s:%d as %s (session present: %s, subscribing: %d)",
             self.settings.host,
             self.settings.port,
+            self.client_id,
             flags.session_present,
             len(wanted),
         )

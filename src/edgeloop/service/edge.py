@@ -1,17 +1,19 @@
 """The edge service: MQTT in, engine, predictions and events out, store and models around it.
 
 Threads: paho's network thread only appends raw messages to a bounded inbox; one loop thread takes
-them in batches, runs the engine, publishes, hands rows to the store writer thread, and between
-batches swaps models, dispatches retrains and writes status. Training runs in another process, so
+them in batches, runs the engine, publishes predictions on a second connection (the outbox), hands
+rows to the store writer thread, and between batches swaps models, dispatches retrains and writes
+status. Training runs in another process, so
 nothing here ever waits for it.
 
 Delivery is at-least-once end to end: a QoS 1 reading is acknowledged (paho's manual acks) only
 after its prediction was handed to paho and its row to the store writer; readings not answered at
 shutdown are left unacknowledged, so the broker delivers them to the next run; redelivered readings
-answered before are dropped as ``duplicate``. Backpressure: the broker has at most
+answered before are dropped as ``duplicate``. Backpressure: the broker should have at most
 ``broker.receive_maximum`` unacknowledged readings with us (its flow control holds back the rest,
-and the producers with it); should the inbox still fill (QoS 0 has no flow control), paho's thread
-stops reading the socket until there is room.
+and the producers with it); when the inbox fills anyway (QoS 0 has no flow control, and Mosquitto
+2.0.11 was seen to exceed the window) paho's input thread stops reading the socket until there is
+room. The loop takes no readings while the outbox has many predictions unacknowledged.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room
 PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
 SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
 OUTGOING_HIGH_WATER = 5000  # predictions paho holds unacknowledged before the loop waits for the broker
-OUTGOING_MAX_WAIT = 1.0  # seconds the loop waits for them per batch (bounded: see _wait_for_outgoing)
 
 
 def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
@@ -115,10 +116,11 @@ class EdgeService:
         self._last_publish_log = 0.0
         self._dropped_since_log: Counter[str] = Counter()
         self._protocol = protocol
+        client_id = settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True)
         self.session = MqttSession(
             settings.broker,
             role="edge",
-            client_id=settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True),
+            client_id=client_id,
             # Resume the broker's session (and the telemetry it queued while we were away) unless
             # sessions are configured not to outlive a connection.
             clean_start=settings.broker.session_expiry == 0,
@@ -126,6 +128,17 @@ class EdgeService:
             protocol=protocol,  # type: ignore[arg-type]
             on_message=self._on_message,
             manual_ack=True,
+        )
+        # Predictions leave on a connection of their own. When the inbox is full, paho's thread of the
+        # input connection stops (that is the backpressure); the acknowledgements of our predictions
+        # must keep arriving meanwhile, or paho's outgoing queue grows without bound.
+        self.outbox = MqttSession(
+            settings.broker,
+            role="edge-out",
+            client_id=f"{client_id}-out",
+            clean_start=settings.broker.session_expiry == 0,
+            session_expiry=settings.broker.session_expiry,
+            protocol=protocol,  # type: ignore[arg-type]
         )
         if dispatcher is not None:
             self.dispatcher: Dispatcher = dispatcher
@@ -160,6 +173,7 @@ class EdgeService:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self.session.cancel()
+        self.outbox.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -169,6 +183,7 @@ class EdgeService:
         # waited for (broker.connect_wait).
         try:
             self.session.start()
+            self.outbox.start()
         except BrokerError:
             if self._stop.is_set():
                 log.info("edge stopped while waiting for the broker")
@@ -198,7 +213,7 @@ class EdgeService:
                 if self._unsent and not self._retry_unsent():
                     time.sleep(PUBLISH_RETRY_PAUSE)
                 else:
-                    self._wait_for_outgoing()
+                    self._wait_for_outbox()
                     batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
                     if batch:
                         self._handle(batch)
@@ -224,7 +239,8 @@ class EdgeService:
             time.sleep(PUBLISH_RETRY_PAUSE)
         if not self._unsent:
             self._drain(deadline)
-        self.session.close()
+        self.outbox.close()  # waits until the last prediction is out
+        self.session.close()  # the acks queued above go out before its DISCONNECT
         left = len(self._unacked) + self._inbox.qsize() + self._left_at_shutdown
         if left:
             log.warning("%d readings left unacknowledged at shutdown; the broker delivers them again", left)
@@ -301,19 +317,19 @@ class EdgeService:
             self._ack(batch)
         self._after_engine(out)
 
-    def _wait_for_outgoing(self) -> None:
-        # Backpressure for our own output: while the broker has not acknowledged many predictions,
-        # take no new readings, so their acks wait and the broker's flow control slows the producers
-        # instead of paho's queue growing. Bounded, so a stalled paho thread (full inbox at QoS 0,
-        # which also holds back our writes) can never wait for this loop while it waits for paho.
-        deadline = time.monotonic() + OUTGOING_MAX_WAIT
-        while self.session.outgoing > OUTGOING_HIGH_WATER and time.monotonic() < deadline:
+    def _wait_for_outbox(self) -> None:
+        # Backpressure for our own output: while the broker has not acknowledged many predictions (or
+        # the outbox is disconnected), take no new readings, so their acks wait and the broker and
+        # the inbox bound hold the producers back instead of paho's queue growing. The outbox's
+        # thread never waits for this loop, so this cannot deadlock.
+        outbox = self.outbox
+        while (not outbox.connected or outbox.outgoing > OUTGOING_HIGH_WATER) and not self._stop.is_set():
             time.sleep(0.002)
 
     def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
         qos = self.settings.broker.qos
-        publish = self.session.publish
+        publish = self.outbox.publish
         refused: list[tuple[str, bytes]] = []
         failed = 0
         for topic, payload in messages:
