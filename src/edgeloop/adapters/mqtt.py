@@ -154,15 +154,15 @@ class MqttSession:
         self.clean_start = clean_start
         self.session_expiry = session_expiry
         self.on_message = on_message
+        self.client_id = client_id or settings.client_id or default_client_id(role)
         self.client = make_client(
             settings,
             role=role,
-            client_id=client_id,
+            client_id=self.client_id,
             clean_start=clean_start,
             protocol=protocol,
             manual_ack=manual_ack,
         )
-        self.client_id = self.client._client_id.decode()
         if not clean_start and session_expiry and not (client_id or settings.client_id):
             log.warning(
                 "persistent MQTT session with a per-process client id: set broker.client_id so a restart "
@@ -251,7 +251,6 @@ class MqttSession:
         Acknowledgements queued before this call are sent before the DISCONNECT (paho sends in order).
         """
         self._closing = True
-        self._cancel.set()
         last = self._last_publish
         if last is not None and self.connected:
             # paho sends in order, so once the last publish is out, every earlier one is too. Not queued

@@ -3,8 +3,7 @@
 Threads: paho's network thread only appends raw messages to a bounded inbox; one loop thread takes
 them in batches, runs the engine, publishes predictions on a second connection (the outbox), hands
 rows to the store writer thread, and between batches swaps models, dispatches retrains and writes
-status. Training runs in another process, so
-nothing here ever waits for it.
+status. Training runs in another process, so nothing here ever waits for it.
 
 Delivery is at-least-once end to end: a QoS 1 reading is acknowledged (paho's manual acks) only
 after its prediction was handed to paho and its row to the store writer; readings not answered at
@@ -52,6 +51,7 @@ INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room
 PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
 SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
 OUTGOING_HIGH_WATER = 5000  # predictions paho holds unacknowledged before the loop waits for the broker
+OUTBOX_BUSY_PAUSE = 0.005  # seconds the loop sleeps while the outbox is busy (it keeps ticking)
 
 
 def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
@@ -212,8 +212,9 @@ class EdgeService:
             while not self._stop.is_set():
                 if self._unsent and not self._retry_unsent():
                     time.sleep(PUBLISH_RETRY_PAUSE)
+                elif self._outbox_busy():
+                    time.sleep(OUTBOX_BUSY_PAUSE)
                 else:
-                    self._wait_for_outbox()
                     batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
                     if batch:
                         self._handle(batch)
@@ -237,7 +238,7 @@ class EdgeService:
         deadline = time.monotonic() + SHUTDOWN_RETRY_S
         while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
             time.sleep(PUBLISH_RETRY_PAUSE)
-        if not self._unsent:
+        if not self._unsent and self.outbox.connected:  # else predictions would die with paho's queue
             self._drain(deadline)
         self.outbox.close()  # waits until the last prediction is out
         self.session.close()  # the acks queued above go out before its DISCONNECT
@@ -317,14 +318,12 @@ class EdgeService:
             self._ack(batch)
         self._after_engine(out)
 
-    def _wait_for_outbox(self) -> None:
+    def _outbox_busy(self) -> bool:
         # Backpressure for our own output: while the broker has not acknowledged many predictions (or
         # the outbox is disconnected), take no new readings, so their acks wait and the broker and
         # the inbox bound hold the producers back instead of paho's queue growing. The outbox's
-        # thread never waits for this loop, so this cannot deadlock.
-        outbox = self.outbox
-        while (not outbox.connected or outbox.outgoing > OUTGOING_HIGH_WATER) and not self._stop.is_set():
-            time.sleep(0.002)
+        # thread never waits for this loop, so waiting cannot deadlock.
+        return not self.outbox.connected or self.outbox.outgoing > OUTGOING_HIGH_WATER
 
     def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
