@@ -134,7 +134,9 @@ class TopicSettings(_Section):
         description="Subscription filters for telemetry ({site} is filled in)",
     )
     device_level: int | None = Field(
-        2, description="Topic level (0-based) holding the device id when the payload has none; null: none"
+        2,
+        description="Topic level (0-based) holding the device id; it wins over the payload's (a payload "
+        "naming another device is dropped); null: the payload names the device",
     )
     prediction: str = Field("edgeloop/{site}/{device}/prediction", description="Where predictions go")
     events: str = Field("edgeloop/{site}/events", description="Where drift and model events go")
@@ -163,6 +165,26 @@ class LimitSettings(_Section):
             "voc_ppb": (0.0, 1e6),
         },
         description="Plausible [min, max] per field; readings outside are dropped as out_of_range",
+    )
+    max_future_s: float | None = Field(
+        300.0,
+        ge=0,
+        description="Readings stamped more than this ahead of the edge's clock are dropped; null: off",
+    )
+    max_past_s: float | None = Field(
+        None,
+        ge=0,
+        description="Readings older than this by the edge's clock are dropped; null: any age (replays)",
+    )
+    max_devices: int = Field(
+        10_000,
+        ge=1,
+        description="Devices the edge keeps state for; beyond, idle ones are evicted or new dropped",
+    )
+    device_idle_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="A device silent this long (in reading time) may be evicted to make room for a new one",
     )
 
 
@@ -221,6 +243,9 @@ class StoreSettings(_Section):
     path: Path | None = Field(None, description="SQLite file; default <data_dir>/edgeloop.db")
     retention_rows: int = Field(2_000_000, ge=1000, description="Sample rows kept; older rows are pruned")
     flush_interval: float = Field(0.25, gt=0, description="Seconds between batched store commits")
+    max_buffer_rows: int = Field(
+        200_000, ge=1000, description="Rows held while the store cannot write; beyond, the oldest are dropped"
+    )
 
 
 class EdgeSettings(_Section):
@@ -228,7 +253,12 @@ class EdgeSettings(_Section):
     batch_wait: float = Field(0.005, ge=0, description="Seconds to wait for a batch to fill")
     status_interval: float = Field(1.0, gt=0, description="Seconds between status snapshots to the store")
     model_poll_interval: float = Field(5.0, gt=0, description="Seconds between champion checks (fallback)")
-    metrics_port: int | None = Field(None, description="Port for Prometheus /metrics; null: off")
+    metrics_port: int | None = Field(
+        None, description="Port for Prometheus /metrics and the /healthz, /readyz probes; null: off"
+    )
+    snapshot_interval: float = Field(
+        5.0, ge=0, description="Seconds between snapshots of per-device state in <data_dir>/state; 0: off"
+    )
     inbox_max: int = Field(
         20_000, ge=1, description="Readings received but not yet processed; when full, reading pauses"
     )
@@ -238,6 +268,19 @@ class EdgeSettings(_Section):
     retrain: Literal["local", "mqtt"] = Field(
         "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
     )
+
+
+class RetrainSettings(_Section):
+    timeout: float = Field(
+        900.0, gt=0, description="Seconds a retrain attempt may take (from its start) before it is retried"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts per retrain request; then the scope is released until asked again"
+    )
+    backoff: float = Field(
+        30.0, gt=0, description="Seconds before retrying a failed attempt; doubles per failure"
+    )
+    backoff_max: float = Field(600.0, gt=0, description="Cap of the retry backoff (s)")
 
 
 class MlflowSettings(_Section):
@@ -270,6 +313,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     store: StoreSettings = StoreSettings()
     edge: EdgeSettings = EdgeSettings()
+    retrain: RetrainSettings = RetrainSettings()
     mlflow: MlflowSettings = MlflowSettings()
 
     @model_validator(mode="after")

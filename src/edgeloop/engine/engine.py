@@ -12,22 +12,27 @@ trained after drift on that device) if there is one, else the fleet model of the
 Every batch is cut into waves in which each device appears at most once, so forecasts can be made
 with one vectorised call per model and a wave and the reading after it are scored exactly as if
 messages were processed one by one.
+
+State is kept for at most ``max_devices`` devices. A reading of a new device when the engine is full
+evicts the device heard from least recently, if that one has been silent for ``device_idle_s`` of
+reading time (the newest timestamp seen so far: the same in a live stream and an accelerated replay);
+else the reading is dropped as ``device_full`` and reported in :attr:`EngineOutput.dropped`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edgeloop.adapters.store import SampleRow, StatusRow
 from edgeloop.drift import DriftGuard
+from edgeloop.engine import state as _state
 from edgeloop.engine.monitor import RollingRmse, RunningMean
-from edgeloop.models.modelfile import LoadedModel
+from edgeloop.engine.rows import SampleRow, ServedModel, StatusRow
 from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
 
@@ -57,6 +62,9 @@ class EngineOutput:
     events: list[Event] = field(default_factory=list)
     retrains: list[RetrainRequest] = field(default_factory=list)
     rollbacks: list[Rollback] = field(default_factory=list)
+    # Readings the engine refused (reason ``device_full``); they get no prediction and no row.
+    dropped: list[tuple[Telemetry, str]] = field(default_factory=list)
+    evicted: int = 0  # devices evicted to make room for new ones
 
 
 GuardFactory = Callable[[float | None], DriftGuard]
@@ -66,8 +74,8 @@ GuardFactory = Callable[[float | None], DriftGuard]
 class _Serving:
     """A model in service for one scope, with its probation against the model it replaced."""
 
-    model: LoadedModel
-    previous: LoadedModel | None = None
+    model: ServedModel
+    previous: ServedModel | None = None
     probation_left: int = 0
     sq_new: float = 0.0
     sq_old: float = 0.0
@@ -135,6 +143,8 @@ class Engine:
         probation_samples: int = 200,
         probation_tolerance: float = 1.1,
         auto_train: bool = True,
+        max_devices: int = 10_000,
+        device_idle_s: float = 86_400.0,
     ) -> None:
         self.targets = tuple(targets)
         self.lags = lags
@@ -151,10 +161,17 @@ class Engine:
         self.samples_per_target: dict[str, int] = defaultdict(int)
         self._initial_threshold: dict[str, int] = {}
         self.stream_ts = 0.0
-        self._rate_mark: dict[tuple[str, str], tuple[float, int]] = {}
+        self.max_devices = max_devices
+        self.device_idle_s = device_idle_s
+        # Device -> reading time it was last heard at, least recently heard first.
+        self._heard: OrderedDict[str, float] = OrderedDict()
+        self._heard_ts = 0.0
+        self.evictions = 0
+        # Per track: wall time and count of the last rate mark, and what the last status row showed.
+        self._rate_mark: dict[tuple[str, str], tuple[float, int, tuple[Any, ...] | None]] = {}
 
     # -- models ---------------------------------------------------------------------------------
-    def install(self, scope: str, model: LoadedModel, *, probation: bool = True) -> None:
+    def install(self, scope: str, model: ServedModel, *, probation: bool = True) -> None:
         """Serve ``model`` for ``scope`` from the next wave on; the one it replaces is kept for probation."""
         current = self.serving.get(scope)
         if current is not None and current.model.label == model.label:
@@ -196,6 +213,15 @@ class Engine:
                     track.status = "healthy"
                     track.alarm_ts = None
 
+    # -- state across restarts (see edgeloop.engine.state) ---------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Per-device state as JSON-able data, for a snapshot."""
+        return _state.export_state(self)
+
+    def import_state(self, state: Any, load_model: _state.ModelLoader | None = None) -> _state.RestoreReport:
+        """Continue from :meth:`export_state` output; call after installing models, before any reading."""
+        return _state.import_state(self, state, load_model)
+
     def serving_label(self, device: str, target: str) -> str:
         serving = self._resolve(device, target)
         return serving.model.label if serving else PERSISTENCE_VERSION
@@ -205,7 +231,11 @@ class Engine:
         out = EngineOutput()
         wave: list[Telemetry] = []
         seen: set[str] = set()
+        heard: set[str] = set()
         for msg in batch:
+            if not self._admit(msg, heard, out):
+                out.dropped.append((msg, "device_full"))
+                continue
             if msg.device in seen:
                 self._process_wave(wave, out)
                 wave, seen = [], set()
@@ -410,6 +440,41 @@ class Engine:
                 out.retrains.append(RetrainRequest(target, "initial", reason, None, self.stream_ts))
                 out.events.append(Event("retrain_requested", target, self.stream_ts, reason=reason))
 
+    # -- bounded state --------------------------------------------------------------------------
+    def _admit(self, msg: Telemetry, heard: set[str], out: EngineOutput) -> bool:
+        """Note that ``msg.device`` was heard; make room for a new device or refuse it."""
+        if msg.ts > self._heard_ts:
+            self._heard_ts = msg.ts
+        device, order = msg.device, self._heard
+        if device in order:
+            order.move_to_end(device)
+        else:
+            while len(order) >= self.max_devices:
+                oldest, last = next(iter(order.items()))
+                # Never evict a device of this batch: its readings may sit in a wave not yet processed.
+                if oldest in heard or self._heard_ts - last < self.device_idle_s:
+                    return False
+                self.evict(oldest)
+                out.evicted += 1
+        order[device] = self._heard_ts
+        heard.add(device)
+        return True
+
+    def evict(self, device: str) -> None:
+        """Forget a device's state (lag windows, error scales, detectors); its models stay in service.
+
+        Not to be called while :meth:`process` runs (the engine is single-threaded anyway)."""
+        self._heard.pop(device, None)
+        for target in self.targets:
+            self.tracks.pop((device, target), None)
+            self._rate_mark.pop((device, target), None)
+        self.evictions += 1
+
+    @property
+    def devices(self) -> int:
+        """Devices whose state the engine keeps."""
+        return len(self._heard)
+
     # -- lookups --------------------------------------------------------------------------------
     def _track(self, device: str, target: str) -> _Track:
         track = self.tracks.get((device, target))
@@ -418,6 +483,8 @@ class Engine:
             guard = self.guard_factory(serving.model.val_rmse if serving else None)
             track = _Track(device, target, self.window, guard)
             self.tracks[(device, target)] = track
+            if device not in self._heard:  # a track made outside process() still counts and can age out
+                self._heard[device] = self._heard_ts
         return track
 
     def _serving_scope(self, device: str, target: str) -> str:
@@ -427,7 +494,7 @@ class Engine:
     def _resolve(self, device: str, target: str) -> _Serving | None:
         return self.serving.get(scope_of(target, device)) or self.serving.get(target)
 
-    def _fallback_model(self, scope: str) -> LoadedModel | None:
+    def _fallback_model(self, scope: str) -> ServedModel | None:
         target, device = parse_scope(scope)
         if device is not None and target in self.serving:
             return self.serving[target].model
@@ -446,13 +513,22 @@ class Engine:
 
     # -- status ---------------------------------------------------------------------------------
     def status_rows(self, wall_now: float) -> list[StatusRow]:
-        """One row per device and target for the dashboard; rates are per wall-clock second."""
+        """Rows for the dashboard, one per device and target that changed since the last call (the
+        store upserts, so an unchanged row stays as written); rates are per wall-clock second.
+
+        A device that stops talking gets one more row with rate 0, then none until it talks again,
+        so its ``updated`` time ages and the dashboard shows it silent.
+        """
         rows = []
         for key, t in self.tracks.items():
-            mark_time, mark_count = self._rate_mark.get(key, (wall_now, t.count))
+            mark_time, mark_count, shown = self._rate_mark.get(key, (wall_now, t.count, None))
             elapsed = wall_now - mark_time
             rate = (t.count - mark_count) / elapsed if elapsed > 0 else 0.0
-            self._rate_mark[key] = (wall_now, t.count)
+            model_rmse, threshold = t.model_rmse.value, t.guard.detector.threshold
+            view = (t.count, rate > 0, model_rmse, threshold, t.last_model, t.status)
+            self._rate_mark[key] = (wall_now, t.count, view)
+            if view == shown:
+                continue
             rows.append(
                 StatusRow(
                     t.device,
@@ -460,8 +536,8 @@ class Engine:
                     t.last_ts,
                     t.count,
                     rate,
-                    t.model_rmse.value,
-                    t.guard.detector.threshold,
+                    model_rmse,
+                    threshold,
                     t.persist_rmse.value,
                     t.mean_rmse.value,
                     t.last_model,

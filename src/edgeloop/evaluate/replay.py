@@ -24,7 +24,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -291,7 +291,8 @@ class TargetReplay:
             begin = max(begin, end - model.train_window)
             series = [Series(device, track.ts[begin:end], track.values[begin:end])]
         serving = engine.serving.get(request.scope) or engine.serving.get(target)
-        current = serving.model if serving is not None else None
+        # the replay installs only LoadedModel instances; the engine types them as ServedModel
+        current = cast(LoadedModel, serving.model) if serving is not None else None
         record = RetrainRecord(
             request.scope,
             request.trigger,

@@ -25,6 +25,7 @@ import orjson
 
 from edgeloop.engine.features import Formulation, design_matrix, from_output, to_target
 from edgeloop.errors import ModelFileError
+from edgeloop.models.lgbm_native import NativeBooster
 
 KINDS = ("persistence", "linear", "lgbm-level", "lgbm-delta")
 
@@ -142,12 +143,12 @@ class LightGBMForecaster:
 
     @classmethod
     def from_text(cls, text: str, lags: int, formulation: Formulation) -> LightGBMForecaster:
-        import lightgbm as lgb
-
+        # Serving loads through LightGBM's C library directly: same predictions as lightgbm.Booster,
+        # without the pandas/SciPy/scikit-learn imports of the Python package (about 145 MB).
         model = cls(lags, formulation)
         try:
-            model.booster = lgb.Booster(model_str=text)
-        except lgb.basic.LightGBMError as exc:
+            model.booster = NativeBooster(text)
+        except ModelFileError as exc:
             raise ModelFileError(f"not a LightGBM model: {exc}") from exc
         # design_matrix keeps one column per lag in both formulations.
         if model.booster.num_feature() != lags:
