@@ -262,9 +262,6 @@ class EdgeSettings(_Section):
     inbox_max: int = Field(
         20_000, ge=1, description="Readings received but not yet processed; when full, reading pauses"
     )
-    dedup_devices: int = Field(
-        100_000, ge=1, description="Devices whose last answered seq is remembered to drop redeliveries"
-    )
     retrain: Literal["local", "mqtt"] = Field(
         "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
     )

@@ -63,7 +63,7 @@ DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
 INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room in a full inbox
 PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
 SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
-OUTGOING_HIGH_WATER = 5000  # predictions paho holds unacknowledged before the loop waits for the broker
+OUTGOING_HIGH_WATER = 2000  # predictions paho holds unacknowledged before the loop waits for the broker
 OUTBOX_BUSY_PAUSE = 0.005  # seconds the loop sleeps while the outbox is busy (it keeps ticking)
 LOOP_STALL = 60.0  # seconds without a pass of the message loop before /healthz fails
 WRITER_STALL = 120.0  # the same for the store writer (one commit may wait 30 s on a locked database)
@@ -120,7 +120,8 @@ class EdgeService:
         self._inbox_max = settings.edge.inbox_max
         self._accepting = True  # False from shutdown on: new deliveries stay unacknowledged
         self._left_at_shutdown = 0
-        self._answered = AnsweredMemory(settings.edge.dedup_devices)
+        # As many devices as the engine keeps state for: a reading of any other is refused anyway.
+        self._answered = AnsweredMemory(settings.limits.max_devices)
         # Predictions paho refused, retried before the next batch; the batch they answer waits
         # unacknowledged meanwhile.
         self._unsent: list[tuple[str, bytes]] = []
