@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -41,7 +41,9 @@ class _Section(BaseModel):
 
 
 class BrokerSettings(_Section):
-    url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL: mqtt://host:port or mqtts://host:port")
+    url: str = Field(
+        "mqtt://127.0.0.1:1883", description="Broker URL: mqtt://[user:pass@]host:port or mqtts://..."
+    )
     username: str | None = Field(None, description="Username for broker auth (none: anonymous)")
     password: SecretStr | None = Field(None, description="Password for broker auth; prefer password_file")
     password_file: Path | None = Field(
@@ -61,6 +63,40 @@ class BrokerSettings(_Section):
         "edgeloop", description="MQTT v5 shared-subscription group; edge replicas split the stream"
     )
     reconnect_max_delay: float = Field(30.0, gt=0, description="Cap of the jittered reconnect backoff (s)")
+    connect_wait: float = Field(
+        120.0, ge=0, description="Seconds to wait for an unreachable broker at start (0: fail at once)"
+    )
+    receive_maximum: int = Field(
+        1000, ge=1, le=65535, description="QoS 1/2 deliveries the broker may have unacknowledged to us"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_url(cls, data: Any) -> Any:
+        # mqtt://user:pass@host is a common way to configure clients; take the credentials out of the
+        # URL (so it can be printed and logged safely) into username/password, or refuse a conflict.
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, has_password, password = userinfo.partition(":")
+        user, password = unquote(user), unquote(password)
+        data = {**data, "url": urlunsplit(parts._replace(netloc=hostport))}
+        if user:
+            if data.get("username") not in (None, user):
+                raise ValueError(
+                    "broker.url names a user that differs from broker.username; set credentials in one place"
+                )
+            data["username"] = user
+        if has_password:
+            if data.get("password") is not None or data.get("password_file") is not None:
+                raise ValueError(
+                    "broker.url holds a password and broker.password(_file) is set too; keep one of them"
+                )
+            data["password"] = password
+        return data
 
     @field_validator("url")
     @classmethod
@@ -223,6 +259,9 @@ class EdgeSettings(_Section):
     snapshot_interval: float = Field(
         5.0, ge=0, description="Seconds between snapshots of per-device state in <data_dir>/state; 0: off"
     )
+    inbox_max: int = Field(
+        20_000, ge=1, description="Readings received but not yet processed; when full, reading pauses"
+    )
     retrain: Literal["local", "mqtt"] = Field(
         "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
     )
@@ -278,6 +317,10 @@ class Settings(BaseSettings):
     def _check_cross_fields(self) -> Settings:
         if self.drift.policy == "rmse-threshold" and self.drift.threshold is None:
             raise ValueError("drift.threshold is required when drift.policy is rmse-threshold")
+        if self.edge.inbox_max < self.broker.receive_maximum:
+            # The broker's flow control must fill first; a full inbox stalls paho's network thread,
+            # which would also hold back the acknowledgements of our own predictions.
+            raise ValueError("edge.inbox_max must be at least broker.receive_maximum")
         return self
 
     @classmethod
