@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     from edgeloop.engine.engine import Engine, _Track
     from edgeloop.engine.rows import ServedModel
@@ -73,29 +75,38 @@ class Exporter:
     """:func:`export_state` a slice of devices per :meth:`step`, so the loop never pauses for long.
 
     Devices are independent, so a snapshot taken over several passes of the loop is as good as one
-    taken at once; a device that appears meanwhile is in the next snapshot.
+    taken at once; a device that appears meanwhile is in the next snapshot. Each slice is serialised at
+    once, a slice per part: a track is ~5 kB of JSON but ~15 kB as Python objects, and thousands
+    of small objects held across slices fragmented the edge's heap (5,000 devices: +76 MB of RSS that
+    stayed after the snapshot was written).
     """
 
     def __init__(self, engine: Engine, chunk: int = 200) -> None:
         self._engine = engine
         self._chunk = chunk
-        self._state = _export_header(engine)
+        # The same document as orjson.dumps(export_state(engine)): the header's keys, then "tracks".
+        self._parts = [orjson.dumps(_export_header(engine))[:-1] + b',"tracks":[']
         self._keys = list(engine.tracks)
-        self._tracks: list[dict[str, Any]] = []
+        self._first = True
         self._pos = 0
 
-    def step(self) -> dict[str, Any] | None:
-        """Export the next slice; the complete state once the last slice is done, else None."""
+    def step(self) -> list[bytes] | None:
+        """Export the next slice; once the last slice is done, the whole state as JSON in parts."""
         tracks = self._engine.tracks
+        slice_parts = []
         for key in self._keys[self._pos : self._pos + self._chunk]:
             track = tracks.get(key)
             if track is not None:  # gone meanwhile (evicted): nothing to keep
-                self._tracks.append(_export_track(self._engine, track))
+                if not self._first:
+                    slice_parts.append(b",")
+                self._first = False
+                slice_parts.append(orjson.dumps(_export_track(self._engine, track)))
+        self._parts.append(b"".join(slice_parts))
         self._pos += self._chunk
         if self._pos < len(self._keys):
             return None
-        self._state["tracks"] = self._tracks
-        return self._state
+        self._parts.append(b"]}")
+        return self._parts
 
 
 def _export_header(engine: Engine) -> dict[str, Any]:
