@@ -67,12 +67,9 @@ def config_show(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option(
 @app.command()
 def edge(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: BrokerOpt = None) -> None:
     """Run the edge inference service: subscribe, forecast, publish, watch drift, retrain, hot-swap."""
-    from edgeloop.service import metrics
     from edgeloop.service.edge import EdgeService
 
     settings = _settings(config, data_dir=data_dir, **{"broker.url": broker})
-    if settings.edge.metrics_port:
-        metrics.serve(settings.edge.metrics_port)
     service = EdgeService(settings)
     _stop_on_signals(lambda: service._stop.set())
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -41,7 +41,9 @@ class _Section(BaseModel):
 
 
 class BrokerSettings(_Section):
-    url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL: mqtt://host:port or mqtts://host:port")
+    url: str = Field(
+        "mqtt://127.0.0.1:1883", description="Broker URL: mqtt://[user:pass@]host:port or mqtts://..."
+    )
     username: str | None = Field(None, description="Username for broker auth (none: anonymous)")
     password: SecretStr | None = Field(None, description="Password for broker auth; prefer password_file")
     password_file: Path | None = Field(
@@ -61,6 +63,40 @@ class BrokerSettings(_Section):
         "edgeloop", description="MQTT v5 shared-subscription group; edge replicas split the stream"
     )
     reconnect_max_delay: float = Field(30.0, gt=0, description="Cap of the jittered reconnect backoff (s)")
+    connect_wait: float = Field(
+        120.0, ge=0, description="Seconds to wait for an unreachable broker at start (0: fail at once)"
+    )
+    receive_maximum: int = Field(
+        1000, ge=1, le=65535, description="QoS 1/2 deliveries the broker may have unacknowledged to us"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_url(cls, data: Any) -> Any:
+        # mqtt://user:pass@host is a common way to configure clients; take the credentials out of the
+        # URL (so it can be printed and logged safely) into username/password, or refuse a conflict.
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, has_password, password = userinfo.partition(":")
+        user, password = unquote(user), unquote(password)
+        data = {**data, "url": urlunsplit(parts._replace(netloc=hostport))}
+        if user:
+            if data.get("username") not in (None, user):
+                raise ValueError(
+                    "broker.url names a user that differs from broker.username; set credentials in one place"
+                )
+            data["username"] = user
+        if has_password:
+            if data.get("password") is not None or data.get("password_file") is not None:
+                raise ValueError(
+                    "broker.url holds a password and broker.password(_file) is set too; keep one of them"
+                )
+            data["password"] = password
+        return data
 
     @field_validator("url")
     @classmethod
@@ -98,7 +134,9 @@ class TopicSettings(_Section):
         description="Subscription filters for telemetry ({site} is filled in)",
     )
     device_level: int | None = Field(
-        2, description="Topic level (0-based) holding the device id when the payload has none; null: none"
+        2,
+        description="Topic level (0-based) holding the device id; it wins over the payload's (a payload "
+        "naming another device is dropped); null: the payload names the device",
     )
     prediction: str = Field("edgeloop/{site}/{device}/prediction", description="Where predictions go")
     events: str = Field("edgeloop/{site}/events", description="Where drift and model events go")
@@ -127,6 +165,26 @@ class LimitSettings(_Section):
             "voc_ppb": (0.0, 1e6),
         },
         description="Plausible [min, max] per field; readings outside are dropped as out_of_range",
+    )
+    max_future_s: float | None = Field(
+        300.0,
+        ge=0,
+        description="Readings stamped more than this ahead of the edge's clock are dropped; null: off",
+    )
+    max_past_s: float | None = Field(
+        None,
+        ge=0,
+        description="Readings older than this by the edge's clock are dropped; null: any age (replays)",
+    )
+    max_devices: int = Field(
+        10_000,
+        ge=1,
+        description="Devices the edge keeps state for; beyond, idle ones are evicted or new dropped",
+    )
+    device_idle_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="A device silent this long (in reading time) may be evicted to make room for a new one",
     )
 
 
@@ -179,10 +237,10 @@ class Span:
 class ModelSettings(_Section):
     targets: list[str] = Field(["voc_ppb"], min_length=1, description="Fields to forecast")
     lags: int = Field(5, ge=1, le=64, description="Number of past readings a forecast sees")
-    candidates: list[Literal["persistence", "linear", "lgbm-level", "lgbm-delta"]] = Field(
-        ["persistence", "linear", "lgbm-delta"],
-        description="Formulations tried at training (lgbm-level is available, but loses badly once a "
-        "sensor leaves the range it was trained on)",
+    candidates: list[Literal["persistence", "linear", "lgbm-level", "lgbm-delta", "rls"]] = Field(
+        ["persistence", "linear", "lgbm-delta", "rls"],
+        description="Formulations tried at training (rls keeps learning per device after every reading; "
+        "lgbm-level is available, but loses badly once a sensor leaves the range it was trained on)",
     )
     min_train_samples: int = Field(
         1440, ge=50, description="Readings of a target (all devices) before its first fleet model is trained"
@@ -272,6 +330,9 @@ class StoreSettings(_Section):
     path: Path | None = Field(None, description="SQLite file; default <data_dir>/edgeloop.db")
     retention_rows: int = Field(2_000_000, ge=1000, description="Sample rows kept; older rows are pruned")
     flush_interval: float = Field(0.25, gt=0, description="Seconds between batched store commits")
+    max_buffer_rows: int = Field(
+        200_000, ge=1000, description="Rows held while the store cannot write; beyond, the oldest are dropped"
+    )
 
 
 class EdgeSettings(_Section):
@@ -279,10 +340,31 @@ class EdgeSettings(_Section):
     batch_wait: float = Field(0.005, ge=0, description="Seconds to wait for a batch to fill")
     status_interval: float = Field(1.0, gt=0, description="Seconds between status snapshots to the store")
     model_poll_interval: float = Field(5.0, gt=0, description="Seconds between champion checks (fallback)")
-    metrics_port: int | None = Field(None, description="Port for Prometheus /metrics; null: off")
+    metrics_port: int | None = Field(
+        None, description="Port for Prometheus /metrics and the /healthz, /readyz probes; null: off"
+    )
+    snapshot_interval: float = Field(
+        5.0, ge=0, description="Seconds between snapshots of per-device state in <data_dir>/state; 0: off"
+    )
+    inbox_max: int = Field(
+        20_000, ge=1, description="Readings received but not yet processed; when full, reading pauses"
+    )
     retrain: Literal["local", "mqtt"] = Field(
         "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
     )
+
+
+class RetrainSettings(_Section):
+    timeout: float = Field(
+        900.0, gt=0, description="Seconds a retrain attempt may take (from its start) before it is retried"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts per retrain request; then the scope is released until asked again"
+    )
+    backoff: float = Field(
+        30.0, gt=0, description="Seconds before retrying a failed attempt; doubles per failure"
+    )
+    backoff_max: float = Field(600.0, gt=0, description="Cap of the retry backoff (s)")
 
 
 class MlflowSettings(_Section):
@@ -315,12 +397,17 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     store: StoreSettings = StoreSettings()
     edge: EdgeSettings = EdgeSettings()
+    retrain: RetrainSettings = RetrainSettings()
     mlflow: MlflowSettings = MlflowSettings()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Settings:
         if self.drift.policy == "rmse-threshold" and self.drift.threshold is None:
             raise ValueError("drift.threshold is required when drift.policy is rmse-threshold")
+        if self.edge.inbox_max < self.broker.receive_maximum:
+            # The broker's flow control must fill first; a full inbox stalls paho's network thread,
+            # which would also hold back the acknowledgements of our own predictions.
+            raise ValueError("edge.inbox_max must be at least broker.receive_maximum")
         return self
 
     @classmethod

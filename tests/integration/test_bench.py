@@ -1,4 +1,5 @@
-"""`edgeloop bench` end to end at a tiny scale: real mosquitto, the edge as a process, every phase.
+"""`edgeloop bench` end to end at a tiny scale (real mosquitto, the edge as a process, every phase), its
+analysis, and its measuring subscriber against mosquitto.
 
 No timing assertions: only the shape of the results and that nothing is lost at a low rate.
 """
@@ -7,14 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
-from edgeloop.adapters.broker import mosquitto_binary
-from edgeloop.bench.cli import bench, format_report
+from edgeloop.adapters.broker import MosquittoBroker, mosquitto_binary
+from edgeloop.bench.analysis import analyze, passed
+from edgeloop.bench.cli import bench
+from edgeloop.bench.edge import edge_config
+from edgeloop.bench.lean import LeanSubscriber
 from edgeloop.bench.loadgen import SendLog
-from edgeloop.bench.run import Bench, BenchOptions, analyze, passed
+from edgeloop.bench.options import BenchOptions
+from edgeloop.bench.report import format_report
+from edgeloop.bench.run import Bench
+from edgeloop.config import BrokerSettings, load_settings
 
 integration = pytest.mark.integration
 
@@ -44,6 +56,66 @@ def test_cli_defaults_match_bench_options() -> None:
             checked += 1
     assert checked >= 15
     assert inspect.signature(bench).parameters["no_model"].default is (not BenchOptions().train_model)
+
+
+def test_edge_config_is_accepted_by_the_edge_and_pins_what_the_bench_needs(tmp_path: Path) -> None:
+    broker = BrokerSettings(url="mqtt://127.0.0.1:1884").model_dump(mode="json")
+    options = BenchOptions(devices=10, mlflow=False)
+    config = edge_config(site="s1", data_dir=tmp_path, broker=broker, qos=0, group="g1", options=options)
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path)
+    assert (settings.site, settings.data_dir) == ("s1", tmp_path)
+    assert (settings.broker.port, settings.broker.qos, settings.broker.shared_group) == (1884, 0, "g1")
+    assert settings.broker.session_expiry == 0
+    assert settings.edge.model_poll_interval == 1.0
+    assert settings.model.min_train_samples == 10 * 50  # the first model after 50 readings per device
+    assert not settings.mlflow.enabled
+    untrained = edge_config(
+        site="s1",
+        data_dir=tmp_path,
+        broker=broker,
+        qos=0,
+        group="g1",
+        options=BenchOptions(train_model=False),
+    )
+    assert untrained["model"]["min_train_samples"] >= 10**12
+
+
+@integration
+@pytest.mark.parametrize("qos", [0, 1])
+def test_lean_subscriber_receives_every_message_once_and_intact(
+    mosquitto: MosquittoBroker, unique_topic: str, qos: int
+) -> None:
+    # Sizes cross the 1-, 2- and 3-byte remaining-length encodings. At QoS 1 the broker sends at most
+    # 1,000 unacknowledged messages: without the subscriber's PUBACKs the last ones would never arrive.
+    sizes = [0, 1, 100, 126, 127, 128, 300, 16_383, 16_384, 70_000] * 20 + [10] * 1_100
+    payloads = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    got: list[tuple[bytes, bytes]] = []
+    sub = LeanSubscriber(mosquitto.settings()).start()
+    sub.subscribe([f"{unique_topic}/+"], qos)
+    stop = threading.Event()
+    thread = threading.Thread(target=sub.run, args=(lambda t, p, _now: got.append((t, p)), stop.is_set))
+    thread.start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    try:
+        for i, payload in enumerate(payloads):
+            pub.publish(f"{unique_topic}/{i % 7}", payload, qos=qos).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while len(got) < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a duplicate would arrive meanwhile
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        stop.set()
+        thread.join(5)
+        sub.close()
+    assert [p for _t, p in got] == payloads
+    assert [t for t, _p in got] == [f"{unique_topic}/{i % 7}".encode() for i in range(len(payloads))]
+    assert sub.received == len(payloads)
 
 
 @integration

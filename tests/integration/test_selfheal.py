@@ -20,6 +20,7 @@ from tests.integration.conftest import Collector, SimStream, events_of, wait_unt
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.config import Settings
+from edgeloop.errors import ModelFileError
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.service.edge import EdgeService
 from edgeloop.telemetry.simulator import Simulator, parse_drift
@@ -257,7 +258,10 @@ def test_worse_challenger_rejected_bad_model_rolled_back_corrupt_file_refused(
     save_model(registry.version_dir("voc_ppb", 3), bad, {**meta, "version": 3, "label": "voc_ppb:v3"})
     model_file = registry.version_dir("voc_ppb", 3) / "model.txt"
     model_file.write_text(model_file.read_text().replace("150", "999"))
-    registry.promote("voc_ppb", 3, reason="test: tampered")
+    with pytest.raises(ModelFileError, match="checksum"):
+        registry.promote("voc_ppb", 3, reason="test: tampered")  # verified before the pointer moves
+    # The file goes bad after its promotion (disk, hand edit): the edge refuses it all the same.
+    (registry.scope_dir("voc_ppb") / "champion.json").write_text('{"version": 3, "history": [1, 3]}')
     wait_until(
         lambda: events_of(events, "model_load_failed", "voc_ppb") or stream.publish(20), 30, "a refusal"
     )

@@ -13,7 +13,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +147,61 @@ def test_edge_probes_and_annotations_use_the_metrics_port() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == port
     assert int(edge["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]) == port
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def test_edge_probe_paths_are_served_by_the_edge() -> None:
+    # The paths the manifests and the image's check use are the ones the health server routes.
+    from edgeloop.service import health
+
+    source = Path(health.__file__).read_text()
+    assert '"/healthz"' in source and '"/readyz"' in source
+    assert "/healthz" in (REPO / "deploy/docker/healthcheck.py").read_text()
+
+
+class _Probe(BaseHTTPRequestHandler):
+    code = 200
+
+    def do_GET(self) -> None:
+        type(self).paths.append(self.path)
+        self.send_response(type(self).code)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    paths: list[str] = []
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [(200, 0), (503, 1)])
+def test_docker_healthcheck_fetches_healthz_and_fails_on_503(code: int, exit_code: int) -> None:
+    _Probe.code, _Probe.paths = code, []
+    server = HTTPServer(("127.0.0.1", 0), _Probe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "EDGELOOP_EDGE_METRICS_PORT": str(server.server_address[1])}
+        env.pop("HEALTHCHECK_URL", None)
+        result = subprocess.run(
+            [sys.executable, str(REPO / "deploy/docker/healthcheck.py")],
+            env=env,
+            capture_output=True,
+            timeout=20,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == exit_code and _Probe.paths == ["/healthz"]
+
+
+def test_compose_edge_has_a_healthcheck() -> None:
+    compose = yaml.safe_load((REPO / "deploy/docker/docker-compose.yml").read_text())
+    test = compose["services"]["edge"]["healthcheck"]["test"]
+    assert test == ["CMD", "python", "/usr/local/bin/edgeloop-healthcheck"]
+    dockerfile = (REPO / "deploy/docker/Dockerfile").read_text()
+    assert "deploy/docker/healthcheck.py /usr/local/bin/edgeloop-healthcheck" in dockerfile
 
 
 @pytest.mark.parametrize(

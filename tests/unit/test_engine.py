@@ -163,3 +163,96 @@ def test_device_model_overrides_the_fleet_model() -> None:
     models = {p.device: p.forecasts["voc_ppb"].model for p in out.predictions}
     assert models == {"a": "voc_ppb:v1", "b": "voc_ppb@b:v1"}
     assert scope_of("voc_ppb", "b") == "voc_ppb@b" and parse_scope("voc_ppb@b") == ("voc_ppb", "b")
+
+
+# -- bounded per-device state ----------------------------------------------------------------------
+
+
+def bounded(max_devices: int, device_idle_s: float) -> Engine:
+    s = Settings(limits={"max_devices": max_devices, "device_idle_s": device_idle_s})  # type: ignore[arg-type]
+    return build_engine(s, auto_train=False)
+
+
+def reading(device: str, ts: float, seq: int = 0) -> Telemetry:
+    return Telemetry(device, ts, seq, {"voc_ppb": 100.0 + seq})
+
+
+def test_a_full_engine_evicts_the_least_recently_heard_idle_device_or_drops_the_new_one() -> None:
+    eng = bounded(3, device_idle_s=10)
+    eng.process([reading(d, 0.0) for d in "abc"])
+    eng.process([reading("b", 2.0), reading("c", 2.0)])
+    early = eng.process([reading("d", 5.0)])  # a was heard at 0: silent 5 s < 10 s
+    assert [(m.device, why) for m, why in early.dropped] == [("d", "device_full")] and early.predictions == []
+    late = eng.process([reading("d", 11.0)])  # a silent 11 s: evicted, d takes its place
+    assert late.evicted == 1 and late.dropped == [] and [p.device for p in late.predictions] == ["d"]
+    assert ("a", "voc_ppb") not in eng.tracks and eng.devices == 3 and eng.evictions == 1
+    back = eng.process([reading("a", 12.0)])  # b, heard at 2, is now the oldest and silent 10 s
+    assert back.evicted == 1 and ("b", "voc_ppb") not in eng.tracks
+    assert eng.tracks[("a", "voc_ppb")].count == 1  # a starts again from nothing
+
+
+def test_a_device_of_the_same_batch_is_never_evicted() -> None:
+    eng = bounded(2, device_idle_s=0)
+    out = eng.process([reading("a", 0.0), reading("b", 1.0), reading("c", 2.0), reading("a", 3.0, 1)])
+    assert [m.device for m, _ in out.dropped] == ["c"]
+    assert [(p.device, p.seq) for p in out.predictions] == [("a", 0), ("b", 0), ("a", 1)]
+    later = eng.process([reading("c", 4.0)])
+    # b is now the least recently heard (a spoke again after it)
+    assert later.evicted == 1 and ("a", "voc_ppb") in eng.tracks and ("b", "voc_ppb") not in eng.tracks
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stream=st.lists(st.tuples(st.integers(0, 12), st.floats(0, 5)), min_size=1, max_size=120),
+    max_devices=st.integers(1, 6),
+    idle=st.sampled_from([0.0, 3.0, 1e9]),
+    batch=st.integers(1, 9),
+)
+def test_state_stays_bounded_and_every_reading_is_answered_or_dropped(
+    stream: list[tuple[int, float]], max_devices: int, idle: float, batch: int
+) -> None:
+    eng = bounded(max_devices, idle)
+    msgs, ts = [], 0.0
+    for seq, (device, step) in enumerate(stream):
+        ts += step
+        msgs.append(reading(f"d{device}", ts, seq))
+    answered, dropped = [], []
+    for i in range(0, len(msgs), batch):
+        out = eng.process(msgs[i : i + batch])
+        answered += [p.seq for p in out.predictions]
+        dropped += [m.seq for m, why in out.dropped if why == "device_full"]
+        assert eng.devices <= max_devices and len(eng.tracks) <= max_devices
+        assert {d for d, _ in eng.tracks} == set(eng._heard)
+    assert sorted(answered + dropped) == list(range(len(msgs)))
+    if idle == 1e9:  # nobody is ever idle: the first devices keep their places, no one else gets in
+        first = list(dict.fromkeys(m.device for m in msgs))[:max_devices]
+        assert all(m.device in first for m in msgs if m.seq in answered) and eng.evictions == 0
+
+
+def test_status_rows_only_for_tracks_that_changed() -> None:
+    eng = bounded(10, 1e9)
+    eng.process([reading("a", 0.0), reading("b", 0.0)])
+    assert {r.device for r in eng.status_rows(100.0)} == {"a", "b"}
+    assert eng.status_rows(101.0) == []  # nothing changed
+    eng.process([reading("a", 1.0, 1)])
+    rows = eng.status_rows(102.0)
+    assert [(r.device, r.readings, r.rate) for r in rows] == [("a", 2, 1.0)]
+    stopped = eng.status_rows(103.0)  # a stopped talking: one more row shows its rate fall to 0
+    assert [(r.device, r.rate) for r in stopped] == [("a", 0.0)] and eng.status_rows(104.0) == []
+    eng.install("voc_ppb", LoadedModel("voc_ppb:v1", Persistence(5), {"scores": {"val_rmse": 1.0}}))
+    # a's rolling RMSE restarts with the new model; b had scored nothing yet, so its row reads the same.
+    assert [(r.device, r.rmse) for r in eng.status_rows(105.0)] == [("a", None)]
+    eng.tracks[("b", "voc_ppb")].status = "drifting"
+    assert [(r.device, r.status) for r in eng.status_rows(105.5)] == [("b", "drifting")]
+    eng.evict("a")
+    assert eng.status_rows(106.0) == [] and ("a", "voc_ppb") not in eng._rate_mark
+
+
+def test_state_made_outside_process_counts_and_a_lowered_limit_is_caught_up() -> None:
+    eng = bounded(4, device_idle_s=10)
+    eng.process([reading(d, 0.0) for d in "abc"])
+    eng._track("restored", "voc_ppb")  # as a state restore would: it must count towards the limit
+    assert eng.devices == 4
+    eng.max_devices = 2
+    out = eng.process([reading("new", 20.0)])
+    assert out.evicted == 3 and eng.devices == 2 and set(eng._heard) == {"restored", "new"}

@@ -17,6 +17,7 @@ from edgeloop.telemetry.schema import (
     Forecast,
     Prediction,
     TelemetryParser,
+    check_device,
     parse_ts,
     parser_from_settings,
 )
@@ -114,3 +115,130 @@ def test_prediction_and_event_json() -> None:
     assert Event.from_dict(e.to_dict("s")) == e
     with pytest.raises(ValueError, match="unknown event kind"):
         Event("model_exploded", "voc_ppb", 5.0)
+
+
+# -- device ids that cannot hurt ------------------------------------------------------------------
+
+POISON_CHARS = [
+    "\x00", "\x01", "\x1f", "\x7f", "\x80", "\x85", "\x9f", "\ufdd0", "\ufdef", "\ufffe", "\uffff",
+    "\U0001fffe", "\U0010ffff", "/", "+", "#",
+]  # fmt: skip
+
+
+def mqtt_topic_level_ok(level: str) -> bool:
+    """Mosquitto's own rule for topic text (lib/utf8_mosq.c), written out code point by code point."""
+    if not level or len(level.encode("utf-8", "surrogatepass")) > 128:
+        return False
+    for ch in level:
+        cp = ord(ch)
+        if cp <= 0x1F or 0x7F <= cp <= 0x9F or 0xD800 <= cp <= 0xDFFF or 0xFDD0 <= cp <= 0xFDEF:
+            return False
+        if cp & 0xFFFE == 0xFFFE or ch in "/+#":
+            return False
+    return True
+
+
+@pytest.mark.parametrize("bad", POISON_CHARS)
+def test_poison_device_ids_are_refused_in_the_payload_and_in_the_topic(bad: str) -> None:
+    device = f"dev{bad}1"
+    no_level = parser(device_level=None)
+    with pytest.raises(MessageError) as info:
+        no_level.parse("t", orjson.dumps({"device": device, "ts": 1, "voc_ppb": 1}))
+    assert info.value.reason == "bad_device"
+    if bad != "/":  # a slash in a topic is a level separator, not part of the id
+        with pytest.raises(MessageError) as info:
+            parser().parse(f"edgeloop/s/{device}/telemetry", b'{"ts": 1, "voc_ppb": 1}')
+        assert info.value.reason == "bad_device"
+
+
+def test_device_id_length_counts_utf8_bytes() -> None:
+    p = parser(device_level=None)
+    for ok in ["x" * 128, "é" * 64, "\U0001f600" * 32, "Küche", "dev 1"]:
+        assert p.parse("t", orjson.dumps({"device": ok, "ts": 1, "voc_ppb": 1})).device == ok
+    for too_long in ["x" * 129, "é" * 65, "\U0001f600" * 33, ""]:
+        with pytest.raises(MessageError, match="bad_device"):
+            p.parse("t", orjson.dumps({"device": too_long, "ts": 1, "voc_ppb": 1}))
+
+
+# Lists joined rather than st.text, which all but never draws surrogates.
+any_text = st.lists(
+    st.characters(min_codepoint=0, max_codepoint=0x10FFFF)
+    | st.sampled_from([*POISON_CHARS, "\ud800", "\udfff", "é", "\U0001f600"]),
+    max_size=140,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(any_text)
+def test_a_device_id_is_accepted_exactly_when_it_makes_a_valid_mqtt_topic_level(device: str) -> None:
+    try:
+        accepted = check_device(device) == device
+    except MessageError as exc:
+        assert exc.reason == "bad_device"
+        accepted = False
+    assert accepted == mqtt_topic_level_ok(device)
+
+
+def test_default_device_must_be_a_valid_id() -> None:
+    with pytest.raises(MessageError, match="bad_device"):
+        parser(default_device="a\x01")
+
+
+# -- the topic's device id wins ---------------------------------------------------------------------
+
+
+def test_a_payload_naming_another_device_is_dropped() -> None:
+    p = parser()
+    with pytest.raises(MessageError) as info:
+        p.parse("edgeloop/s/dev-001/telemetry", b'{"device": "dev-002", "ts": 1, "voc_ppb": 1}')
+    assert info.value.reason == "device_mismatch" and "device_mismatch" in REJECT_REASONS
+    same = p.parse("edgeloop/s/dev-001/telemetry", b'{"device": "dev-001", "ts": 1, "voc_ppb": 1}')
+    assert same.device == "dev-001"
+    # A malformed payload field is reported as malformed, not as a mismatch.
+    with pytest.raises(MessageError, match="bad_device"):
+        p.parse("edgeloop/s/dev-001/telemetry", b'{"device": 7, "ts": 1, "voc_ppb": 1}')
+
+
+def test_the_payload_device_is_used_only_when_the_topic_has_none() -> None:
+    assert parser(device_level=None).parse("a/b", b'{"device": "x", "ts": 1, "voc_ppb": 1}').device == "x"
+    short = parser(device_level=4).parse("edgeloop/s/d/telemetry", b'{"device": "x", "ts": 1, "voc_ppb": 1}')
+    assert short.device == "x"
+    assert parser(device_level=None).parse("a/b", b'{"ts": 1, "voc_ppb": 1}').device == "default"
+
+
+# -- timestamps within a window of the edge's clock ----------------------------------------------------
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("ts", "max_past_s", "reason"),
+    [
+        (NOW + 299, None, None),
+        (NOW + 301, None, "ts_out_of_window"),
+        ("5107-03-01T00:00:00Z", None, "ts_out_of_window"),  # the far-future clock of issue 8
+        (1.0, None, None),  # the past stays open by default: replays of old recordings
+        (NOW - 3601, 3600.0, "ts_out_of_window"),
+        (NOW - 3599, 3600.0, None),
+    ],
+)
+def test_timestamps_within_the_window_of_the_edge_clock(
+    ts: float | str, max_past_s: float | None, reason: str | None
+) -> None:
+    p = parser(wall_clock=lambda: NOW, max_future_s=300.0, max_past_s=max_past_s)
+    payload = orjson.dumps({"ts": ts, "voc_ppb": 1})
+    if reason is None:
+        assert p.parse("edgeloop/s/d/telemetry", payload).ts == parse_ts(ts)
+    else:
+        with pytest.raises(MessageError) as info:
+            p.parse("edgeloop/s/d/telemetry", payload)
+        assert info.value.reason == reason in REJECT_REASONS
+
+
+def test_the_live_parser_bounds_the_future_and_a_replay_parser_does_not() -> None:
+    far = orjson.dumps({"ts": "5107-03-01T00:00:00Z", "voc_ppb": 1})
+    with pytest.raises(MessageError, match="ts_out_of_window"):
+        parser_from_settings(Settings()).parse("edgeloop/s/d/telemetry", far)
+    assert parser_from_settings(Settings(), wall_clock=None).parse("edgeloop/s/d/telemetry", far).ts > 1e10
+    off = Settings(limits={"max_future_s": None})  # type: ignore[arg-type]
+    assert parser_from_settings(off).parse("edgeloop/s/d/telemetry", far).ts > 1e10

@@ -6,7 +6,7 @@ Tables (one row per reading and target in ``samples``; everything else is small)
                    forecast for this reading), persistence (the previous reading: the naive forecast),
                    prediction (the forecast of the next reading made now), model (its version)
 ``events``         drift and model events (also published on MQTT)
-``scope_status``   one row per device and target, upserted about once a second by the edge: last seen,
+``scope_status``   one row per device and target, upserted by the edge when it changed: last seen,
                    rate, rolling RMSE, threshold, baselines, serving version, status
 ``model_versions`` every trained version: scores, window, decision and reason, MLflow run id
 
@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
 
+from edgeloop.engine.rows import SampleRow, StatusRow
 from edgeloop.errors import StoreError
 from edgeloop.telemetry.schema import Event
 
@@ -99,33 +98,6 @@ CREATE TABLE IF NOT EXISTS model_versions (
 """
 
 
-class SampleRow(NamedTuple):
-    device: str
-    target: str
-    ts: float
-    seq: int | None
-    value: float
-    forecast: float | None
-    persistence: float | None
-    prediction: float | None
-    model: str | None
-
-
-class StatusRow(NamedTuple):
-    device: str
-    target: str
-    last_seen: float
-    readings: int  # the column is named count
-    rate: float
-    rmse: float | None
-    threshold: float | None
-    persistence_rmse: float | None
-    mean_rmse: float | None
-    model: str
-    status: str
-    updated: float
-
-
 @dataclass(frozen=True)
 class Series:
     """One device's recent readings of one target, oldest first."""
@@ -148,8 +120,10 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
         conn.execute("PRAGMA busy_timeout=30000")
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open store {path}: {exc}") from exc
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(
+            f"cannot open store {path}: {exc}; check it is writable and has free space (store.path, data_dir)"
+        ) from exc
     return conn
 
 
@@ -300,69 +274,3 @@ class Store:
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-class StoreWriter:
-    """A background thread that batches writes so the message loop never waits on the disk.
-
-    ``put`` is cheap and thread-safe; rows are committed every ``flush_interval`` seconds in one
-    transaction. ``close`` flushes what is left.
-    """
-
-    def __init__(self, path: Path | str, *, retention_rows: int, flush_interval: float = 0.25) -> None:
-        self._path = path
-        self._retention_rows = retention_rows
-        self._interval = flush_interval
-        self._lock = threading.Lock()
-        self._samples: list[SampleRow] = []
-        self._events: list[Event] = []
-        self._status: dict[tuple[str, str], StatusRow] = {}
-        self._stop = threading.Event()
-        self.rows_written = 0
-        self.errors = 0
-        self._thread = threading.Thread(target=self._run, name="edgeloop-store-writer", daemon=True)
-        self._thread.start()
-
-    def put(
-        self,
-        samples: Iterable[SampleRow] = (),
-        events: Iterable[Event] = (),
-        status: Iterable[StatusRow] = (),
-    ) -> None:
-        with self._lock:
-            self._samples.extend(samples)
-            self._events.extend(events)
-            for row in status:
-                self._status[(row.device, row.target)] = row
-
-    def _take(self) -> tuple[list[SampleRow], list[Event], list[StatusRow]]:
-        with self._lock:
-            batch = (self._samples, self._events, list(self._status.values()))
-            self._samples, self._events, self._status = [], [], {}
-        return batch
-
-    def _run(self) -> None:
-        store = Store(self._path, retention_rows=self._retention_rows)
-        last_prune = time.monotonic()
-        try:
-            while True:
-                stopping = self._stop.wait(self._interval)
-                samples, events, status = self._take()
-                if samples or events or status:
-                    try:
-                        store.write(samples, events, status)
-                        self.rows_written += len(samples)
-                    except Exception:  # a full disk must not kill the edge; the rows are counted lost
-                        self.errors += 1
-                        log.exception("store write failed; %d rows lost", len(samples))
-                if time.monotonic() - last_prune > 10:
-                    store.prune()
-                    last_prune = time.monotonic()
-                if stopping:
-                    return
-        finally:
-            store.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)

@@ -88,6 +88,7 @@ MARKER_KINDS = {
     "retrain_requested": "retrain",
     "retrain_started": "retrain",
     "retrain_finished": "retrain",
+    "retrain_failed": "retrain",
     "model_promoted": "promotion",
     "model_rejected": "rejection",
     "model_rolled_back": "rollback",
@@ -169,9 +170,9 @@ def has_samples(conn: sqlite3.Connection) -> bool:
 class SilenceClock:
     """Wall-clock seconds since each device's reading count last changed, as this dashboard saw it.
 
-    The edge rewrites every device's status row each second, even for a device that stopped
-    talking, so ``updated`` alone only reveals a stopped edge; this catches a publisher that stopped
-    while the edge runs. It remembers one count per device, for one browser session.
+    The edge rewrites a device's status row only when it changed, so ``updated`` also ages for a
+    device that stopped talking; this clock catches that on its own, even from an older edge that
+    rewrote every row each second. It remembers one count per device, for one browser session.
 
     >>> clock = SilenceClock()
     >>> clock.idle("t", ["a", "b"], [5, 7], now=100.0)

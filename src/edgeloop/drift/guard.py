@@ -20,7 +20,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from edgeloop.drift.detectors import Detector
+from edgeloop.drift.windowed import Detector
 
 __all__ = ["DriftGuard"]
 
@@ -32,7 +32,7 @@ class DriftGuard:
 
     Sample indices count every error given to :meth:`update` (warm-up and non-finite ones included), from 0.
 
-    >>> from edgeloop.drift.detectors import RmseThreshold
+    >>> from edgeloop.drift.threshold import RmseThreshold
     >>> guard = DriftGuard(RmseThreshold(threshold=1.0, window=10), warmup=5, min_gap=20, budget=2,
     ...                    budget_window=100)
     >>> passed = [i for i in range(200) if guard.update(5.0)]  # every full window alarms
@@ -116,6 +116,46 @@ class DriftGuard:
         self.detector.rebase(reference_rmse)
         self._warmup_left = self.warmup
         self.model_changes += 1
+
+    def to_state(self) -> dict[str, Any]:
+        """The guard's and its detector's state for a snapshot (JSON-able); see :meth:`from_state`."""
+        return {
+            "samples": self.samples,
+            "alarms": self.alarms,
+            "suppressed_by_gap": self.suppressed_by_gap,
+            "suppressed_by_budget": self.suppressed_by_budget,
+            "warmup_skipped": self.warmup_skipped,
+            "model_changes": self.model_changes,
+            "last_alarm_at": self.last_alarm_at,
+            "warmup_left": self._warmup_left,
+            "recent": list(self._recent),
+            "detector": self.detector.to_state(),
+        }
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`to_state` output. Hyperparameters stay as constructed (the config of this
+        run wins); a state that does not fit raises ``ValueError``/``KeyError``/``TypeError`` and leaves
+        the guard as freshly built (other than its detector's reference)."""
+        samples = int(state["samples"])
+        last = state["last_alarm_at"]
+        recent = [int(i) for i in state["recent"]]
+        warmup_left = min(int(state["warmup_left"]), self.warmup)
+        if samples < 0 or warmup_left < 0 or any(not 0 <= i < samples for i in recent):
+            raise ValueError("guard state out of range")
+        try:
+            self.detector.from_state(state["detector"])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
+            self.detector.reset()
+            raise
+        self.samples = samples
+        self.alarms = int(state["alarms"])
+        self.suppressed_by_gap = int(state["suppressed_by_gap"])
+        self.suppressed_by_budget = int(state["suppressed_by_budget"])
+        self.warmup_skipped = int(state["warmup_skipped"])
+        self.model_changes = int(state["model_changes"])
+        self.last_alarm_at = None if last is None else int(last)
+        self._warmup_left = warmup_left
+        self._recent = deque(recent[-self.budget :], maxlen=self.budget)
 
     def state(self) -> dict[str, Any]:
         return {

@@ -36,6 +36,16 @@ class Cadence:
         self.gaps = 0
         self._dts: list[float] = []
 
+    def to_state(self) -> dict[str, object]:
+        return {"interval": self.interval, "last_ts": self.last_ts, "gaps": self.gaps, "dts": list(self._dts)}
+
+    def from_state(self, state: dict[str, object]) -> None:
+        interval, last_ts, dts = state["interval"], state["last_ts"], state["dts"]
+        self.interval = None if interval is None else float(interval)  # type: ignore[arg-type]
+        self.last_ts = None if last_ts is None else float(last_ts)  # type: ignore[arg-type]
+        self.gaps = int(state["gaps"])  # type: ignore[call-overload]
+        self._dts = [float(v) for v in dts]  # type: ignore[attr-defined]
+
     def observe(self, ts: float) -> bool:
         """Record a reading's time; True if it follows a gap (then it is not counted as an interval)."""
         last = self.last_ts

@@ -18,26 +18,32 @@ sampling interval.
 
 Every batch is cut into waves in which each device appears at most once, so forecasts can be made
 with one vectorised call per model and a wave and the reading after it are scored exactly as if
-messages were processed one by one.
+messages were processed one by one. A forecaster that declares ``online = True`` (``rls``) learns
+from each wave's scored readings, one vectorised ``update`` per model, before the wave's forecasts.
+
+State is kept for at most ``max_devices`` devices. A reading of a new device when the engine is full
+evicts the device heard from least recently, if that one has been silent for ``device_idle_s`` of
+reading time (the newest timestamp seen so far: the same in a live stream and an accelerated replay);
+else the reading is dropped as ``device_full`` and reported in :attr:`EngineOutput.dropped`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edgeloop.adapters.store import SampleRow, StatusRow
 from edgeloop.config import Span
 from edgeloop.drift import DriftGuard
+from edgeloop.engine import state as _state
 from edgeloop.engine.cadence import Cadence
 from edgeloop.engine.monitor import RollingRmse, RunningMean
+from edgeloop.engine.rows import SampleRow, ServedModel, StatusRow
 from edgeloop.lifecycle.floor import Floor
-from edgeloop.models.modelfile import LoadedModel
 from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
 
@@ -67,6 +73,9 @@ class EngineOutput:
     events: list[Event] = field(default_factory=list)
     retrains: list[RetrainRequest] = field(default_factory=list)
     rollbacks: list[Rollback] = field(default_factory=list)
+    # Readings the engine refused (reason ``device_full``); they get no prediction and no row.
+    dropped: list[tuple[Telemetry, str]] = field(default_factory=list)
+    evicted: int = 0  # devices evicted to make room for new ones
 
 
 GuardFactory = Callable[[float | None], DriftGuard]
@@ -76,8 +85,8 @@ GuardFactory = Callable[[float | None], DriftGuard]
 class _Serving:
     """A model in service for one scope, with its probation against the model it replaced."""
 
-    model: LoadedModel
-    previous: LoadedModel | None = None
+    model: ServedModel
+    previous: ServedModel | None = None
     probation_left: int = 0
     sq_new: float = 0.0
     sq_old: float = 0.0
@@ -153,6 +162,44 @@ class _Track:
         return self.cadence.interval
 
 
+class _Learn:
+    """The (window, reading) pairs of one wave for one online forecaster: one vectorised update."""
+
+    __slots__ = ("devices", "forecaster", "values", "windows")
+
+    def __init__(self, forecaster: Any) -> None:
+        self.forecaster = forecaster
+        self.windows: list[list[float]] = []
+        self.values: list[float] = []
+        self.devices: list[str] = []
+
+    def apply(self) -> None:
+        self.forecaster.update(
+            np.asarray(self.windows, dtype=np.float64), np.asarray(self.values), self.devices
+        )
+
+
+def _collect_online(
+    learn: dict[int, _Learn], serving: _Serving, device: str, oldest: float, hist: list[float]
+) -> None:
+    """Queue the window that forecast ``hist[-1]`` for the serving model (and its probation shadow)."""
+    for model in (serving.model, serving.previous):
+        if model is None or not getattr(model.forecaster, "online", False):
+            continue
+        batch = learn.get(id(model.forecaster))
+        if batch is None:
+            batch = learn[id(model.forecaster)] = _Learn(model.forecaster)
+        batch.windows.append([oldest, *hist[:-1]])
+        batch.values.append(hist[-1])
+        batch.devices.append(device)
+
+
+def _predict(forecaster: Any, windows: np.ndarray, members: list[tuple[int, _Track]]) -> np.ndarray:
+    if getattr(forecaster, "online", False):
+        return np.asarray(forecaster.predict(windows, [t.device for _, t in members]))
+    return np.asarray(forecaster.predict(windows))
+
+
 class Engine:
     """See the module docstring. Not thread-safe: one thread drives it."""
 
@@ -174,6 +221,8 @@ class Engine:
         consolidate_after: Span | None = None,
         refresh_every: Span | None = None,
         train_window: int = 4000,
+        max_devices: int = 10_000,
+        device_idle_s: float = 86_400.0,
     ) -> None:
         self.targets = tuple(targets)
         self.lags = lags
@@ -190,7 +239,14 @@ class Engine:
         self.samples_per_target: dict[str, int] = defaultdict(int)
         self._initial_threshold: dict[str, int] = {}
         self.stream_ts = 0.0
-        self._rate_mark: dict[tuple[str, str], tuple[float, int]] = {}
+        self.max_devices = max_devices
+        self.device_idle_s = device_idle_s
+        # Device -> reading time it was last heard at, least recently heard first.
+        self._heard: OrderedDict[str, float] = OrderedDict()
+        self._heard_ts = 0.0
+        self.evictions = 0
+        # Per track: wall time and count of the last rate mark, and what the last status row showed.
+        self._rate_mark: dict[tuple[str, str], tuple[float, int, tuple[Any, ...] | None]] = {}
         # Lifecycle knobs; None switches a mechanism off (the evaluator's baselines do).
         self.floor_margin = floor_margin
         self.floor_window = floor_window
@@ -204,7 +260,7 @@ class Engine:
         self._deferred: list[Event] = []  # events of install(), emitted with the next batch
 
     # -- models ---------------------------------------------------------------------------------
-    def install(self, scope: str, model: LoadedModel, *, probation: bool = True) -> None:
+    def install(self, scope: str, model: ServedModel, *, probation: bool = True) -> None:
         """Serve ``model`` for ``scope`` from the next wave on; the one it replaces is kept for probation."""
         current = self.serving.get(scope)
         if current is not None and current.model.label == model.label:
@@ -261,6 +317,15 @@ class Engine:
                     track.status = "healthy"
                     track.alarm_ts = None
 
+    # -- state across restarts (see edgeloop.engine.state) ---------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Per-device state as JSON-able data, for a snapshot."""
+        return _state.export_state(self)
+
+    def import_state(self, state: Any, load_model: _state.ModelLoader | None = None) -> _state.RestoreReport:
+        """Continue from :meth:`export_state` output; call after installing models, before any reading."""
+        return _state.import_state(self, state, load_model)
+
     def serving_label(self, device: str, target: str) -> str:
         serving = self._resolve(device, target)
         return serving.model.label if serving else PERSISTENCE_VERSION
@@ -273,7 +338,11 @@ class Engine:
             self._deferred = []
         wave: list[Telemetry] = []
         seen: set[str] = set()
+        heard: set[str] = set()
         for msg in batch:
+            if not self._admit(msg, heard, out):
+                out.dropped.append((msg, "device_full"))
+                continue
             if msg.device in seen:
                 self._process_wave(wave, out)
                 wave, seen = [], set()
@@ -290,6 +359,7 @@ class Engine:
         windows: list[list[float]] = []
         rows: list[list[Any]] = []
         forecasts: list[dict[str, Forecast]] = []
+        learn: dict[int, _Learn] = {}
         for msg in wave:
             if msg.ts > self.stream_ts:
                 self.stream_ts = msg.ts
@@ -305,6 +375,7 @@ class Engine:
                 row = self._score(track, msg, value, out)
                 self.samples_per_target[target] += 1
                 hist = track.hist
+                oldest = hist[0] if len(hist) == self.lags else None
                 hist.append(value)
                 if len(hist) > self.lags:
                     del hist[0]
@@ -315,6 +386,12 @@ class Engine:
                     # Every 16th reading is soon enough for a schedule of days, and cheap.
                     self._maybe_refresh(track, msg.ts, out)
                 serving = self._resolve(msg.device, target)
+                if (
+                    oldest is not None
+                    and serving is not None
+                    and (getattr(serving.model.forecaster, "online", False) or serving.previous is not None)
+                ):
+                    _collect_online(learn, serving, msg.device, oldest, hist)
                 if serving is None or len(hist) < self.lags:
                     track.last_forecast = value
                     track.last_model = PERSISTENCE_VERSION
@@ -327,15 +404,18 @@ class Engine:
                     windows.append(list(hist))
                     row.extend([None, None])
                 rows.append(row)
+        # Online models learn from the readings just scored, before forecasting the next ones.
+        for batch in learn.values():
+            batch.apply()
         # One vectorised forecast per model in service.
         if windows:
             matrix = np.asarray(windows, dtype=np.float64)
             for scope, members in groups.items():
                 serving = self.serving[scope]
                 idx = [j for j, _ in members]
-                values = serving.model.forecaster.predict(matrix[idx])
+                values = _predict(serving.model.forecaster, matrix[idx], members)
                 shadow = (
-                    serving.previous.forecaster.predict(matrix[idx])
+                    _predict(serving.previous.forecaster, matrix[idx], members)
                     if serving.probation_left > 0 and serving.previous is not None
                     else None
                 )
@@ -651,6 +731,47 @@ class Engine:
                 out.retrains.append(RetrainRequest(target, "initial", reason, None, self.stream_ts))
                 out.events.append(Event("retrain_requested", target, self.stream_ts, reason=reason))
 
+    # -- bounded state --------------------------------------------------------------------------
+    def _admit(self, msg: Telemetry, heard: set[str], out: EngineOutput) -> bool:
+        """Note that ``msg.device`` was heard; make room for a new device or refuse it."""
+        if msg.ts > self._heard_ts:
+            self._heard_ts = msg.ts
+        device, order = msg.device, self._heard
+        if device in order:
+            order.move_to_end(device)
+        else:
+            while len(order) >= self.max_devices:
+                oldest, last = next(iter(order.items()))
+                # Never evict a device of this batch: its readings may sit in a wave not yet processed.
+                if oldest in heard or self._heard_ts - last < self.device_idle_s:
+                    return False
+                self.evict(oldest)
+                out.evicted += 1
+        order[device] = self._heard_ts
+        heard.add(device)
+        return True
+
+    def evict(self, device: str) -> None:
+        """Forget a device's state (lag windows, error scales, detectors); its models stay in service.
+
+        Not to be called while :meth:`process` runs (the engine is single-threaded anyway)."""
+        self._heard.pop(device, None)
+        for target in self.targets:
+            self.tracks.pop((device, target), None)
+            self._rate_mark.pop((device, target), None)
+        # Online models keep per-device state too; free it with the device's, or it grows without bound.
+        for serving in self.serving.values():
+            for model in (serving.model, serving.previous):
+                forget = getattr(model.forecaster, "forget", None) if model is not None else None
+                if forget is not None:
+                    forget(device)
+        self.evictions += 1
+
+    @property
+    def devices(self) -> int:
+        """Devices whose state the engine keeps."""
+        return len(self._heard)
+
     # -- lookups --------------------------------------------------------------------------------
     def _track(self, device: str, target: str) -> _Track:
         track = self.tracks.get((device, target))
@@ -660,6 +781,8 @@ class Engine:
             floor = Floor(self.floor_margin, self.floor_window) if self.floor_margin is not None else None
             track = _Track(device, target, self.window, guard, floor, Cadence(self.gap_intervals))
             self.tracks[(device, target)] = track
+            if device not in self._heard:  # a track made outside process() still counts and can age out
+                self._heard[device] = self._heard_ts
         return track
 
     def _serving_scope(self, device: str, target: str) -> str:
@@ -669,7 +792,7 @@ class Engine:
     def _resolve(self, device: str, target: str) -> _Serving | None:
         return self.serving.get(scope_of(target, device)) or self.serving.get(target)
 
-    def _fallback_model(self, scope: str) -> LoadedModel | None:
+    def _fallback_model(self, scope: str) -> ServedModel | None:
         target, device = parse_scope(scope)
         if device is not None and target in self.serving:
             return self.serving[target].model
@@ -688,13 +811,22 @@ class Engine:
 
     # -- status ---------------------------------------------------------------------------------
     def status_rows(self, wall_now: float) -> list[StatusRow]:
-        """One row per device and target for the dashboard; rates are per wall-clock second."""
+        """Rows for the dashboard, one per device and target that changed since the last call (the
+        store upserts, so an unchanged row stays as written); rates are per wall-clock second.
+
+        A device that stops talking gets one more row with rate 0, then none until it talks again,
+        so its ``updated`` time ages and the dashboard shows it silent.
+        """
         rows = []
         for key, t in self.tracks.items():
-            mark_time, mark_count = self._rate_mark.get(key, (wall_now, t.count))
+            mark_time, mark_count, shown = self._rate_mark.get(key, (wall_now, t.count, None))
             elapsed = wall_now - mark_time
             rate = (t.count - mark_count) / elapsed if elapsed > 0 else 0.0
-            self._rate_mark[key] = (wall_now, t.count)
+            model_rmse, threshold = t.model_rmse.value, t.guard.detector.threshold
+            view = (t.count, rate > 0, model_rmse, threshold, t.last_model, t.status)
+            self._rate_mark[key] = (wall_now, t.count, view)
+            if view == shown:
+                continue
             rows.append(
                 StatusRow(
                     t.device,
@@ -702,8 +834,8 @@ class Engine:
                     t.last_ts,
                     t.count,
                     rate,
-                    t.model_rmse.value,
-                    t.guard.detector.threshold,
+                    model_rmse,
+                    threshold,
                     t.persist_rmse.value,
                     t.mean_rmse.value,
                     t.last_model,

@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
+from edgeloop.packing import pack_floats, unpack_floats
 
 
 class RollingRmse:
@@ -50,6 +53,17 @@ class RollingRmse:
         self._i = self._n = 0
         self._sum = 0.0
 
+    def to_state(self) -> dict[str, Any]:
+        return {"buf": pack_floats(self._buf), "i": self._i, "n": self._n, "sum": self._sum}
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        """Load :meth:`to_state` output; ``ValueError`` (and no change) if it does not fit this window."""
+        buf = unpack_floats(state["buf"], self.window)
+        i, n, total = int(state["i"]), int(state["n"]), float(state["sum"])
+        if not (0 <= i < self.window and 0 <= n <= self.window and math.isfinite(total)):
+            raise ValueError("rolling RMSE state out of range")
+        self._buf, self._i, self._n, self._sum = buf, i, n, total
+
 
 class RunningMean:
     """Expanding mean of a device's readings: the 'mean' naive forecast."""
@@ -63,3 +77,12 @@ class RunningMean:
     def add(self, x: float) -> None:
         self.n += 1
         self.value += (x - self.value) / self.n
+
+    def to_state(self) -> list[float]:
+        return [self.n, self.value]
+
+    def from_state(self, state: list[float]) -> None:
+        n, value = int(state[0]), float(state[1])
+        if n < 0 or not math.isfinite(value):
+            raise ValueError("running mean state out of range")
+        self.n, self.value = n, value

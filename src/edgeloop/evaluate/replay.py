@@ -25,7 +25,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,7 +33,9 @@ from edgeloop.adapters.store import Series
 from edgeloop.config import Settings
 from edgeloop.engine.engine import Engine, EngineOutput, RetrainRequest
 from edgeloop.evaluate.datasets import DatasetOptions, Track, load_dataset, tracks
+from edgeloop.evaluate.learner import arf_forecasts
 from edgeloop.evaluate.strategies import Strategy, build_strategy_engine, parse_strategy
+from edgeloop.models.forecasters import forecaster_from_text
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.models.training import NotEnoughData
 from edgeloop.retrain.job import Verdict, train_and_judge
@@ -55,6 +57,7 @@ class ReplayConfig:
     original_factor: float = 1.5
     river_input: str = "abs"
     horizon: int = 1000  # readings after an onset in which a first alarm counts as its detection
+    arf_on_sim: bool = False  # run river-arf on simulator scenarios too (about 2 ms a reading)
 
     def threshold_for(self, target: str, initial_val_rmse: float) -> tuple[float, str]:
         """The original rule's threshold for ``target`` and how it was chosen."""
@@ -80,6 +83,8 @@ class RetrainRecord:
     val_rmse: float | None = None
     champion_rmse: float | None = None
     n_samples: int = 0
+    requested_ts: float | None = None  # stream time of the request
+    effective_ts: float | None = None  # stream time at which it was installed or dropped
 
 
 @dataclass
@@ -208,12 +213,14 @@ class TargetReplay:
 
     # -- one strategy -------------------------------------------------------------------------
     def run(self, strategy: Strategy) -> RunResult:
+        if strategy.family == "learner":
+            return self._run_learner(strategy)
         started = time.perf_counter()
         engine = build_strategy_engine(
             strategy, self.settings, threshold=self.threshold, river_input=self.config.river_input
         )
         if strategy.uses_model and self.initial.promoted:
-            engine.install(self.target, self.initial.model, probation=False)
+            engine.install(self.target, _fresh(self.initial.model), probation=False)
         target, lags = self.target, self.settings.model.lags
         devices = [t.device for t in self.tracks]
         by_device = {t.device: t for t in self.tracks}
@@ -255,6 +262,15 @@ class TargetReplay:
         result.seconds = time.perf_counter() - started
         return result
 
+    def _run_learner(self, strategy: Strategy) -> RunResult:
+        """A continuously learning reference (no engine): each device's own model, same scored readings."""
+        started = time.perf_counter()
+        lags = self.settings.model.lags
+        forecasts = {t.device: arf_forecasts(t.values, start=t.start, lags=lags) for t in self.tracks}
+        result = RunResult(strategy.name, forecasts, {t.device: [] for t in self.tracks})
+        result.seconds = time.perf_counter() - started
+        return result
+
     def _record_events(self, out: EngineOutput, result: RunResult, position: dict[str, int]) -> None:
         for event in out.events:
             if event.kind == "drift_detected":
@@ -292,7 +308,8 @@ class TargetReplay:
             begin = max(begin, end - model.train_window)
             series = [Series(device, track.ts[begin:end], track.values[begin:end])]
         serving = engine.serving.get(request.scope) or engine.serving.get(target)
-        current = serving.model if serving is not None else None
+        # the replay installs only LoadedModel instances; the engine types them as ServedModel
+        current = cast(LoadedModel, serving.model) if serving is not None else None
         record = RetrainRecord(
             request.scope,
             request.trigger,
@@ -301,6 +318,7 @@ class TargetReplay:
             None,
             "failed",
             n_samples=int(sum(len(s.values) for s in series)),
+            requested_ts=float(request.requested_ts),
         )
         try:
             verdict: Verdict | None = train_and_judge(self.settings, series, current)
@@ -341,8 +359,18 @@ class TargetReplay:
             engine.retrain_finished(scope, installed=installed)
             device = job.record.device
             job.record.effective_at = position[device] if device is not None else step
+            job.record.effective_ts = float(engine.stream_ts)
             result.retrains.append(job.record)
         return waiting
+
+
+def _fresh(model: LoadedModel) -> LoadedModel:
+    """The initial model as trained: an online one learns while it serves, and each run starts anew."""
+    forecaster = model.forecaster
+    if not getattr(forecaster, "online", False):
+        return model
+    clone = forecaster_from_text(forecaster.kind, forecaster.to_text(), forecaster.lags)
+    return LoadedModel(model.label, clone, model.meta)
 
 
 def _last(track: Track, index: int, window: int) -> tuple[np.ndarray, np.ndarray]:

@@ -97,6 +97,23 @@ class Floor:
             return "restore"
         return None
 
+    def to_state(self) -> dict[str, float | int | bool]:
+        return {
+            "demoted": self.demoted,
+            "long_view": self.long_view,
+            "n": self.n,
+            "cusum": self.cusum,
+            "scale": self.scale,
+            "long_model": self.long_model,
+            "long_persist": self.long_persist,
+        }
+
+    def from_state(self, state: dict[str, float | int | bool]) -> None:
+        self.demoted, self.long_view = bool(state["demoted"]), bool(state["long_view"])
+        self.n = int(state["n"])
+        self.cusum, self.scale = float(state["cusum"]), float(state["scale"])
+        self.long_model, self.long_persist = float(state["long_model"]), float(state["long_persist"])
+
     def long_rmse(self) -> tuple[float, float]:
         """The long view's RMSE of the model and of persistence (for events)."""
         debias = 1.0 - (1.0 - 1.0 / (LONG_WINDOWS * self.window)) ** self.n if self.n else 1.0

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeloop.models.forecasters import Forecaster, Persistence, rmse
+from edgeloop.models.forecasters import Forecaster, Persistence, holdout_forecast, rmse
 
 __all__ = ["Judgement", "judge", "judge_on_holdout"]
 
@@ -92,9 +92,10 @@ def judge_on_holdout(
     """Score candidate, champion and persistence on one holdout, then :func:`judge`."""
     lags = val_x.shape[1]
     persistence = rmse(Persistence(lags).predict(val_x), val_y)
+    # As each would serve: an online model learns through the holdout as it forecasts it.
     return judge(
-        rmse(candidate.predict(val_x), val_y),
-        champion_rmse=rmse(champion.predict(val_x), val_y) if champion is not None else None,
+        rmse(holdout_forecast(candidate, val_x, val_y), val_y),
+        champion_rmse=rmse(holdout_forecast(champion, val_x, val_y), val_y) if champion is not None else None,
         persistence_rmse=persistence,
         margin=margin,
         candidate=candidate_label,

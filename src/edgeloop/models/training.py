@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeloop.adapters.store import Series
 from edgeloop.engine.features import training_pairs
-from edgeloop.models.forecasters import Forecaster, make_forecaster, rmse
+from edgeloop.models.forecasters import Forecaster, holdout_forecast, make_forecaster, rmse
 
 
 @dataclass
@@ -184,7 +184,8 @@ def train_candidates(
     for kind in kinds:
         model = make_forecaster(kind, lags, rounds=rounds, seed=seed).fit(split.train_x, split.train_y)
         fitted[kind] = model
-        diff = model.predict(split.val_x) - split.val_y
+        # As each would serve: an online model learns through the holdout (holdout_forecast).
+        diff = holdout_forecast(model, split.val_x, split.val_y) - split.val_y
         sq_errors[kind] = diff * diff
         scores[kind] = float(np.sqrt(np.mean(sq_errors[kind]))) if len(diff) else float("nan")
     best = select(kinds, sq_errors)

@@ -3,8 +3,9 @@
 Imported only by the trainer (a separate process), never by the edge's hot path: MLflow takes
 seconds to import and its database is not needed to serve.
 
-Registered model names are ``<prefix>.<scope>`` with ``@`` spelled ``.device.`` (``edgeloop.voc_ppb``,
-``edgeloop.voc_ppb.device.dev-003``); the alias ``champion`` marks the version in service.
+Registered model names are ``<prefix>.<encoded scope>`` with ``@`` spelled ``.device.``
+(``edgeloop.voc_ppb``, ``edgeloop.voc_ppb.device.dev-003``); the alias ``champion`` marks the version
+in service.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgeloop.scopes import encode_scope
 
 if TYPE_CHECKING:
     from edgeloop.config import Settings
@@ -23,10 +26,14 @@ CHAMPION_ALIAS = "champion"
 
 
 def registered_name(prefix: str, scope: str) -> str:
-    """>>> registered_name("edgeloop", "voc_ppb@dev-003")
+    """The scope in its folder encoding, since MLflow refuses ``/`` and ``:`` (a MAC address) in names.
+
+    >>> registered_name("edgeloop", "voc_ppb@dev-003")
     'edgeloop.voc_ppb.device.dev-003'
+    >>> registered_name("edgeloop", "voc_ppb@ab:cd")
+    'edgeloop.voc_ppb.device.ab%3Acd'
     """
-    return f"{prefix}." + scope.replace("@", ".device.")
+    return f"{prefix}." + encode_scope(scope).replace("@", ".device.")
 
 
 class Tracker:

@@ -24,7 +24,11 @@ def list_versions(settings: Settings) -> list[str]:
     registry = LocalRegistry(settings.models_dir)
     lines = []
     for scope in registry.scopes():
-        champion = registry.champion(scope)
+        try:
+            champion = registry.champion(scope)
+        except ModelFileError as exc:
+            lines.append(f"{scope:<28} champion unreadable: {exc}")
+            champion = None
         for version in registry.versions(scope):
             try:
                 meta = registry.meta(scope, version)
@@ -32,11 +36,13 @@ def list_versions(settings: Settings) -> list[str]:
                 lines.append(f"{version_label(scope, version):<28} unreadable: {exc}")
                 continue
             nan = float("nan")
-            scores = meta.get("scores", {})
+            # Scores are checked to be numbers or null (a NaN is stored as null).
+            raw = meta.get("scores") or {}
+            scores = {k: nan if v is None else v for k, v in raw.items()}
             mark = "* champion" if version == champion else ""
             lines.append(
                 f"{meta['label']:<28} {meta['kind']:<12} val RMSE {scores.get('val_rmse', nan):>9.4g}"
-                f"  vs {scores.get('champion', '?')} {scores.get('champion_rmse', nan):.4g}"
+                f"  vs {raw.get('champion') or '?'} {scores.get('champion_rmse', nan):.4g}"
                 f"  persistence {scores.get('persistence_rmse', nan):.4g}"
                 f"  {meta.get('trigger', '')} {mark}"
             )
@@ -101,7 +107,10 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
         better, verdict = False, "not enough recent data to check it"
     if not better and not force:
         return False, f"refused: {label} does not beat the champion ({verdict}); --force overrides"
-    registry.promote(scope, version, reason=f"manual: {verdict}")
+    try:
+        registry.promote(scope, version, reason=f"manual: {verdict}", lags=lags)
+    except (ModelFileError, OSError) as exc:
+        return False, f"cannot promote {label}: {exc}"
     run_id = _mlflow_run(settings, scope, version)
     if run_id:
         _tracker(settings).set_champion_by_run(scope, run_id)
@@ -123,11 +132,14 @@ def rollback(settings: Settings, scope: str) -> tuple[bool, str]:
     registry = LocalRegistry(settings.models_dir)
     try:
         current = registry.champion(scope)
-    except ValueError as exc:
+    except (ModelFileError, ValueError) as exc:
         return False, str(exc)
     if current is None:
         return False, f"{scope} has no champion to roll back"
-    restored = registry.rollback(scope, reason="manual rollback")
+    try:
+        restored = registry.rollback(scope, reason="manual rollback")
+    except (ModelFileError, OSError) as exc:
+        return False, f"cannot roll back {scope}: {exc}"
     restored_label = version_label(scope, restored) if restored else None
     if restored:
         run_id = _mlflow_run(settings, scope, restored)

@@ -18,7 +18,7 @@ from edgeloop.adapters.store import Series, Store
 from edgeloop.config import Settings
 from edgeloop.errors import ModelFileError
 from edgeloop.lifecycle.promotion import judge
-from edgeloop.models.forecasters import rmse
+from edgeloop.models.forecasters import holdout_forecast, rmse
 from edgeloop.models.modelfile import LoadedModel, save_model
 from edgeloop.models.training import NotEnoughData, TrainResult, train_candidates
 from edgeloop.registry.local import LocalRegistry
@@ -99,7 +99,7 @@ def train_and_judge(settings: Settings, series: list[Series], current: LoadedMod
     )
     champion_label = current.label if current is not None else "persistence"
     champion_rmse = (
-        rmse(current.forecaster.predict(result.split.val_x), result.split.val_y)
+        rmse(holdout_forecast(current.forecaster, result.split.val_x, result.split.val_y), result.split.val_y)
         if current is not None
         else result.persistence_rmse
     )

@@ -1,9 +1,25 @@
 """The edge service: MQTT in, engine, predictions and events out, store and models around it.
 
-Threads: paho's network thread only appends raw messages to a queue; one loop thread takes them
-in batches, runs the engine, publishes, hands rows to the store writer thread, and between batches
-swaps models, dispatches retrains and writes status. Training runs in another process, so nothing
-here ever waits for it.
+Threads: paho's network thread only appends raw messages to a bounded inbox; one loop thread takes
+them in batches, runs the engine, publishes predictions on a second connection (the outbox), hands
+rows to the store writer thread, and between batches swaps models, dispatches retrains and writes
+status. Training runs in another process, so nothing here ever waits for it.
+
+Start-up order: the data dir is checked and the store opened first (a bad data dir is refused with
+one line before anything else starts), then the health endpoint, the broker (waited for up to
+``broker.connect_wait``), the models, the state snapshot (so devices continue where they were), and
+only then the subscriptions. Every ``edge.snapshot_interval`` seconds and at shutdown the engine's
+state is snapshotted; /healthz and /readyz report on the loop, the store writer, the connection and
+the subscriptions.
+
+Delivery is at-least-once end to end: a QoS 1 reading is acknowledged (paho's manual acks) only
+after its prediction was handed to paho and its row to the store writer; readings not answered at
+shutdown are left unacknowledged, so the broker delivers them to the next run; redelivered readings
+answered before are dropped as ``duplicate``. Backpressure: the broker should have at most
+``broker.receive_maximum`` unacknowledged readings with us (its flow control holds back the rest,
+and the producers with it); when the inbox fills anyway (QoS 0 has no flow control, and Mosquitto
+2.0.11 was seen to exceed the window) paho's input thread stops reading the socket until there is
+room. The loop takes no readings while the outbox has many predictions unacknowledged.
 """
 
 from __future__ import annotations
@@ -11,30 +27,46 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
+from paho.mqtt.client import error_string as mqtt_error_string
+from paho.mqtt.enums import MQTTErrorCode
 
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
-from edgeloop.adapters.store import StoreWriter
+from edgeloop.adapters.writer import StoreWriter, check_data_dir
 from edgeloop.config import Settings, Span
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
-from edgeloop.errors import MessageError, ModelFileError
+from edgeloop.engine.rows import ServedModel
+from edgeloop.errors import BrokerError, MessageError, ModelFileError
+from edgeloop.lifecycle.retrains import Failure, Retrains, RetryPolicy
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
-from edgeloop.scopes import parse_label, version_label
-from edgeloop.service import metrics
+from edgeloop.scopes import parse_label
+from edgeloop.service import health, metrics
+from edgeloop.service.delivery import AnsweredMemory, Received
+from edgeloop.service.model_sync import ModelSync
+from edgeloop.service.statekeeper import StateKeeper
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
 
 log = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
+INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room in a full inbox
+PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
+SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
+OUTGOING_HIGH_WATER = 2000  # predictions paho holds unacknowledged before the loop waits for the broker
+OUTBOX_BUSY_PAUSE = 0.005  # seconds the loop sleeps while the outbox is busy (it keeps ticking)
+LOOP_STALL = 60.0  # seconds without a pass of the message loop before /healthz fails
+WRITER_STALL = 120.0  # the same for the store writer (one commit may wait 30 s on a locked database)
 
 
 def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
@@ -56,6 +88,8 @@ def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
         consolidate_after=Span.parse(settings.model.consolidate_after),
         refresh_every=Span.parse(settings.model.refresh_every),
         train_window=settings.model.train_window,
+        max_devices=settings.limits.max_devices,
+        device_idle_s=settings.limits.device_idle_s,
     )
 
 
@@ -67,8 +101,10 @@ class EdgeStats:
     processed: int = 0
     predictions: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    publish_failures: int = 0
     swaps: int = 0
     retrains_requested: int = 0
+    retrains_failed: int = 0
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -84,25 +120,50 @@ class EdgeService:
         self.engine = build_engine(settings)
         self.registry = LocalRegistry(settings.models_dir)
         self.stats = EdgeStats()
-        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        # A SimpleQueue bounded by a size check in _on_message: queue.Queue(maxsize) costs a lock
+        # round trip per reading on both threads.
+        self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self._inbox_max = settings.edge.inbox_max
+        self._accepting = True  # False from shutdown on: new deliveries stay unacknowledged
+        self._left_at_shutdown = 0
+        # As many devices as the engine keeps state for: a reading of any other is refused anyway.
+        self._answered = AnsweredMemory(settings.limits.max_devices)
+        # Predictions paho refused, retried before the next batch; the batch they answer waits
+        # unacknowledged meanwhile.
+        self._unsent: list[tuple[str, bytes]] = []
+        self._unacked: list[Received] = []
         self._control: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events_topic = topic_for(settings.topics.events, site=self.site)
         self._prediction_template = settings.topics.prediction
         self._last_drop_log = 0.0
+        self._last_publish_log = 0.0
         self._dropped_since_log: Counter[str] = Counter()
         self._protocol = protocol
+        self.client_id = settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True)
         self.session = MqttSession(
             settings.broker,
             role="edge",
-            client_id=settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True),
+            client_id=self.client_id,
             # Resume the broker's session (and the telemetry it queued while we were away) unless
             # sessions are configured not to outlive a connection.
             clean_start=settings.broker.session_expiry == 0,
             session_expiry=settings.broker.session_expiry,
             protocol=protocol,  # type: ignore[arg-type]
             on_message=self._on_message,
+            manual_ack=True,
+        )
+        # Predictions leave on a connection of their own. When the inbox is full, paho's thread of the
+        # input connection stops (that is the backpressure); the acknowledgements of our predictions
+        # must keep arriving meanwhile, or paho's outgoing queue grows without bound.
+        self.outbox = MqttSession(
+            settings.broker,
+            role="edge-out",
+            client_id=f"{self.client_id}-out",
+            clean_start=settings.broker.session_expiry == 0,
+            session_expiry=settings.broker.session_expiry,
+            protocol=protocol,  # type: ignore[arg-type]
         )
         if dispatcher is not None:
             self.dispatcher: Dispatcher = dispatcher
@@ -110,16 +171,32 @@ class EdgeService:
             self.dispatcher = MqttDispatcher(self.session, topic_for(settings.topics.retrain, site=self.site))
         else:
             self.dispatcher = LocalDispatcher(settings)
+        self.retrains = Retrains(RetryPolicy.from_settings(settings.retrain))
         self.writer: StoreWriter | None = None
+        self.state: StateKeeper | None = None
+        self.http: health.HealthServer | None = None
         self.ready = threading.Event()
-        self._failed_versions: set[tuple[str, int]] = set()
+        self.subscribed = False
+        self.registry_read = False
+        self.loop_beat: float | None = None  # monotonic time of the message loop's last pass
+        self.models = ModelSync(self.registry, self.engine, settings.model.lags, self._emit, self._swapped)
+
+    def _swapped(self) -> None:
+        self.stats.swaps += 1
 
     # -- paho's thread: enqueue only --------------------------------------------------------------
     def _on_message(self, message: Any) -> None:
+        connection = self.session.connection
         if message.topic == self._events_topic:
             self._control.put(message.payload)
+            self.session.ack(message.mid, message.qos, connection)
+            return
+        while self._inbox.qsize() >= self._inbox_max and self._accepting:
+            time.sleep(INBOX_FULL_PAUSE)  # not reading the socket: TCP and the broker hold back
+        if self._accepting:
+            self._inbox.put(Received(message.topic, message.payload, message.mid, message.qos, connection))
         else:
-            self._inbox.put((message.topic, message.payload))
+            self._left_at_shutdown += 1  # unacknowledged: the broker delivers it to the next run
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> EdgeService:
@@ -129,19 +206,42 @@ class EdgeService:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.session.cancel()
+        self.outbox.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def snapshot_path(self) -> Path:
+        # One file per edge identity (a stable client id), so edges sharing a data dir never collide.
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.client_id)
+        return self.settings.data_dir / "state" / f"{name}.json"
+
     def run(self) -> None:
         s = self.settings
-        self.session.start()  # first: an unreachable broker fails the start before anything else runs
-        self.writer = StoreWriter(
-            s.store_path, retention_rows=s.store.retention_rows, flush_interval=s.store.flush_interval
-        )
-        self._sync_models()
-        group = s.broker.shared_group if self._protocol == "5" else None
-        self.session.subscribe(s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group)
-        self.session.subscribe([self._events_topic], qos=1)
+        try:
+            # Storage first: a data dir the edge cannot write is refused before anything else starts.
+            self._open_storage()
+            if s.edge.metrics_port:
+                self.http = health.serve(s.edge.metrics_port, self.liveness, self.readiness)
+            if not self._connect():
+                self._close_storage(final_snapshot=False)
+                self.dispatcher.close()
+                return
+            self._sync_models()
+            self.registry_read = True
+            if self.state is not None:
+                self.state.restore()  # after the models: the state says which model each device was on
+            group = s.broker.shared_group if self._protocol == "5" else None
+            self.session.subscribe(
+                s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group
+            )
+            self.session.subscribe([self._events_topic], qos=1)
+            self.subscribed = True
+        except BaseException:
+            self._close_storage(final_snapshot=False)
+            self.dispatcher.close()
+            raise
         log.info(
             "edge up: site %s, targets %s, subscribed %s",
             self.site,
@@ -152,50 +252,147 @@ class EdgeService:
         # whose full passes over it paused the loop 50-105 ms every few seconds (bench, 1,000 devices).
         gc.collect()
         gc.freeze()
+        self.dispatcher.start()  # from this thread, which lives as long as the service
         self.ready.set()
+        assert self.writer is not None
         next_status = next_poll = time.monotonic()
         try:
             while not self._stop.is_set():
-                batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
-                if batch:
-                    self._handle(batch)
+                self.loop_beat = time.monotonic()
+                if self._unsent and not self._retry_unsent():
+                    time.sleep(PUBLISH_RETRY_PAUSE)
+                elif self._outbox_busy():
+                    time.sleep(OUTBOX_BUSY_PAUSE)
+                else:
+                    batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
+                    if batch:
+                        self._handle(batch)
                 now = time.monotonic()
                 self._handle_control()
                 self._handle_outcomes()
+                self._check_retrains()
                 if now >= next_poll:
                     self._sync_models()
                     next_poll = now + s.edge.model_poll_interval
                 if now >= next_status:
                     self.writer.put(status=self.engine.status_rows(time.time()))
                     next_status = now + s.edge.status_interval
+                if self.state is not None:
+                    self.state.tick(now, self.stats.processed)
         finally:
             self._shutdown()
 
-    def _shutdown(self) -> None:
-        # Answer what was received, disconnect (sending the last predictions), then flush the store.
-        # Readings that slip in between the last batch and the disconnect are stored but their
-        # predictions cannot be sent; they were acknowledged by paho on receipt.
-        self._drain()
-        self.session.close()
-        late = self._drain()
-        if late:
-            log.warning("%d readings arrived during shutdown; stored, predictions not sent", late)
+    # -- storage, state and health ----------------------------------------------------------------
+    def _connect(self) -> bool:
+        """Connect both sessions; False if the edge was stopped while waiting for the broker."""
+        try:
+            self.session.start()
+            self.outbox.start()
+        except BrokerError:
+            if self._stop.is_set():
+                log.info("edge stopped while waiting for the broker")
+                return False
+            raise
+        return True
+
+    def _open_storage(self) -> None:
+        s = self.settings
+        check_data_dir(s.data_dir)
+        if s.store_path.parent.resolve() != s.data_dir.resolve():
+            check_data_dir(s.store_path.parent)
+        self.writer = StoreWriter(
+            s.store_path,
+            retention_rows=s.store.retention_rows,
+            flush_interval=s.store.flush_interval,
+            max_buffer_rows=s.store.max_buffer_rows,
+            on_error=lambda op: metrics.STORE_ERRORS.labels(op=op).inc(),
+            on_drop=metrics.STORE_ROWS_DROPPED.inc,
+        )
+        if s.edge.snapshot_interval > 0:
+            self.state = StateKeeper(
+                self.engine,
+                self.snapshot_path,
+                interval=s.edge.snapshot_interval,
+                load_model=self._load_label,
+            )
+
+    def _close_storage(self, *, final_snapshot: bool) -> None:
+        if self.state is not None:
+            self.state.close(final=final_snapshot)
         if self.writer is not None:
-            self.writer.put(status=self.engine.status_rows(time.time()))
+            if final_snapshot:
+                self.writer.put(status=self.engine.status_rows(time.time()))
             self.writer.close()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+
+    def _load_label(self, label: str) -> ServedModel | None:
+        try:
+            scope, version = parse_label(label)
+            return self.registry.load(scope, version, lags=self.settings.model.lags)
+        except (ModelFileError, OSError, ValueError):
+            return None
+
+    def liveness(self) -> dict[str, object]:
+        """/healthz: the loop and the store writer are alive (and not stalled)."""
+        now = time.monotonic()
+        writer = self.writer
+        beat = self.loop_beat
+        return {
+            # Before the loop starts (waiting for the broker) the process is starting, not dead.
+            "loop": beat is None or (now - beat < LOOP_STALL and not self._stop.is_set()),
+            "store_writer": writer is not None and writer.alive and now - writer.heartbeat < WRITER_STALL,
+            "_store_last_success_age_s": None
+            if writer is None
+            else round(time.time() - writer.last_success, 1),
+            "_store_errors": None if writer is None else writer.errors,
+            "_store_rows_dropped": None if writer is None else writer.rows_dropped,
+        }
+
+    def readiness(self) -> dict[str, object]:
+        """/readyz: connected to the broker, subscribed, registry read, and alive."""
+        return {
+            "connected": self.session.connected and self.outbox.connected,
+            "subscribed": self.subscribed,
+            "registry_read": self.registry_read,
+            "alive": all(v for k, v in self.liveness().items() if not k.startswith("_")),
+        }
+
+    def _shutdown(self) -> None:
+        # Stop taking deliveries, answer and acknowledge what is in the inbox, then disconnect: paho
+        # sends the predictions and acks before its DISCONNECT. Deliveries after this point stay
+        # unacknowledged and come again to the next run (with a persistent session).
+        self._accepting = False
+        deadline = time.monotonic() + SHUTDOWN_RETRY_S
+        while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
+            time.sleep(PUBLISH_RETRY_PAUSE)
+        if not self._unsent and self.outbox.connected:  # else predictions would die with paho's queue
+            self._drain(deadline)
+        self.subscribed = False
+        self.outbox.close()  # waits until the last prediction is out
+        self.session.close()  # the acks queued above go out before its DISCONNECT
+        left = len(self._unacked) + self._inbox.qsize() + self._left_at_shutdown
+        if left:
+            log.warning("%d readings left unacknowledged at shutdown; the broker delivers them again", left)
+        self._close_storage(final_snapshot=True)
         self.dispatcher.close()
         log.info(
             "edge stopped: %d processed, %d dropped", self.stats.processed, sum(self.stats.dropped.values())
         )
 
-    def _drain(self) -> int:
+    def _drain(self, deadline: float) -> int:
         count = 0
-        while batch := self._take_batch(self.settings.edge.batch_max, 0.0):
+        while (
+            not self._unsent
+            and time.monotonic() < deadline
+            and (batch := self._take_batch(self.settings.edge.batch_max, 0.0))
+        ):
             self._handle(batch)
             count += len(batch)
         return count
 
-    def _take_batch(self, limit: int, wait: float) -> list[tuple[str, bytes]]:
+    def _take_batch(self, limit: int, wait: float) -> list[Received]:
         try:
             first = self._inbox.get(timeout=0.05) if wait > 0 else self._inbox.get_nowait()
         except queue.Empty:
@@ -214,36 +411,118 @@ class EdgeService:
         return batch
 
     # -- the batch path ---------------------------------------------------------------------------
-    def _handle(self, batch: list[tuple[str, bytes]]) -> None:
+    def _handle(self, batch: list[Received]) -> None:
         readings: list[Telemetry] = []
-        for topic, payload in batch:
+        seen = self._answered.seen
+        for item in batch:
             try:
-                readings.append(self.parser.parse(topic, payload))
+                reading = self.parser.parse(item.topic, item.payload)
             except MessageError as exc:
-                self._dropped(exc, topic)
+                self._dropped(exc, item.topic)
+                continue
+            if seen(reading.device, reading.seq, reading.ts):
+                self._dropped(MessageError("duplicate", f"seq {reading.seq} answered before"), item.topic)
+                continue
+            readings.append(reading)
         self.stats.received += len(batch)
         metrics.RECEIVED.inc(len(batch))
         if not readings:
+            self._ack(batch)
             return
         with metrics.BATCH_SECONDS.time():
             out = self.engine.process(readings)
-        qos = self.settings.broker.qos
-        for prediction in out.predictions:
-            topic = self._prediction_template.format(site=self.site, device=prediction.device)
-            self.session.publish(topic, prediction.to_json(), qos=qos)
-        self.stats.processed += len(readings)
-        self.stats.predictions += len(out.predictions)
-        metrics.PREDICTIONS.inc(len(out.predictions))
+        for reading, reason in out.dropped:
+            limits = self.settings.limits
+            detail = (
+                f"no room for device {reading.device[:40]!r}: {limits.max_devices} devices kept, none "
+                f"silent for limits.device_idle_s={limits.device_idle_s:g} s"
+            )
+            self._dropped(MessageError(reason, detail), "the engine")
+        if out.evicted:
+            metrics.EVICTED.inc(out.evicted)
+        unsent = self._publish(
+            [
+                (self._prediction_template.format(site=self.site, device=p.device), p.to_json())
+                for p in out.predictions
+            ]
+        )
+        self.stats.processed += len(readings) - len(out.dropped)
         assert self.writer is not None
         self.writer.put(samples=out.samples)
+        if unsent:
+            self._unsent, self._unacked = unsent, batch
+        else:
+            self._ack(batch)
         self._after_engine(out)
 
+    def _outbox_busy(self) -> bool:
+        # Backpressure for our own output: while the broker has not acknowledged many predictions (or
+        # the outbox is disconnected), take no new readings, so their acks wait and the broker and
+        # the inbox bound hold the producers back instead of paho's queue growing. The outbox's
+        # thread never waits for this loop, so waiting cannot deadlock.
+        return not self.outbox.connected or self.outbox.outgoing > OUTGOING_HIGH_WATER
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
+        qos = self.settings.broker.qos
+        publish = self.outbox.publish
+        refused: list[tuple[str, bytes]] = []
+        failed = 0
+        for topic, payload in messages:
+            rc = publish(topic, payload, qos=qos).rc
+            # At QoS>0 paho keeps a message published while disconnected and sends it on reconnect.
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+                continue
+            failed += 1
+            if qos:
+                refused.append((topic, payload))
+            last_rc = rc
+        if failed:
+            self._publish_failed(failed, last_rc, retried=bool(qos))
+        sent = len(messages) - failed
+        self.stats.predictions += sent
+        metrics.PREDICTIONS.inc(sent)
+        return refused
+
+    def _publish_failed(self, count: int, rc: MQTTErrorCode, *, retried: bool) -> None:
+        self.stats.publish_failures += count
+        metrics.PUBLISH_FAILURES.inc(count)
+        now = time.monotonic()
+        if now - self._last_publish_log >= DROP_LOG_INTERVAL:
+            self._last_publish_log = now
+            log.warning(
+                "paho refused %d prediction(s) (%s); %s",
+                count,
+                mqtt_error_string(rc),
+                "retrying; their readings stay unacknowledged meanwhile" if retried else "lost (QoS 0)",
+            )
+
+    def _retry_unsent(self) -> bool:
+        """Publish refused predictions again; True once all are out and their batch is acknowledged."""
+        self._unsent = self._publish(self._unsent)
+        if self._unsent:
+            return False
+        batch, self._unacked = self._unacked, []
+        self._ack(batch)
+        return True
+
+    def _ack(self, batch: list[Received]) -> None:
+        ack = self.session.ack
+        for item in batch:
+            if item.qos:
+                ack(item.mid, item.qos, item.connection)
+
     def _after_engine(self, out: EngineOutput) -> None:
-        self._emit(out.events)
         for request in out.retrains:
             self.stats.retrains_requested += 1
             metrics.RETRAINS.labels(trigger=request.trigger).inc()
-            self.dispatcher.submit(request)
+            request_id = self.retrains.add(request)
+            for event in out.events:
+                if event.kind == "retrain_requested" and event.scope == request.scope:
+                    event.request_id = request_id
+        self._emit(out.events)
+        if out.retrains:
+            self._dispatch_due()
         for rollback in out.rollbacks:
             self._persist_rollback(rollback)
 
@@ -254,7 +533,7 @@ class EdgeService:
         now = time.monotonic()
         if now - self._last_drop_log >= DROP_LOG_INTERVAL:
             log.warning(
-                "dropped malformed telemetry: %s (last: %s on %s)",
+                "dropped telemetry: %s (last: %s on %s)",
                 dict(self._dropped_since_log),
                 str(exc)[:120],
                 topic[:80],
@@ -273,21 +552,65 @@ class EdgeService:
             log.info("event %s %s: %s", event.kind, event.scope, event.reason)
             self.session.publish(self._events_topic, orjson.dumps(event.to_dict(self.site)), qos=1)
 
-    # -- models -----------------------------------------------------------------------------------
-    def _handle_outcomes(self) -> None:
-        for outcome in self.dispatcher.poll():
-            self._apply_outcome(outcome)
+    # -- retrains: the bookkeeping decides, the dispatcher moves the attempts ----------------------
+    def _dispatch_due(self) -> None:
+        for attempt in self.retrains.due():
+            log.info(
+                "retrain of %s dispatched (attempt %d of %d, request %s)",
+                attempt.scope,
+                attempt.number,
+                self.retrains.policy.max_attempts,
+                attempt.request_id,
+            )
+            self.dispatcher.submit(attempt)
 
-    def _apply_outcome(self, outcome: RetrainOutcome) -> None:
+    def _check_retrains(self) -> None:
+        if not len(self.retrains):
+            return
+        for failure in self.retrains.expired():
+            self.dispatcher.cancel(failure.request_id)
+            self._retrain_failed(failure)
+        self._dispatch_due()
+
+    def _retrain_failed(self, failure: Failure) -> None:
+        self.stats.retrains_failed += 1
+        log.warning("retrain of %s failed (attempt %d): %s", failure.scope, failure.attempt, failure.reason)
+        self._emit([failure.event(self.engine.stream_ts)])
+        if failure.gave_up:
+            self.engine.retrain_finished(failure.scope, installed=False)
+
+    def _retrain_answered(self, request_id: str | None, scope: str, *, installed: bool) -> None:
+        done = self.retrains.answered(request_id) if request_id else self.retrains.answered_scope(scope)
+        if done is not None:
+            self.engine.retrain_finished(done, installed=installed)
+
+    def _handle_outcomes(self) -> None:
+        for report in self.dispatcher.poll():
+            if report.kind == "started":
+                self.retrains.started(report.request_id)
+            elif report.kind == "failed":
+                failure = self.retrains.failed(report.request_id, report.reason, report.attempt)
+                if failure is not None:
+                    self._retrain_failed(failure)
+            elif report.outcome is not None:
+                self._apply_outcome(report.outcome, report.request_id)
+
+    def _apply_outcome(self, outcome: RetrainOutcome, request_id: str | None = None) -> None:
         events = [Event.from_dict(e) for e in outcome.events]
+        for event in events:
+            event.request_id = event.request_id or request_id
         self._emit(events)
         installed = False
         if outcome.decision == "promoted" and outcome.version is not None:
             installed = self._install(outcome.scope, outcome.version)
-        self.engine.retrain_finished(outcome.scope, installed=installed)
+        self._retrain_answered(request_id, outcome.scope, installed=installed)
 
     def _handle_control(self) -> None:
-        """Events from other processes (trainer service, other replicas): swap models they promote."""
+        """Events from other processes (trainer service, other replicas): swap models they promote.
+
+        Answers carrying a request id settle that request; the edge's own events come back here
+        too and change nothing (their request is already settled, or the attempt is not in flight).
+        """
         while True:
             try:
                 payload = self._control.get_nowait()
@@ -295,83 +618,42 @@ class EdgeService:
                 return
             try:
                 event = Event.from_dict(orjson.loads(payload))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 log.warning("ignored an unreadable event on %s", self._events_topic)
                 continue
-            if event.kind == "model_promoted" and event.version:
+            rid = event.request_id
+            if event.kind == "retrain_started" and rid:
+                self.retrains.started(rid)
+            elif event.kind == "retrain_failed" and rid:
+                attempt = event.metrics.get("attempt")
+                failure = self.retrains.failed(
+                    rid,
+                    f"trainer: {event.reason}",
+                    int(attempt) if isinstance(attempt, int | float) else None,
+                )
+                if failure is not None:
+                    self._retrain_failed(failure)
+            elif event.kind == "model_promoted" and event.version:
                 try:
                     scope, version = parse_label(event.version)
                 except ValueError:
                     continue
-                if (
-                    self.engine.serving.get(scope) is None
-                    or self.engine.serving[scope].model.label != event.version
-                ):
-                    self.engine.retrain_finished(scope, installed=self._install(scope, version))
-            elif event.kind in ("model_rejected", "model_rolled_back") or (
-                event.kind == "retrain_finished" and not event.metrics
-            ):
-                if event.kind == "model_rolled_back":
-                    self._sync_models()
-                elif event.scope in self.engine.pending:
-                    self.engine.retrain_finished(event.scope, installed=False)
+                serving = self.engine.serving.get(scope)
+                installed = serving is not None and serving.model.label == event.version
+                if not installed:
+                    installed = self._install(scope, version)
+                self._retrain_answered(rid, scope, installed=installed)
+            elif event.kind == "model_rejected" or (event.kind == "retrain_finished" and not event.metrics):
+                self._retrain_answered(rid, event.scope, installed=False)
+            elif event.kind == "model_rolled_back":
+                self._sync_models()
 
+    # -- models -----------------------------------------------------------------------------------
     def _install(self, scope: str, version: int) -> bool:
-        label = version_label(scope, version)
-        try:
-            model = self.registry.load(scope, version, lags=self.settings.model.lags)
-        except (ModelFileError, OSError, ValueError) as exc:
-            metrics.MODEL_LOAD_FAILURES.inc()
-            self._emit(
-                [
-                    Event(
-                        "model_load_failed",
-                        scope,
-                        self.engine.stream_ts,
-                        reason=f"refused {label}: {exc}; the current model keeps serving",
-                        version=label,
-                        previous_version=self.engine.serving[scope].model.label
-                        if scope in self.engine.serving
-                        else None,
-                    )
-                ]
-            )
-            return False
-        self.engine.install(scope, model, probation=True)
-        self.stats.swaps += 1
-        metrics.SWAPS.inc()
-        log.info("now serving %s (%s)", label, model.meta.get("kind"))
-        return True
+        return self.models.install(scope, version)
 
     def _sync_models(self) -> None:
-        """Registry polling: serve every scope's champion (also the start-up load)."""
-        for scope in self.registry.scopes():
-            try:
-                version = self.registry.champion(scope)
-            except ModelFileError as exc:
-                log.warning("cannot read champion of %s: %s", scope, exc)
-                continue
-            serving = self.engine.serving.get(scope)
-            if version is None:
-                if serving is not None:
-                    self.engine.uninstall(scope)
-                continue
-            if serving is None or serving.model.label != version_label(scope, version):
-                if self._failed_recently(scope, version):
-                    continue
-                if not self._install(scope, version):
-                    self._failed_versions.add((scope, version))
-
-    def _failed_recently(self, scope: str, version: int) -> bool:
-        # A version that failed verification is not retried every poll; a new version is.
-        return (scope, version) in self._failed_versions
+        self.models.sync()
 
     def _persist_rollback(self, rollback: Rollback) -> None:
-        try:
-            restored = self.registry.rollback(
-                rollback.scope, reason=f"probation failed for {rollback.rejected}"
-            )
-        except (ModelFileError, OSError) as exc:
-            log.error("could not record rollback of %s: %s", rollback.scope, exc)
-            return
-        log.warning("rolled back %s -> %s", rollback.rejected, restored)
+        self.models.record_rollback(rollback)

@@ -5,7 +5,9 @@ Telemetry (``edgeloop/<site>/<device>/telemetry``)::
     {"device": "dev-001", "ts": 1700000000.0, "seq": 42, "temp_c": 21.3, "humidity": 45.1, "voc_ppb": 180.2}
 
 ``ts`` is epoch seconds or ISO-8601; unknown fields are ignored; ``device`` may come from the topic.
-A field mapping in the config renames a foreign publisher's fields onto these names.
+When the topic carries a device id, it wins: a payload ``device`` naming another device is dropped
+(``device_mismatch``), so a device the broker lets publish on its own topic only cannot feed another
+device's history. A field mapping in the config renames a foreign publisher's fields onto these names.
 
 Prediction (``edgeloop/<site>/<device>/prediction``), one per telemetry message answered::
 
@@ -20,6 +22,8 @@ Event (``edgeloop/<site>/events``)::
     {"kind": "drift_detected", "ts": ..., "site": "site-1", "scope": "voc_ppb@dev-001",
      "reason": "...", "metrics": {...}, "version": "...", "previous_version": "..."}
 
+Events about a retrain request also carry its ``"request_id"`` (absent otherwise).
+
 >>> p = TelemetryParser(targets=["voc_ppb"])
 >>> r = p.parse("edgeloop/s/dev-9/telemetry", b'{"ts": 10, "seq": 1, "voc_ppb": 150.5}')
 >>> (r.device, r.ts, r.seq, r.values)
@@ -33,7 +37,9 @@ edgeloop.errors.MessageError: not_json: ...
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,6 +53,7 @@ EVENT_KINDS = (
     "retrain_requested",
     "retrain_started",
     "retrain_finished",
+    "retrain_failed",
     "model_promoted",
     "model_rejected",
     "model_rolled_back",
@@ -63,7 +70,9 @@ REJECT_REASONS = (
     "not_json",
     "not_object",
     "bad_device",
+    "device_mismatch",
     "bad_ts",
+    "ts_out_of_window",
     "bad_seq",
     "bad_value",
     "not_finite",
@@ -71,7 +80,43 @@ REJECT_REASONS = (
     "missing_target",
 )
 
-_MAX_DEVICE_LEN = 128
+_TOPIC_CACHE_SIZE = 16_384  # topics whose device id is remembered; the cache starts over when full
+_MAX_DEVICE_BYTES = 128  # UTF-8 bytes: also bounds topic levels and the file names built from a scope
+
+# Characters a device id may not hold. Device ids become MQTT topic levels, and Mosquitto disconnects a
+# client that publishes a topic with a control character, a non-character or a surrogate (MQTT 5 sec.
+# 1.5.4), so such an id would take the edge off the air; / + # would change the topic's shape.
+_BAD_DEVICE_CHARS = re.compile(
+    "[\x00-\x1f\x7f-\x9f/+#\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+    + "]"
+)
+
+
+def check_device(device: Any) -> str:
+    """``device`` if it is a usable device id, else :class:`MessageError` ``bad_device``.
+
+    A usable id is a non-empty string of at most 128 UTF-8 bytes without / + #, control characters
+    (C0, DEL, C1), surrogates or Unicode non-characters: whatever passes makes a valid MQTT topic level.
+
+    >>> check_device("Küche 1")
+    'Küche 1'
+    >>> check_device("dev" + chr(0xFFFE))
+    Traceback (most recent call last):
+    ...
+    edgeloop.errors.MessageError: bad_device: device ids may not hold / + #, control characters or ...
+    """
+    if not isinstance(device, str) or not device:
+        raise MessageError("bad_device", repr(device)[:40])
+    if _BAD_DEVICE_CHARS.search(device) is not None:
+        raise MessageError(
+            "bad_device",
+            f"device ids may not hold / + #, control characters or non-characters: {device[:40]!r}",
+        )
+    # A character is at most 4 UTF-8 bytes, so short ids need no encoding to check their size.
+    if len(device) > _MAX_DEVICE_BYTES // 4 and len(device.encode()) > _MAX_DEVICE_BYTES:
+        raise MessageError("bad_device", f"longer than {_MAX_DEVICE_BYTES} UTF-8 bytes: {device[:40]!r}")
+    return device
 
 
 @dataclass(slots=True)
@@ -123,13 +168,14 @@ class Event:
     metrics: dict[str, float | int | None] = field(default_factory=dict)
     version: str | None = None
     previous_version: str | None = None
+    request_id: str | None = None  # the retrain request this event answers or reports on
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {self.kind!r}")
 
     def to_dict(self, site: str) -> dict[str, Any]:
-        return {
+        data = {
             "kind": self.kind,
             "ts": self.ts,
             "site": site,
@@ -139,6 +185,9 @@ class Event:
             "version": self.version,
             "previous_version": self.previous_version,
         }
+        if self.request_id is not None:
+            data["request_id"] = self.request_id
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -150,6 +199,7 @@ class Event:
             metrics=dict(data.get("metrics") or {}),
             version=data.get("version"),
             previous_version=data.get("previous_version"),
+            request_id=data["request_id"] if isinstance(data.get("request_id"), str) else None,
         )
 
 
@@ -189,9 +239,15 @@ def parse_ts(value: Any) -> float:
 class TelemetryParser:
     """Turns ``(topic, payload)`` into a :class:`Telemetry` or raises :class:`MessageError`.
 
-    It reads the payload fields named by the mapping config, takes the device from the payload, else
-    from a topic level, else a default; ignores unknown fields; and checks every target value is a
-    finite number inside its plausible range.
+    It reads the payload fields named by the mapping config, takes the device from the topic level
+    ``device_level`` (a payload naming another device is dropped as ``device_mismatch``), else from the
+    payload, else a default; ignores unknown fields; and checks every target value is a finite number
+    inside its plausible range.
+
+    With a ``wall_clock``, a timestamp more than ``max_future_s`` ahead of it (or, if set, more than
+    ``max_past_s`` behind it) is dropped as ``ts_out_of_window``: one device with a clock in the year
+    5107 would otherwise pin the event times of the whole stream. Without one (offline replays of old
+    data), no window applies. ``clock`` stamps readings that carry no timestamp.
     """
 
     def __init__(
@@ -206,7 +262,10 @@ class TelemetryParser:
         default_device: str = "default",
         max_payload_bytes: int = 8192,
         ranges: Mapping[str, tuple[float, float]] | None = None,
-        clock: Any = None,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] | None = None,
+        max_future_s: float | None = None,
+        max_past_s: float | None = None,
     ) -> None:
         self.targets = tuple(targets)
         self.rename = dict(rename or {})
@@ -217,10 +276,15 @@ class TelemetryParser:
         self._seq_key = inverse.get("seq", seq_field)
         self._target_keys = tuple((t, inverse.get(t, t)) for t in self.targets)
         self.device_level = device_level
-        self.default_device = default_device
+        self.default_device = check_device(default_device)
         self.max_payload_bytes = max_payload_bytes
         self.ranges = dict(ranges or {})
         self._clock = clock
+        # Topic -> its checked device id: each device publishes on one topic, so split and check once.
+        self._topic_devices: dict[str, str] = {}
+        self._wall_clock = wall_clock if max_future_s is not None or max_past_s is not None else None
+        self.max_future_s = max_future_s
+        self.max_past_s = max_past_s
 
     def parse(self, topic: str, payload: bytes) -> Telemetry:
         if len(payload) > self.max_payload_bytes:
@@ -239,18 +303,23 @@ class TelemetryParser:
         )
 
     def _device(self, topic: str, data: dict[str, Any]) -> str:
-        device = data.get(self._device_key)
+        claimed = data.get(self._device_key)
+        device = self._topic_devices.get(topic)
         if device is None and self.device_level is not None:
             levels = topic.split("/")
             if len(levels) > self.device_level:
-                device = levels[self.device_level]
-        if device is None:
+                device = check_device(levels[self.device_level])
+                if len(self._topic_devices) >= _TOPIC_CACHE_SIZE:
+                    self._topic_devices.clear()
+                self._topic_devices[topic] = device
+        if device is not None:
+            if claimed is not None and claimed != device:
+                check_device(claimed)  # a malformed field is reported as such
+                raise MessageError("device_mismatch", f"payload names {claimed[:40]!r} on {topic[:80]!r}")
+            return device
+        if claimed is None:
             return self.default_device
-        if not isinstance(device, str) or not device or len(device) > _MAX_DEVICE_LEN:
-            raise MessageError("bad_device", repr(device)[:40])
-        if any(c in device for c in "/+#\x00"):
-            raise MessageError("bad_device", "device ids may not contain / + # or NUL")
-        return device
+        return check_device(claimed)
 
     def _ts(self, data: dict[str, Any]) -> float:
         raw = data.get(self._ts_key)
@@ -259,9 +328,16 @@ class TelemetryParser:
                 raise MessageError("bad_ts", "missing")
             return float(self._clock())
         try:
-            return parse_ts(raw)
+            ts = parse_ts(raw)
         except (ValueError, TypeError, OverflowError) as exc:
             raise MessageError("bad_ts", str(exc)[:80]) from None
+        if self._wall_clock is not None:
+            now = self._wall_clock()
+            if self.max_future_s is not None and ts > now + self.max_future_s:
+                raise MessageError("ts_out_of_window", f"{ts - now:.0f} s ahead of the edge's clock")
+            if self.max_past_s is not None and ts < now - self.max_past_s:
+                raise MessageError("ts_out_of_window", f"{now - ts:.0f} s behind the edge's clock")
+        return ts
 
     def _seq(self, data: dict[str, Any]) -> int | None:
         raw = data.get(self._seq_key)
@@ -291,8 +367,14 @@ class TelemetryParser:
         return values
 
 
-def parser_from_settings(settings: Any) -> TelemetryParser:
-    """Build the parser that the edge, the evaluator and the tests share, from :class:`Settings`."""
+def parser_from_settings(
+    settings: Any, *, wall_clock: Callable[[], float] | None = time.time
+) -> TelemetryParser:
+    """Build the parser that the edge, the evaluator and the tests share, from :class:`Settings`.
+
+    ``wall_clock=None`` drops the timestamp window, for replays of old data in accelerated time.
+    """
+    limits = settings.limits
     return TelemetryParser(
         settings.model.targets,
         device_field=settings.mapping.device_field,
@@ -301,6 +383,9 @@ def parser_from_settings(settings: Any) -> TelemetryParser:
         rename=settings.mapping.fields,
         device_level=settings.topics.device_level,
         default_device=settings.mapping.default_device,
-        max_payload_bytes=settings.limits.max_payload_bytes,
-        ranges=settings.limits.ranges,
+        max_payload_bytes=limits.max_payload_bytes,
+        ranges=limits.ranges,
+        wall_clock=wall_clock,
+        max_future_s=limits.max_future_s,
+        max_past_s=limits.max_past_s,
     )

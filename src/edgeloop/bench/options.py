@@ -1,0 +1,30 @@
+"""What a bench run is parameterised by: the CLI's options as one value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BenchOptions:
+    """Everything a bench run is parameterised by (the CLI's options)."""
+
+    devices: int = 1000
+    qos: list[int] = field(default_factory=lambda: [1, 0])
+    broker: str | None = None
+    rate: float | None = None  # fixed mode: measure only at this rate (no ceiling/max/search)
+    ceiling_seconds: float = 4.0
+    max_seconds: float = 5.0
+    step_seconds: float = 5.0
+    steps: int = 4
+    latency_rate: float = 5000.0
+    latency_seconds: float = 8.0
+    during_retrain: bool = False
+    retrain_rate: float = 5000.0
+    warmup_rate: float = 5000.0
+    train_model: bool = True
+    window: int = 2000
+    seed: int = 0
+    interval: float = 5.0
+    mlflow: bool = False
+    keep: bool = False
