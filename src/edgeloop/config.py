@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -41,7 +41,9 @@ class _Section(BaseModel):
 
 
 class BrokerSettings(_Section):
-    url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL: mqtt://host:port or mqtts://host:port")
+    url: str = Field(
+        "mqtt://127.0.0.1:1883", description="Broker URL: mqtt://[user:pass@]host:port or mqtts://..."
+    )
     username: str | None = Field(None, description="Username for broker auth (none: anonymous)")
     password: SecretStr | None = Field(None, description="Password for broker auth; prefer password_file")
     password_file: Path | None = Field(
@@ -61,6 +63,40 @@ class BrokerSettings(_Section):
         "edgeloop", description="MQTT v5 shared-subscription group; edge replicas split the stream"
     )
     reconnect_max_delay: float = Field(30.0, gt=0, description="Cap of the jittered reconnect backoff (s)")
+    connect_wait: float = Field(
+        120.0, ge=0, description="Seconds to wait for an unreachable broker at start (0: fail at once)"
+    )
+    receive_maximum: int = Field(
+        1000, ge=1, le=65535, description="QoS 1/2 deliveries the broker may have unacknowledged to us"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_url(cls, data: Any) -> Any:
+        # mqtt://user:pass@host is a common way to configure clients; take the credentials out of the
+        # URL (so it can be printed and logged safely) into username/password, or refuse a conflict.
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, has_password, password = userinfo.partition(":")
+        user, password = unquote(user), unquote(password)
+        data = {**data, "url": urlunsplit(parts._replace(netloc=hostport))}
+        if user:
+            if data.get("username") not in (None, user):
+                raise ValueError(
+                    "broker.url names a user that differs from broker.username; set credentials in one place"
+                )
+            data["username"] = user
+        if has_password:
+            if data.get("password") is not None or data.get("password_file") is not None:
+                raise ValueError(
+                    "broker.url holds a password and broker.password(_file) is set too; keep one of them"
+                )
+            data["password"] = password
+        return data
 
     @field_validator("url")
     @classmethod
@@ -153,32 +189,119 @@ class LimitSettings(_Section):
     )
 
 
+class Span:
+    """A stretch of a stream: a time (``90s``, ``30m``, ``12h``, ``3d``) or a count of readings (``2000``).
+
+    Time spans turn into readings with a device's observed sampling interval, so one setting means
+    the same thing at one reading every 10 s or every hour. ``0`` means off.
+
+    >>> Span.parse("12h").readings(600.0), Span.parse("2000").readings(600.0), Span.parse("0").off
+    (72, 2000, True)
+    >>> Span.parse("soon")
+    Traceback (most recent call last):
+    ...
+    ValueError: span 'soon': expected readings (2000) or a time such as 90s, 30m, 12h, 3d
+    """
+
+    __slots__ = ("amount", "seconds")
+    _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+    def __init__(self, amount: float, seconds: bool) -> None:
+        self.amount = amount
+        self.seconds = seconds
+
+    @classmethod
+    def parse(cls, text: str | int | float) -> Span:
+        raw = str(text).strip().lower()
+        unit = raw[-1:] if raw[-1:] in cls._UNITS else ""
+        try:
+            amount = float(raw[:-1] if unit else raw)
+        except ValueError:
+            raise ValueError(
+                f"span {text!r}: expected readings (2000) or a time such as 90s, 30m, 12h, 3d"
+            ) from None
+        if not amount >= 0 or amount == float("inf"):
+            raise ValueError(f"span {text!r} must be a finite number >= 0")
+        return cls(amount * cls._UNITS[unit], True) if unit else cls(amount, False)
+
+    @property
+    def off(self) -> bool:
+        return self.amount == 0
+
+    def readings(self, interval: float | None) -> int:
+        """This span in readings at ``interval`` seconds a reading (None: not yet known, taken as 60 s)."""
+        if not self.seconds:
+            return int(self.amount)
+        return round(self.amount / (interval if interval and interval > 0 else 60.0))
+
+
 class ModelSettings(_Section):
     targets: list[str] = Field(["voc_ppb"], min_length=1, description="Fields to forecast")
     lags: int = Field(5, ge=1, le=64, description="Number of past readings a forecast sees")
-    candidates: list[Literal["persistence", "linear", "lgbm-level", "lgbm-delta"]] = Field(
-        ["persistence", "linear", "lgbm-delta"],
-        description="Formulations tried at training (lgbm-level is available, but loses badly once a "
-        "sensor leaves the range it was trained on)",
+    candidates: list[Literal["persistence", "linear", "lgbm-level", "lgbm-delta", "rls"]] = Field(
+        ["persistence", "linear", "lgbm-delta", "rls"],
+        description="Formulations tried at training (rls keeps learning per device after every reading; "
+        "lgbm-level is available, but loses badly once a sensor leaves the range it was trained on)",
     )
     min_train_samples: int = Field(
         1440, ge=50, description="Readings of a target (all devices) before its first fleet model is trained"
     )
     retrain_min_samples: int = Field(
-        1440,
-        ge=50,
-        description="Readings a drifted scope collects after the alarm before it retrains; cover one cycle",
+        200,
+        ge=20,
+        description="Readings a drifted device collects after the alarm before its first (fast) retrain",
+    )
+    consolidate_after: str = Field(
+        "1d",
+        description="Span (e.g. 1d, 12h, or 2000 readings) after an alarm at which a consolidation "
+        "retrain learns the whole new regime; 0: off",
+    )
+    refresh_every: str = Field(
+        "3d",
+        description="Span (e.g. 3d, or 5000 readings) between validated champion/challenger refreshes "
+        "of a scope, never sooner than train_window/2 readings; 0: off",
     )
     train_window: int = Field(4000, ge=100, description="Most recent readings per device a training uses")
     validation_fraction: float = Field(0.25, gt=0.05, lt=0.6, description="Newest share held out to validate")
+    min_validation_samples: int = Field(
+        100,
+        ge=10,
+        description="Fewest newest readings per device held out to validate, whatever the fraction",
+    )
     promotion_margin: float = Field(
-        0.02, ge=0.0, lt=1.0, description="A challenger must beat the champion's holdout RMSE by this share"
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="A challenger must beat both the champion's and persistence's holdout RMSE by this share",
     )
     probation_samples: int = Field(200, ge=10, description="Scored forecasts a new model serves on probation")
     probation_tolerance: float = Field(
-        1.1, ge=1.0, description="Roll back if probation RMSE exceeds the old model's recent RMSE times this"
+        1.1,
+        ge=1.0,
+        description="Roll back if probation RMSE exceeds the old model's (or persistence's) RMSE times this",
+    )
+    floor_margin: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="Serve persistence for a device while its model's recent RMSE exceeds persistence's "
+        "by this share",
+    )
+    floor_window: int = Field(
+        300, ge=20, description="Scored forecasts (exponential window) over which the floor compares them"
+    )
+    gap_intervals: float = Field(
+        5.0,
+        gt=1.0,
+        description="A pause longer than this many median sampling intervals resets a device's lag window",
     )
     lgbm_rounds: int = Field(200, ge=10, description="LightGBM boosting rounds")
+
+    @field_validator("consolidate_after", "refresh_every", mode="before")
+    @classmethod
+    def _check_span(cls, value: Any) -> str:
+        Span.parse(value)  # YAML gives 2000 as a number: kept as the text "2000" (readings)
+        return str(value).strip()
 
 
 class DriftSettings(_Section):
@@ -223,6 +346,9 @@ class EdgeSettings(_Section):
     )
     snapshot_interval: float = Field(
         5.0, ge=0, description="Seconds between snapshots of per-device state in <data_dir>/state; 0: off"
+    )
+    inbox_max: int = Field(
+        20_000, ge=1, description="Readings received but not yet processed; when full, reading pauses"
     )
     retrain: Literal["local", "mqtt"] = Field(
         "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
@@ -311,6 +437,10 @@ class Settings(BaseSettings):
     def _check_cross_fields(self) -> Settings:
         if self.drift.policy == "rmse-threshold" and self.drift.threshold is None:
             raise ValueError("drift.threshold is required when drift.policy is rmse-threshold")
+        if self.edge.inbox_max < self.broker.receive_maximum:
+            # The broker's flow control must fill first; a full inbox stalls paho's network thread,
+            # which would also hold back the acknowledgements of our own predictions.
+            raise ValueError("edge.inbox_max must be at least broker.receive_maximum")
         return self
 
     @classmethod

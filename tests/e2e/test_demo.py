@@ -50,7 +50,8 @@ def test_demo_heals_the_drifted_device_only(demo_run: tuple[Path, dict, str]) ->
     retrained = {scope for kind, scope in events if kind == "retrain_requested"}
     assert retrained == {"voc_ppb", "voc_ppb@dev-001"}
     assert report["devices"]["dev-001/voc_ppb"] == "voc_ppb@dev-001:v1"
-    assert report["devices"]["dev-002/voc_ppb"] == "voc_ppb:v1"
+    # The others stay on the fleet model (which a scheduled refresh may have replaced: voc_ppb:v2).
+    assert report["devices"]["dev-002/voc_ppb"].startswith("voc_ppb:v")
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -136,7 +137,11 @@ class MosquittoBroker:
         max_queued_messages: int = 100_000,
         max_inflight_messages: int = 1000,
         extra_config: str = "",
+        persistence: bool = False,
+        autosave_interval: int = 1800,
     ) -> None:
+        self.persistence = persistence
+        self.autosave_interval = autosave_interval
         self.users = dict(users or {})
         self.tls = tls
         self.binary = binary or mosquitto_binary()
@@ -169,7 +174,15 @@ class MosquittoBroker:
         lines = [
             "per_listener_settings false",
             f"listener {self.port} {self.host}",
-            "persistence false",
+            *(
+                [
+                    "persistence true",
+                    f"persistence_location {workdir}/",
+                    f"autosave_interval {self.autosave_interval}",
+                ]
+                if self.persistence
+                else ["persistence false"]
+            ),
             f"max_queued_messages {self.max_queued_messages}",
             "max_queued_bytes 0",
             f"max_inflight_messages {self.max_inflight_messages}",
@@ -208,6 +221,7 @@ class MosquittoBroker:
         return ctx
 
     def start(self) -> Self:
+        """Start mosquitto; after :meth:`kill` it comes back on the same port with the same files."""
         if self._proc is not None:
             return self
         if self.binary is None:
@@ -215,11 +229,14 @@ class MosquittoBroker:
                 "no mosquitto binary found on PATH or in /usr/sbin: install mosquitto "
                 "(apt-get install mosquitto) or use EmbeddedBroker"
             )
-        self._tmp = tempfile.TemporaryDirectory(prefix="edgeloop-mosquitto-")
+        restart = self._tmp is not None
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="edgeloop-mosquitto-")
         workdir = Path(self._tmp.name)
         last_error = ""
         for _attempt in range(3):  # the free port can be taken between probe and bind
-            self.port = self._fixed_port or find_free_port()
+            if not restart:
+                self.port = self._fixed_port or find_free_port()
             conf = workdir / "mosquitto.conf"
             conf.write_text(self._config(workdir))
             stderr = (workdir / "stderr.log").open("wb")
@@ -235,7 +252,7 @@ class MosquittoBroker:
                 time.sleep(0.05)
             last_error = self._log_tail()
             self._terminate()
-            if self._fixed_port or "Address already in use" not in last_error:
+            if restart or self._fixed_port or "Address already in use" not in last_error:
                 break
         self._cleanup_tmp()
         raise BrokerError(f"private mosquitto did not start within {_START_TIMEOUT:.0f} s:\n{last_error}")
@@ -265,6 +282,28 @@ class MosquittoBroker:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def kill(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop mosquitto with ``sig`` and wait for it, keeping port, config and persistence files.
+
+        SIGTERM lets mosquitto write its persistence file; SIGKILL keeps only the last autosave
+        (``autosave_interval``). :meth:`start` brings it back.
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def restart(self, sig: signal.Signals = signal.SIGTERM, down: float = 0.0) -> Self:
+        """:meth:`kill` with ``sig``, stay down ``down`` seconds, start again on the same port."""
+        self.kill(sig)
+        time.sleep(down)
+        return self.start()
 
     def stop(self) -> None:
         """Terminate mosquitto and wait for it; remove its temp dir."""

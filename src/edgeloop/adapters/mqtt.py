@@ -1,9 +1,13 @@
 """MQTT plumbing on paho-mqtt 2 (callback API v2, MQTT v5 by default).
 
-``make_client`` builds a configured client, ``connect`` connects it and fails fast with a
-:class:`BrokerError` telling the user what to check, and :class:`MqttSession` owns one client for a
-long-running service: it tracks ``connected``, re-subscribes when the broker lost the session and adds
-jitter to paho's reconnect backoff.
+:class:`MqttSession` owns one client for a long-running service: it waits for the broker at start
+(``broker.connect_wait``), tracks ``connected``, subscribes every wanted filter again on every
+connect, names the cause when another client takes our client id, and adds jitter to paho's reconnect
+backoff. Building and connecting a client is in :mod:`edgeloop.adapters.mqtt_client`.
+
+Re-subscribing on every connect, whatever "session present" says: Mosquitto 2.0 restarted with
+persistence restores a session without its ``$share`` subscriptions, so trusting the flag leaves a
+service deaf. A repeated SUBSCRIBE for a filter the broker still holds is harmless (it replaces it).
 
 Reconnect backoff: paho 2.2 waits ``min_delay`` after a lost connection and doubles the wait on each
 failed attempt up to ``max_delay`` with **no jitter**, so a fleet of edges that lost the same broker
@@ -19,36 +23,54 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import re
-import secrets
-import socket
-import ssl
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgeloop.adapters.mqtt_client import (
+    MAX_INFLIGHT,
+    MAX_QUEUED,
+    RECONNECT_MIN_DELAY,
+    SESSION_TAKEN_OVER,
+    BrokerUnavailable,
+    Protocol,
+    _clamp_inflight,
+    connect,
+    default_client_id,
+    make_client,
+)
 from edgeloop.config import BrokerSettings
-from edgeloop.errors import BrokerError, ConfigError
+from edgeloop.errors import BrokerError
+
+__all__ = [
+    "MAX_INFLIGHT",
+    "MAX_QUEUED",
+    "BrokerUnavailable",
+    "MqttSession",
+    "connect",
+    "default_client_id",
+    "jittered_backoff",
+    "make_client",
+    "shared_filter",
+    "topic_for",
+]
 
 log = logging.getLogger(__name__)
 
-Protocol = Literal["5", "3.1.1"]
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
-RECONNECT_MIN_DELAY = 0.5
-MAX_INFLIGHT = 1000  # QoS>0 messages on the wire at once; paho's default of 20 caps throughput
-MAX_QUEUED = 100_000  # beyond the in-flight window; publish() returns MQTT_ERR_QUEUE_SIZE past this
-_PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 _WILDCARDS = re.compile(r"[/+#]")
+TAKEOVER_STABLE_S = 10.0  # a connection the broker closes sooner than this counts towards a takeover
+TAKEOVER_SUSPECT = 3  # such closes in a row before the log names a client id clash as the likely cause
 
 
 def shared_filter(topic_filter: str, group: str | None) -> str:
@@ -103,217 +125,17 @@ def jittered_backoff(attempt: int, cap: float, base: float = RECONNECT_MIN_DELAY
     return random.uniform(delay / 2, delay)
 
 
-def default_client_id(role: str, *, stable: bool = False) -> str:
-    """``edgeloop-<role>-<host>-<pid>-<random>`` restricted to characters every broker accepts.
-
-    Two clients with one id take the connection from each other, so transient clients get a random
-    suffix. ``stable`` leaves out pid and suffix: a service with a persistent session must come back
-    under the same id after a restart, or the broker keeps an orphaned session queueing its share.
-    """
-    suffix = "" if stable else f"-{os.getpid()}-{secrets.token_hex(3)}"
-    raw = f"edgeloop-{role}-{socket.gethostname()}{suffix}"
-    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)
-
-
-def _tls_context(settings: BrokerSettings) -> ssl.SSLContext:
-    try:
-        ctx = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"broker.tls_ca_file: cannot load CA bundle {settings.tls_ca_file}: {exc}") from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if settings.tls_cert_file is not None:
-        try:
-            ctx.load_cert_chain(
-                str(settings.tls_cert_file), settings.tls_key_file and str(settings.tls_key_file)
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"broker.tls_cert_file/tls_key_file: cannot load client certificate "
-                f"{settings.tls_cert_file}: {exc}"
-            ) from exc
-    return ctx
-
-
-class _Client(mqtt.Client):
-    """paho's client, minus a rescan that cost the edge a third of its CPU at QoS 1.
-
-    On every PUBACK paho walks all unacknowledged messages looking for queued ones to send (up to
-    1,000 with our in-flight limit). When every stored message is already in flight there is nothing
-    to find, so the walk is skipped; otherwise paho's own code runs unchanged. Measured with
-    ``edgeloop bench``: QoS 1 p99 at 5,000 msg/s from 1.3 s (a growing backlog) to 49 ms.
-    """
-
-    def _update_inflight(self) -> MQTTErrorCode:
-        if len(self._out_messages) <= self._inflight_messages:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._update_inflight()
-
-
-def make_client(
-    settings: BrokerSettings,
-    *,
-    role: str,
-    client_id: str | None = None,
-    clean_start: bool | None = None,
-    protocol: Protocol = "5",
-) -> mqtt.Client:
-    """A paho client configured from ``settings``; not yet connected (see :func:`connect`).
-
-    ``clean_start`` only matters for MQTT 3.1.1, where the clean-session flag is fixed when the client
-    is made (default True); with MQTT v5 it is chosen per connection by :func:`connect`.
-    """
-    if protocol not in _PROTOCOLS:
-        raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
-    v5 = protocol == "5"
-    client = _Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id or settings.client_id or default_client_id(role),
-        clean_session=None if v5 else (True if clean_start is None else clean_start),
-        protocol=_PROTOCOLS[protocol],
-    )
-    password = settings.resolved_password()
-    if settings.username is not None:
-        client.username_pw_set(settings.username, password)
-    elif password is not None:
-        log.warning("broker password is set but broker.username is not; connecting without credentials")
-    if settings.tls:
-        client.tls_set_context(_tls_context(settings))
-        if settings.tls_insecure:
-            client.tls_insecure_set(True)
-    # paho annotates the delays as int but sleeps on floats; 0.5 s makes the first retry quick.
-    client.reconnect_delay_set(RECONNECT_MIN_DELAY, settings.reconnect_max_delay)  # type: ignore[arg-type]
-    client.max_inflight_messages_set(MAX_INFLIGHT)
-    client.max_queued_messages_set(MAX_QUEUED)
-    return client
-
-
-_AUTH_CODES = {134, 135, 140}  # bad user name or password, not authorized, bad authentication method
-
-
-def _refusal_message(where: str, reason: ReasonCode, username: str | None) -> str:
-    text = f"broker at {where} refused the connection: {reason.getName()} (reason code {reason.value})"
-    if reason.value in _AUTH_CODES and username is None:
-        return text + ". It may require credentials: set broker.username and broker.password(_file)."
-    if reason.value in _AUTH_CODES:
-        return text + f". Check broker.username ({username!r}) and broker.password / broker.password_file."
-    if reason.value == 133:  # client identifier not valid
-        return text + ". Check broker.client_id."
-    return text + "."
-
-
-def _socket_error_message(where: str, exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (
-            f"TLS certificate of the broker at {where} failed verification ({exc.verify_message}). "
-            "Check broker.tls_ca_file names the CA that signed the broker's certificate and that the "
-            "URL's host matches the certificate (broker.tls_insecure skips the host check; testing only)."
-        )
-    if isinstance(exc, ssl.SSLError):
-        return (
-            f"TLS handshake with {where} failed ({exc.reason or exc}). Check the port speaks TLS "
-            "(mqtts://) and broker.tls_* files."
-        )
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve broker host of {where} ({exc.strerror}). Check broker.url."
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection to {where} refused. Check broker.url (host and port) and that the broker runs."
-    if isinstance(exc, TimeoutError):
-        return f"no answer from {where}. Check broker.url, the network and firewalls."
-    return f"cannot connect to broker at {where}: {exc}. Check broker.url and the network."
-
-
-def _clamp_inflight(client: mqtt.Client, properties: Properties | None) -> None:
-    # paho 2.2 ignores the broker's Receive Maximum; sending more unacked QoS>0 messages than it
-    # allows lets a strict MQTT v5 broker drop the connection (mosquitto 2.0 tolerates it). paho's
-    # public setter refuses changes on an open connection, so set the field it reads per publish.
-    receive_max = getattr(properties, "ReceiveMaximum", None)
-    if receive_max and receive_max < client.max_inflight_messages:
-        log.info("broker Receive Maximum is %d; limiting in-flight messages to it", receive_max)
-        client._max_inflight_messages = receive_max
-
-
-def connect(
-    client: mqtt.Client,
-    settings: BrokerSettings,
-    *,
-    clean_start: bool,
-    session_expiry: int | None,
-    timeout: float = 10,
-) -> None:
-    """Connect, start paho's network thread and wait for the broker's CONNACK.
-
-    ``session_expiry`` (MQTT v5 only) is how long the broker keeps our session and queues QoS>0
-    messages for us while we are away; with ``clean_start=False`` a reconnect resumes it. None means
-    the session ends with the connection. With MQTT 3.1.1 both are ignored: the clean-session flag
-    was fixed by :func:`make_client`. Raises :class:`BrokerError` naming what to check.
-    """
-    where = f"{settings.host}:{settings.port}"
-    v5 = client.protocol == MQTTProtocolVersion.MQTTv5
-    properties: Properties | None = None
-    if v5 and session_expiry:
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = session_expiry
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-    # The caller's own callbacks (e.g. MqttSession's) still run; they are typed as a union of paho's
-    # callback API versions, and this client is VERSION2.
-    user_on_connect: Callable[..., None] | None = client.on_connect
-    user_on_disconnect: Callable[..., None] | None = client.on_disconnect
-
-    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        if not reason.is_failure:
-            _clamp_inflight(c, props)
-        if user_on_connect is not None:
-            user_on_connect(c, userdata, flags, reason, props)
-        outcome.setdefault("reason", reason)
-        done.set()
-
-    def on_disconnect(c: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        if user_on_disconnect is not None:
-            user_on_disconnect(c, userdata, flags, reason, props)
-        outcome.setdefault("closed", reason)
-        done.set()
-
-    client.on_connect, client.on_disconnect = on_connect, on_disconnect
-    try:
-        client.connect_timeout = timeout
-        kwargs: dict[str, Any] = {"clean_start": clean_start, "properties": properties} if v5 else {}
-        try:
-            client.connect(settings.host, settings.port, settings.keepalive, **kwargs)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerError(_socket_error_message(where, exc)) from exc
-        client.loop_start()
-        answered = done.wait(timeout)
-    finally:
-        client.on_connect, client.on_disconnect = user_on_connect, user_on_disconnect
-    reason = outcome.get("reason")
-    if reason is not None and not reason.is_failure:
-        return
-    # Stop paho from retrying a connection that cannot work.
-    client.disconnect()
-    client.loop_stop()
-    if reason is not None:
-        raise BrokerError(_refusal_message(where, reason, settings.username))
-    if answered:
-        raise BrokerError(
-            f"broker at {where} closed the connection before answering ({outcome.get('closed')}). "
-            "If it requires TLS use mqtts://; check it speaks MQTT"
-            + (" v5" if v5 else "")
-            + " and that broker.client_id is not rejected."
-        )
-    raise BrokerError(
-        f"no MQTT answer from {where} within {timeout:g} s. Check broker.url points at an MQTT port "
-        "(TLS ports need mqtts://)."
-    )
-
-
 class MqttSession:
     """Owns one paho client: connects, tracks ``connected``, and keeps subscriptions alive.
 
-    When the broker did not keep our session across a reconnect (``session_present`` false), every
-    wanted subscription is sent again. Exceptions raised by ``on_message`` are logged, not allowed to
-    kill paho's network thread. Do not call :meth:`subscribe` from inside ``on_message`` (it waits
-    for the SUBACK that this same thread would deliver).
+    Every wanted subscription is sent again on every connect. Exceptions raised by ``on_message`` are
+    logged, not allowed to kill paho's network thread. Do not call :meth:`subscribe` from inside
+    ``on_message`` (it waits for the SUBACK that this same thread would deliver).
+
+    With ``manual_ack`` the owner acknowledges each QoS>0 delivery with :meth:`ack`, passing the
+    :attr:`connection` number current when the message arrived: a packet id is only meaningful on the
+    connection that delivered it, so acks for an earlier connection are skipped (the broker sends
+    those messages again).
     """
 
     def __init__(
@@ -326,13 +148,20 @@ class MqttSession:
         session_expiry: int | None = None,
         protocol: Protocol = "5",
         on_message: MessageHandler | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.settings = settings
         self.clean_start = clean_start
         self.session_expiry = session_expiry
         self.on_message = on_message
+        self.client_id = client_id or settings.client_id or default_client_id(role)
         self.client = make_client(
-            settings, role=role, client_id=client_id, clean_start=clean_start, protocol=protocol
+            settings,
+            role=role,
+            client_id=self.client_id,
+            clean_start=clean_start,
+            protocol=protocol,
+            manual_ack=manual_ack,
         )
         if not clean_start and session_expiry and not (client_id or settings.client_id):
             log.warning(
@@ -342,14 +171,20 @@ class MqttSession:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._wanted: dict[str, int] = {}  # topic filter -> qos
-        self._active: set[str] = set()  # filters the broker holds for our current session
         self._subacks: dict[int, list[ReasonCode]] = {}
         self._suback_cv = threading.Condition(self._lock)
         self._background_mids: dict[int, list[str]] = {}  # re-subscriptions sent by _on_connect
         self._attempt = 0
+        self._takeover_streak = 0
+        self._connected_at = 0.0
         self._closing = False
+        self._cancel = threading.Event()
         self._last_publish: mqtt.MQTTMessageInfo | None = None
+        self._unacked: deque[mqtt.MQTTMessageInfo] = deque()  # QoS>0 publishes, oldest first
         self.disconnects = 0
+        self.taken_over = 0  # disconnects because another client connected with our client id
+        self.connection = 0  # incremented on every successful connect
+        self.subscribed = threading.Event()  # every wanted filter acknowledged on this connection
         self.session_present: bool | None = None  # from the last successful CONNACK
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -361,23 +196,60 @@ class MqttSession:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def start(self, timeout: float = 10) -> Self:
-        """Connect (raises :class:`BrokerError` when that fails); paho reconnects afterwards."""
+    def start(self, timeout: float = 10, *, wait: float | None = None) -> Self:
+        """Connect; paho reconnects afterwards.
+
+        A broker that cannot be reached yet is retried with the reconnect backoff for up to ``wait``
+        seconds (default ``broker.connect_wait``); refusals that waiting cannot fix (credentials, TLS,
+        an unknown host) raise :class:`BrokerError` at once. :meth:`cancel` ends the wait.
+        """
         self._closing = False
-        connect(
-            self.client,
-            self.settings,
-            clean_start=self.clean_start,
-            session_expiry=self.session_expiry,
-            timeout=timeout,
-        )
-        return self
+        limit = self.settings.connect_wait if wait is None else wait
+        deadline = time.monotonic() + limit
+        attempt = 0
+        while True:
+            try:
+                connect(
+                    self.client,
+                    self.settings,
+                    clean_start=self.clean_start,
+                    session_expiry=self.session_expiry,
+                    timeout=timeout,
+                )
+                return self
+            except BrokerUnavailable as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if limit > 0:
+                        raise BrokerUnavailable(f"{exc} Waited {limit:g} s (broker.connect_wait).") from exc
+                    raise
+                attempt += 1
+                delay = min(jittered_backoff(attempt, self.settings.reconnect_max_delay), remaining)
+                log.warning("%s Retrying in %.1f s (broker.connect_wait: %.0f s left)", exc, delay, remaining)
+                if self._cancel.wait(delay):
+                    raise BrokerError("stopped while waiting for the broker") from exc
+
+    def cancel(self) -> None:
+        """End a :meth:`start` that is waiting for the broker."""
+        self._cancel.set()
+
+    def ack(self, mid: int, qos: int, connection: int) -> None:
+        """Acknowledge delivery ``mid`` received on ``connection`` (``manual_ack`` sessions only)."""
+        if qos > 0 and connection == self.connection and self.connected:
+            self.client.ack(mid, qos)
 
     def close(self, drain_timeout: float = 10.0) -> None:
-        """Send what is still queued (up to ``drain_timeout`` s), disconnect, stop the network thread."""
+        """Send what is still queued (up to ``drain_timeout`` s), disconnect, stop the network thread.
+
+        Acknowledgements queued before this call are sent before the DISCONNECT (paho sends in order).
+        """
         self._closing = True
         last = self._last_publish
         if last is not None and self.connected:
@@ -392,7 +264,7 @@ class MqttSession:
     def subscribe(
         self, filters: list[str], qos: int = 1, shared_group: str | None = None, *, timeout: float = 10
     ) -> None:
-        """Subscribe now if connected (waits for the SUBACK) and again after any session loss.
+        """Subscribe now if connected (waits for the SUBACK) and again on every reconnect.
 
         Raises :class:`BrokerError` if the broker refuses a filter (e.g. an ACL denies it).
         """
@@ -410,7 +282,6 @@ class MqttSession:
                 raise BrokerError(f"no SUBACK for {topics} within {timeout:g} s")
             codes = self._subacks.pop(mid)
             refused = [f"{t}: {c.getName()}" for t, c in zip(topics, codes, strict=False) if c.is_failure]
-            self._active.update(t for t, c in zip(topics, codes, strict=False) if not c.is_failure)
         if refused:
             raise BrokerError(f"broker refused subscription(s): {', '.join(refused)}")
 
@@ -418,9 +289,33 @@ class MqttSession:
         self, topic: str, payload: bytes | str, qos: int | None = None, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
         """Publish (QoS defaults to ``broker.qos``); paho queues QoS>0 messages while disconnected."""
-        info = self.client.publish(topic, payload, self.settings.qos if qos is None else qos, retain)
+        qos = self.settings.qos if qos is None else qos
+        info = self.client.publish(topic, payload, qos, retain)
         self._last_publish = info
+        if qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._unacked.append(info)
+            self._prune_acknowledged()
         return info
+
+    @property
+    def outgoing(self) -> int:
+        """About how many QoS>0 messages handed to paho the broker has not acknowledged yet.
+
+        Counted from the oldest unacknowledged one (the broker acknowledges mostly in order), with
+        paho's public ``MQTTMessageInfo.is_published``; call it from the publishing thread. paho's
+        own queue has no byte bound and each entry costs kilobytes, so a producer faster than the
+        broker's acknowledgements should wait while this is high.
+        """
+        self._prune_acknowledged()
+        return len(self._unacked)
+
+    def _prune_acknowledged(self) -> None:
+        unacked = self._unacked
+        while unacked:
+            with contextlib.suppress(RuntimeError, ValueError):  # refused by paho: nothing to wait for
+                if not unacked[0].is_published():
+                    return
+            unacked.popleft()
 
     # -- paho callbacks (run on paho's network thread) --------------------------------------------
 
@@ -430,40 +325,72 @@ class MqttSession:
             return
         _clamp_inflight(client, props)
         self._attempt = 0
+        self._connected_at = time.monotonic()
+        self.connection += 1
         self.session_present = bool(flags.session_present)
         with self._lock:
-            if not flags.session_present:
-                self._active.clear()
-            missing = [(t, q) for t, q in self._wanted.items() if t not in self._active]
-        if missing:
-            rc, mid = client.subscribe(missing)
+            wanted = list(self._wanted.items())
+        self.subscribed.clear()
+        if wanted:
+            rc, mid = client.subscribe(wanted)
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
                 with self._lock:
-                    self._background_mids[mid] = [t for t, _ in missing]
-                    self._active.update(t for t, _ in missing)
+                    self._background_mids[mid] = [t for t, _ in wanted]
+        else:
+            self.subscribed.set()
         log.info(
-            "connected to %s:%d (session present: %s, re-subscribed: %d)",
+            "connected to %s:%d as %s (session present: %s, subscribing: %d)",
             self.settings.host,
             self.settings.port,
+            self.client_id,
             flags.session_present,
-            len(missing),
+            len(wanted),
         )
         self._connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Any) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self.subscribed.clear()
         if self._closing:
             log.debug("disconnected from broker on close")
             return
-        if was_connected:
-            self.disconnects += 1
+        short = was_connected and time.monotonic() - self._connected_at < TAKEOVER_STABLE_S
+        if reason.value == SESSION_TAKEN_OVER or short:
+            self._takeover_streak = self._takeover_streak + 1 if short else 1
+            # Two clients with one id evict each other on every reconnect: back off further each time
+            # the connection was short-lived, so the pair does not churn the broker twice a second.
+            self._attempt = self._takeover_streak
+        else:
+            self._takeover_streak = 0
+        if reason.value == SESSION_TAKEN_OVER:
+            self.taken_over += 1
+            log.error(
+                "disconnected: another client connected with client id %s (broker reason: Session taken "
+                "over); give each edge its own broker.client_id",
+                self.client_id,
+            )
+        elif self._takeover_streak >= TAKEOVER_SUSPECT:
+            # Mosquitto 2.0.11 and older close the evicted connection without a reason code.
+            self.taken_over += 1
+            log.error(
+                "disconnected: the broker closed our connection %d times in a row within %g s of accepting "
+                "it (%s): most likely another client connected with client id %s; give each edge its own "
+                "broker.client_id",
+                self._takeover_streak,
+                TAKEOVER_STABLE_S,
+                reason.getName(),
+                self.client_id,
+            )
+        elif was_connected:
             log.warning(
                 "disconnected from broker: %s (reason code %d%s)",
                 reason.getName(),
                 reason.value,
                 ", sent by broker" if flags.is_disconnect_packet_from_server else "",
             )
+        if was_connected:
+            self.disconnects += 1
         self._next_backoff()
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
@@ -480,10 +407,12 @@ class MqttSession:
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
         with self._suback_cv:
             if mid in self._background_mids:
-                for topic, code in zip(self._background_mids.pop(mid), codes, strict=False):
+                topics = self._background_mids.pop(mid)
+                for topic, code in zip(topics, codes, strict=False):
                     if code.is_failure:
-                        self._active.discard(topic)
                         log.error("broker refused re-subscription to %s: %s", topic, code.getName())
+                log.info("subscribed again to %d filter(s)", len(topics))
+                self.subscribed.set()
                 return
             self._subacks[mid] = codes
             self._suback_cv.notify_all()

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,17 @@ log = logging.getLogger(__name__)
 ERROR_LOG_INTERVAL = 60.0  # seconds between two log lines about failing snapshots
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader or a crash sees the old or the new file, whole."""
+def write_atomic(path: Path, data: bytes | Sequence[bytes]) -> None:
+    """Replace ``path`` with ``data`` (or its parts, in order) so that a reader or a crash sees the old
+    or the new file, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:
+                fh.writelines(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -70,7 +74,7 @@ class SnapshotWriter:
         self.path = path
         self._on_error = on_error
         self._cond = threading.Condition()
-        self._pending: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | bytes | list[bytes] | None = None
         self._stop = False
         self.written = 0
         self.errors = 0
@@ -80,7 +84,9 @@ class SnapshotWriter:
         self._thread = threading.Thread(target=self._run, name="edgeloop-snapshot", daemon=True)
         self._thread.start()
 
-    def submit(self, state: dict[str, Any]) -> None:
+    def submit(self, state: dict[str, Any] | bytes | list[bytes]) -> None:
+        """Write ``state`` (a JSON-able dict, or its JSON already, whole or in parts) next; a newer one
+        replaces it."""
         with self._cond:
             self._pending = state
             self._cond.notify()
@@ -95,10 +101,10 @@ class SnapshotWriter:
                     return
             self._write(state)
 
-    def _write(self, state: dict[str, Any]) -> None:
+    def _write(self, state: dict[str, Any] | bytes | list[bytes]) -> None:
         t0 = time.perf_counter()
         try:
-            data = orjson.dumps(state)
+            data = orjson.dumps(state) if isinstance(state, dict) else state
             write_atomic(self.path, data)
         except (OSError, TypeError, orjson.JSONEncodeError) as exc:
             self.errors += 1
@@ -110,7 +116,7 @@ class SnapshotWriter:
                 log.error("state snapshot to %s failed (%d so far): %s", self.path, self.errors, exc)
             return
         self.written += 1
-        self.last_bytes = len(data)
+        self.last_bytes = len(data) if isinstance(data, bytes) else sum(map(len, data))
         self.last_seconds = time.perf_counter() - t0
 
     def close(self, final: dict[str, Any] | None = None, timeout: float = 30.0) -> None:

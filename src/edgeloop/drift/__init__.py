@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 from edgeloop.config import DriftSettings
-from edgeloop.drift.detectors import Adwin, Detector, PageHinkley, RelativeRmse, RmseThreshold
 from edgeloop.drift.guard import DriftGuard
+from edgeloop.drift.normalised import Adwin, PageHinkley
+from edgeloop.drift.threshold import RelativeRmse, RmseThreshold
+from edgeloop.drift.windowed import Detector
 from edgeloop.errors import ConfigError
 
 __all__ = [

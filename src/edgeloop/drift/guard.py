@@ -20,7 +20,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from edgeloop.drift.detectors import Detector
+from edgeloop.drift.windowed import Detector
 
 __all__ = ["DriftGuard"]
 
@@ -32,7 +32,7 @@ class DriftGuard:
 
     Sample indices count every error given to :meth:`update` (warm-up and non-finite ones included), from 0.
 
-    >>> from edgeloop.drift.detectors import RmseThreshold
+    >>> from edgeloop.drift.threshold import RmseThreshold
     >>> guard = DriftGuard(RmseThreshold(threshold=1.0, window=10), warmup=5, min_gap=20, budget=2,
     ...                    budget_window=100)
     >>> passed = [i for i in range(200) if guard.update(5.0)]  # every full window alarms

@@ -9,9 +9,17 @@ Model resolution for a device and target: the device's own model (scope ``voc_pp
 trained after drift on that device) if there is one, else the fleet model of the target (scope
 ``voc_ppb``), else persistence.
 
+The model lifecycle per device (see :class:`Engine`): a persistence floor at run time (a model whose
+recent error exceeds persistence's is demoted and keeps forecasting in the shadow until it recovers),
+a fast retrain soon after a drift alarm and a consolidation retrain once a full cycle of the new
+regime is in, a scheduled validated refresh per scope, and a lag window reset after a gap in the
+data. Spans are times (``1d``) or readings, turned into readings with each device's observed
+sampling interval.
+
 Every batch is cut into waves in which each device appears at most once, so forecasts can be made
 with one vectorised call per model and a wave and the reading after it are scored exactly as if
-messages were processed one by one.
+messages were processed one by one. A forecaster that declares ``online = True`` (``rls``) learns
+from each wave's scored readings, one vectorised ``update`` per model, before the wave's forecasts.
 
 State is kept for at most ``max_devices`` devices. A reading of a new device when the engine is full
 evicts the device heard from least recently, if that one has been silent for ``device_idle_s`` of
@@ -29,10 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeloop.config import Span
 from edgeloop.drift import DriftGuard
 from edgeloop.engine import state as _state
+from edgeloop.engine.cadence import Cadence
 from edgeloop.engine.monitor import RollingRmse, RunningMean
 from edgeloop.engine.rows import SampleRow, ServedModel, StatusRow
+from edgeloop.lifecycle.floor import Floor
 from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
 
@@ -42,7 +53,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RetrainRequest:
     scope: str
-    trigger: str  # initial | drift | manual | periodic
+    trigger: str  # initial | drift | consolidate | refresh | manual | periodic
     reason: str
     since_ts: float | None = None
     requested_ts: float = 0.0
@@ -80,12 +91,13 @@ class _Serving:
     sq_new: float = 0.0
     sq_old: float = 0.0
     n: int = 0
+    sq_persist: float = 0.0
 
 
 class _Track:
     """State of one device and target."""
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023 - lifecycle fields last, so parallel additions merge cleanly
         "alarm_count",
         "alarm_ts",
         "count",
@@ -104,9 +116,16 @@ class _Track:
         "since_model",
         "status",
         "target",
+        "cadence",
+        "floor",
+        "model_forecast",
+        "regime_n",
+        "regime_ts",
     )
 
-    def __init__(self, device: str, target: str, window: int, guard: DriftGuard) -> None:
+    def __init__(
+        self, device: str, target: str, window: int, guard: DriftGuard, floor: Floor | None, cadence: Cadence
+    ) -> None:
         self.device = device
         self.target = target
         self.hist: list[float] = []
@@ -126,6 +145,59 @@ class _Track:
         self.since_alarm = 0
         # Scored readings and squared errors (model, persistence, mean) since the serving model changed.
         self.since_model = [0, 0.0, 0.0, 0.0]
+        # The model's own forecast of the next reading, served or (while demoted) in the shadow.
+        self.model_forecast: float | None = None
+        self.floor = floor  # None: no floor (the evaluator's baselines)
+        self.cadence = cadence
+        # Start of the regime an alarm announced, and readings since: for the consolidation retrain.
+        self.regime_ts: float | None = None
+        self.regime_n = 0
+
+    @property
+    def demoted(self) -> bool:
+        return self.floor is not None and self.floor.demoted
+
+    @property
+    def interval(self) -> float | None:
+        return self.cadence.interval
+
+
+class _Learn:
+    """The (window, reading) pairs of one wave for one online forecaster: one vectorised update."""
+
+    __slots__ = ("devices", "forecaster", "values", "windows")
+
+    def __init__(self, forecaster: Any) -> None:
+        self.forecaster = forecaster
+        self.windows: list[list[float]] = []
+        self.values: list[float] = []
+        self.devices: list[str] = []
+
+    def apply(self) -> None:
+        self.forecaster.update(
+            np.asarray(self.windows, dtype=np.float64), np.asarray(self.values), self.devices
+        )
+
+
+def _collect_online(
+    learn: dict[int, _Learn], serving: _Serving, device: str, oldest: float, hist: list[float]
+) -> None:
+    """Queue the window that forecast ``hist[-1]`` for the serving model (and its probation shadow)."""
+    for model in (serving.model, serving.previous):
+        if model is None or not getattr(model.forecaster, "online", False):
+            continue
+        batch = learn.get(id(model.forecaster))
+        if batch is None:
+            batch = learn[id(model.forecaster)] = _Learn(model.forecaster)
+        batch.windows.append([oldest, *hist[:-1]])
+        batch.values.append(hist[-1])
+        batch.devices.append(device)
+
+
+def _predict(forecaster: Any, windows: np.ndarray, members: list[tuple[int, _Track]]) -> np.ndarray:
+    if getattr(forecaster, "online", False):
+        return np.asarray(forecaster.predict(windows, [t.device for _, t in members]))
+    return np.asarray(forecaster.predict(windows))
 
 
 class Engine:
@@ -143,6 +215,12 @@ class Engine:
         probation_samples: int = 200,
         probation_tolerance: float = 1.1,
         auto_train: bool = True,
+        floor_margin: float | None = 0.02,
+        floor_window: int = 300,
+        gap_intervals: float | None = 5.0,
+        consolidate_after: Span | None = None,
+        refresh_every: Span | None = None,
+        train_window: int = 4000,
         max_devices: int = 10_000,
         device_idle_s: float = 86_400.0,
     ) -> None:
@@ -169,6 +247,17 @@ class Engine:
         self.evictions = 0
         # Per track: wall time and count of the last rate mark, and what the last status row showed.
         self._rate_mark: dict[tuple[str, str], tuple[float, int, tuple[Any, ...] | None]] = {}
+        # Lifecycle knobs; None switches a mechanism off (the evaluator's baselines do).
+        self.floor_margin = floor_margin
+        self.floor_window = floor_window
+        self.gap_intervals = gap_intervals
+        self.consolidate_after = (
+            consolidate_after if consolidate_after and not consolidate_after.off else None
+        )
+        self.refresh_every = refresh_every if refresh_every and not refresh_every.off else None
+        self.train_window = train_window
+        self._refresh_at: dict[str, float] = {}  # scope -> stream time its next refresh is due
+        self._deferred: list[Event] = []  # events of install(), emitted with the next batch
 
     # -- models ---------------------------------------------------------------------------------
     def install(self, scope: str, model: ServedModel, *, probation: bool = True) -> None:
@@ -183,13 +272,23 @@ class Engine:
             probation_left=self.probation_samples if probation and previous is not None else 0,
         )
         self.pending.discard(scope)
+        self._refresh_at.pop(scope, None)  # a new model restarts its scope's refresh clock
+        fleet = parse_scope(scope)[1] is None
+        # A refresh replaces a model by a validated, slightly better one trained on the same stream:
+        # its error scale barely moves, so detectors keep their calibration (recalibrating would
+        # leave every device of the scope blind to drift for drift.calibration readings).
+        refresh = model.meta.get("trigger") == "refresh"
         for track in self._tracks_served_by(scope):
-            track.guard.model_changed(model.val_rmse)
+            if not refresh:
+                track.guard.model_changed(model.val_rmse)
             track.model_rmse.reset()
             track.since_model = [0, 0.0, 0.0, 0.0]
+            track.shadow_forecast = None
+            self._reset_floor(track, f"{model.label} now serves", model.label)
+            if fleet and track.status in ("drifting", "retraining"):
+                continue  # a new fleet model does not cancel a device's own drift retrain
             track.status = "probation" if probation and previous is not None else "healthy"
             track.alarm_ts = None
-            track.shadow_forecast = None
 
     def uninstall(self, scope: str) -> None:
         """Stop serving ``scope``'s model: its devices fall back to the fleet model or persistence."""
@@ -199,6 +298,9 @@ class Engine:
                 track.guard.model_changed(fallback.val_rmse if fallback else None)
                 track.model_rmse.reset()
                 track.since_model = [0, 0.0, 0.0, 0.0]
+                self._reset_floor(
+                    track, f"{scope}'s model was withdrawn", fallback.label if fallback else None
+                )
 
     def retrain_finished(self, scope: str, *, installed: bool) -> None:
         """The adapter reports a retrain's end; a failed or rejected one may be asked again later."""
@@ -208,8 +310,10 @@ class Engine:
             if device is None:
                 # Not enough or not good enough data yet: ask again once twice as much has arrived.
                 self._initial_threshold[target] = self.samples_per_target[target] * 2
-            for track in self._tracks_served_by(scope):
-                if track.status in ("drifting", "retraining"):
+            # Only the device's own drift retrain ends its wait; a rejected fleet refresh, or a
+            # device refresh while the device still collects data after an alarm, leaves it going.
+            for track in self._tracks_served_by(scope) if device is not None else ():
+                if track.status == "retraining":
                     track.status = "healthy"
                     track.alarm_ts = None
 
@@ -229,6 +333,9 @@ class Engine:
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, batch: Iterable[Telemetry]) -> EngineOutput:
         out = EngineOutput()
+        if self._deferred:
+            out.events.extend(self._deferred)
+            self._deferred = []
         wave: list[Telemetry] = []
         seen: set[str] = set()
         heard: set[str] = set()
@@ -252,6 +359,7 @@ class Engine:
         windows: list[list[float]] = []
         rows: list[list[Any]] = []
         forecasts: list[dict[str, Forecast]] = []
+        learn: dict[int, _Learn] = {}
         for msg in wave:
             if msg.ts > self.stream_ts:
                 self.stream_ts = msg.ts
@@ -259,20 +367,36 @@ class Engine:
             forecasts.append(per_msg)
             for target, value in msg.values.items():
                 track = self._track(msg.device, target)
+                if track.cadence.observe(msg.ts):
+                    # Readings on either side of a hole are not consecutive: the window refills first,
+                    # persistence serves until then, and the forecast made before the hole is not scored.
+                    track.hist.clear()
+                    track.last_forecast = track.shadow_forecast = track.model_forecast = None
                 row = self._score(track, msg, value, out)
                 self.samples_per_target[target] += 1
                 hist = track.hist
+                oldest = hist[0] if len(hist) == self.lags else None
                 hist.append(value)
                 if len(hist) > self.lags:
                     del hist[0]
                 track.mean.add(value)
                 track.count += 1
                 track.last_ts = msg.ts
+                if self.refresh_every is not None and not track.count & 15:
+                    # Every 16th reading is soon enough for a schedule of days, and cheap.
+                    self._maybe_refresh(track, msg.ts, out)
                 serving = self._resolve(msg.device, target)
+                if (
+                    oldest is not None
+                    and serving is not None
+                    and (getattr(serving.model.forecaster, "online", False) or serving.previous is not None)
+                ):
+                    _collect_online(learn, serving, msg.device, oldest, hist)
                 if serving is None or len(hist) < self.lags:
                     track.last_forecast = value
                     track.last_model = PERSISTENCE_VERSION
                     track.shadow_forecast = None
+                    track.model_forecast = None
                     per_msg[target] = Forecast(value, PERSISTENCE_VERSION)
                     row.extend([value, PERSISTENCE_VERSION])
                 else:
@@ -280,21 +404,32 @@ class Engine:
                     windows.append(list(hist))
                     row.extend([None, None])
                 rows.append(row)
+        # Online models learn from the readings just scored, before forecasting the next ones.
+        for batch in learn.values():
+            batch.apply()
         # One vectorised forecast per model in service.
         if windows:
             matrix = np.asarray(windows, dtype=np.float64)
             for scope, members in groups.items():
                 serving = self.serving[scope]
                 idx = [j for j, _ in members]
-                values = serving.model.forecaster.predict(matrix[idx])
+                values = _predict(serving.model.forecaster, matrix[idx], members)
                 shadow = (
-                    serving.previous.forecaster.predict(matrix[idx])
+                    _predict(serving.previous.forecaster, matrix[idx], members)
                     if serving.probation_left > 0 and serving.previous is not None
                     else None
                 )
+                label = serving.model.label
                 for k, (_, track) in enumerate(members):
-                    track.last_forecast = float(values[k])
-                    track.last_model = serving.model.label
+                    own = float(values[k])
+                    track.model_forecast = own
+                    if track.demoted:
+                        # Below the floor: serve the last reading; the model keeps forecasting in the shadow.
+                        track.last_forecast = track.hist[-1]
+                        track.last_model = PERSISTENCE_VERSION
+                    else:
+                        track.last_forecast = own
+                        track.last_model = label
                     track.shadow_forecast = float(shadow[k]) if shadow is not None else None
         # Assemble predictions and store rows in message order.
         r = 0
@@ -324,15 +459,24 @@ class Engine:
             acc[1] += error * error
             acc[2] += p_err * p_err
             acc[3] += m_err * m_err
-            self._probation(track, value, error, out)
-            if track.last_model != PERSISTENCE_VERSION and track.guard.update(error):
-                self._alarm(track, msg.ts, out)
+            own = track.model_forecast
+            if own is not None:
+                # Drift, probation and the floor judge the model itself, also while it is demoted.
+                own_error = value - own
+                self._probation(track, value, own_error, p_err, out)
+                if track.floor is not None:
+                    self._floor(track, track.floor, own_error, p_err, msg.ts, out)
+                if track.guard.update(own_error):
+                    self._alarm(track, msg.ts, out)
             if track.alarm_ts is not None and track.status == "drifting":
                 track.since_alarm += 1
                 self._maybe_request_drift_retrain(track, out)
+            if track.regime_ts is not None:
+                track.regime_n += 1
+                self._maybe_consolidate(track, out)
         return [msg.device, track.target, msg.ts, msg.seq, value, forecast, persistence]
 
-    def _probation(self, track: _Track, value: float, error: float, out: EngineOutput) -> None:
+    def _probation(self, track: _Track, value: float, error: float, p_err: float, out: EngineOutput) -> None:
         if track.shadow_forecast is None:
             return
         scope = self._serving_scope(track.device, track.target)
@@ -342,22 +486,43 @@ class Engine:
         old_error = value - track.shadow_forecast
         serving.sq_new += error * error
         serving.sq_old += old_error * old_error
+        serving.sq_persist += p_err * p_err
         serving.n += 1
         serving.probation_left -= 1
         if serving.probation_left > 0:
             return
         new_rmse = (serving.sq_new / serving.n) ** 0.5
         old_rmse = (serving.sq_old / serving.n) ** 0.5
-        metrics = {"probation_rmse": new_rmse, "previous_rmse": old_rmse, "samples": serving.n}
-        if new_rmse > old_rmse * self.probation_tolerance:
+        persist_rmse = (serving.sq_persist / serving.n) ** 0.5
+        metrics = {
+            "probation_rmse": new_rmse,
+            "previous_rmse": old_rmse,
+            "persistence_rmse": persist_rmse,
+            "samples": serving.n,
+        }
+        tol = self.probation_tolerance
+        reason = None
+        if new_rmse > old_rmse * tol:
+            reason = (
+                f"live RMSE {new_rmse:.4g} on probation > {tol:g} x {old_rmse:.4g} of the model it replaced, "
+                f"on the same {serving.n} readings"
+            )
+        elif new_rmse > persist_rmse * tol and old_rmse < new_rmse:
+            # Worse than persistence, and the model it replaced did better: restore that one (the
+            # floor then judges it). Worse than persistence but better than the old one: keep it and
+            # let the floor serve persistence.
+            reason = (
+                f"live RMSE {new_rmse:.4g} on probation > {tol:g} x persistence's {persist_rmse:.4g}, and "
+                f"the model it replaced did better ({old_rmse:.4g}), on the same {serving.n} readings"
+            )
+        if reason is not None:
             rejected, restored = serving.model, serving.previous
             out.events.append(
                 Event(
                     "model_rolled_back",
                     scope,
                     self.stream_ts,
-                    reason=f"live RMSE {new_rmse:.4g} on probation > {self.probation_tolerance:g} x "
-                    f"{old_rmse:.4g} of the model it replaced, on the same {serving.n} readings",
+                    reason=reason,
                     metrics=metrics,
                     version=restored.label,
                     previous_version=rejected.label,
@@ -374,12 +539,63 @@ class Engine:
                 t.shadow_forecast = None
                 t.since_model = [0, 0.0, 0.0, 0.0]
                 t.guard.model_changed(restored.val_rmse)
+                self._reset_floor(t, f"{restored.label} restored by rollback", restored.label)
         else:
             serving.previous = None
             for t in self._tracks_served_by(scope):
                 if t.status == "probation":
                     t.status = "healthy"
 
+    # -- the persistence floor ------------------------------------------------------------------
+    def _floor(
+        self, track: _Track, floor: Floor, error: float, p_err: float, ts: float, out: EngineOutput
+    ) -> None:
+        """Demote or restore the device's model (see :mod:`edgeloop.lifecycle.floor`)."""
+        verdict = floor.update(error, p_err)
+        if verdict is None:
+            return
+        label = self.serving_label(track.device, track.target)
+        model_rmse, persist_rmse = floor.long_rmse()
+        if verdict == "demote":
+            view = "its long-run error exceeds" if floor.long_view else "its recent errors exceed"
+            out.events.append(
+                Event(
+                    "model_demoted",
+                    scope_of(track.target, track.device),
+                    ts,
+                    reason=f"{label}: {view} {1 + floor.margin:g} x persistence's (long-run RMSE "
+                    f"{model_rmse:.4g} vs {persist_rmse:.4g}): serving persistence; the model keeps "
+                    "forecasting in the shadow",
+                    metrics={"model_rmse": model_rmse, "persistence_rmse": persist_rmse, "readings": floor.n},
+                    version=PERSISTENCE_VERSION,
+                    previous_version=label,
+                )
+            )
+        else:
+            self._restore(track, "its recent errors are back below persistence's", label, ts, out.events)
+
+    def _restore(self, track: _Track, why: str, label: str | None, ts: float, events: list[Event]) -> None:
+        events.append(
+            Event(
+                "model_restored",
+                scope_of(track.target, track.device),
+                ts,
+                reason=f"{why}: serving {label} again",
+                metrics={"readings": track.floor.n if track.floor is not None else 0},
+                version=label,
+                previous_version=PERSISTENCE_VERSION,
+            )
+        )
+
+    def _reset_floor(self, track: _Track, why: str, label: str | None) -> None:
+        """Another model serves the device: it starts undemoted, with a fresh comparison."""
+        if track.floor is None:
+            return
+        if track.floor.demoted and label is not None:
+            self._restore(track, why, label, self.stream_ts, self._deferred)
+        track.floor.reset()
+
+    # -- drift, consolidation, refresh ----------------------------------------------------------
     def _alarm(self, track: _Track, ts: float, out: EngineOutput) -> None:
         scope = scope_of(track.target, track.device)
         track.alarm_count += 1
@@ -389,16 +605,17 @@ class Engine:
             "persistence_rmse": track.persist_rmse.value,
             "threshold": track.guard.detector.threshold,
         }
+        label = self.serving_label(track.device, track.target)
         out.events.append(
             Event(
                 "drift_detected",
                 scope,
                 ts,
-                reason=f"forecast error of {track.last_model} rose (rolling RMSE {rmse:.4g})"
+                reason=f"forecast error of {label} rose (rolling RMSE {rmse:.4g})"
                 if rmse is not None
                 else "forecast error rose",
                 metrics=metrics,
-                version=track.last_model,
+                version=label,
             )
         )
         if scope in self.pending or track.status in ("retraining", "drifting"):
@@ -406,6 +623,9 @@ class Engine:
         track.status = "drifting"
         track.alarm_ts = ts
         track.since_alarm = 0
+        # A new regime starts here: once a full cycle of it is in, retrain on all of it.
+        track.regime_ts = ts if self.consolidate_after is not None else None
+        track.regime_n = 0
 
     def _maybe_request_drift_retrain(self, track: _Track, out: EngineOutput) -> None:
         if track.since_alarm < self.retrain_min_samples:
@@ -413,18 +633,89 @@ class Engine:
         scope = scope_of(track.target, track.device)
         if scope in self.pending:
             return
-        self.pending.add(scope)
         track.status = "retraining"
-        request = RetrainRequest(
+        self._request(
             scope,
             "drift",
             f"drift detected at ts {track.alarm_ts}; {track.since_alarm} readings since",
-            since_ts=track.alarm_ts,
-            requested_ts=self.stream_ts,
+            track.alarm_ts,
+            out,
+            {"readings_since_alarm": track.since_alarm},
         )
+
+    def _maybe_consolidate(self, track: _Track, out: EngineOutput) -> None:
+        """Retrain once more when a full cycle of the new regime is in (the fast retrain saw its start)."""
+        if track.status == "drifting":
+            return  # the fast retrain comes first
+        assert self.consolidate_after is not None
+        need = min(
+            max(self.consolidate_after.readings(track.interval), 2 * self.retrain_min_samples),
+            self.train_window,
+        )
+        scope = scope_of(track.target, track.device)
+        if track.regime_n < need or scope in self.pending:
+            return
+        since, track.regime_ts = track.regime_ts, None
+        self._request(
+            scope,
+            "consolidate",
+            f"a full cycle of the regime that began at ts {since}: {track.regime_n} readings",
+            since,
+            out,
+            {"readings_since_alarm": track.regime_n},
+        )
+
+    def _maybe_refresh(self, track: _Track, ts: float, out: EngineOutput) -> None:
+        """A validated champion/challenger retrain of the scope serving this device, on a schedule."""
+        scope = self._serving_scope(track.device, track.target)
+        if scope not in self.serving and self.auto_train:
+            return  # no model yet: the initial training asks (and asks again), not the refresh
+        if track.interval is None:
+            return  # the schedule is set once the sampling interval is known
+        due = self._refresh_at.get(scope)
+        if due is None:
+            self._refresh_at[scope] = ts + self._refresh_seconds(track)
+            return
+        if ts < due or scope in self.pending:
+            return
+        self._refresh_at[scope] = ts + self._refresh_seconds(track)
+        self._request(scope, "refresh", f"scheduled refresh every {self._refresh_text()}", None, out, {})
+
+    def _refresh_seconds(self, track: _Track) -> float:
+        # Never sooner than half a training window of new readings: a challenger sharing most of
+        # its data with the champion rarely differs, and each one costs a training.
+        assert self.refresh_every is not None
+        interval = track.interval or 60.0  # set by then (see _maybe_refresh)
+        span = self.refresh_every
+        seconds = span.amount if span.seconds else span.amount * interval
+        return max(seconds, (self.train_window // 2) * interval)
+
+    def _refresh_text(self) -> str:
+        span = self.refresh_every
+        assert span is not None
+        return f"{span.amount:g} s" if span.seconds else f"{span.amount:g} readings"
+
+    def _request(
+        self,
+        scope: str,
+        trigger: str,
+        reason: str,
+        since_ts: float | None,
+        out: EngineOutput,
+        metrics: dict[str, float | int | None],
+    ) -> None:
+        self.pending.add(scope)
+        request = RetrainRequest(scope, trigger, reason, since_ts=since_ts, requested_ts=self.stream_ts)
         out.retrains.append(request)
         out.events.append(
-            Event("retrain_requested", scope, self.stream_ts, reason=request.reason, version=track.last_model)
+            Event(
+                "retrain_requested",
+                scope,
+                self.stream_ts,
+                reason=f"{trigger}: {reason}",
+                metrics=metrics,
+                version=self.serving[scope].model.label if scope in self.serving else None,
+            )
         )
 
     def _check_initial_training(self, out: EngineOutput) -> None:
@@ -468,6 +759,12 @@ class Engine:
         for target in self.targets:
             self.tracks.pop((device, target), None)
             self._rate_mark.pop((device, target), None)
+        # Online models keep per-device state too; free it with the device's, or it grows without bound.
+        for serving in self.serving.values():
+            for model in (serving.model, serving.previous):
+                forget = getattr(model.forecaster, "forget", None) if model is not None else None
+                if forget is not None:
+                    forget(device)
         self.evictions += 1
 
     @property
@@ -481,7 +778,8 @@ class Engine:
         if track is None:
             serving = self._resolve(device, target)
             guard = self.guard_factory(serving.model.val_rmse if serving else None)
-            track = _Track(device, target, self.window, guard)
+            floor = Floor(self.floor_margin, self.floor_window) if self.floor_margin is not None else None
+            track = _Track(device, target, self.window, guard, floor, Cadence(self.gap_intervals))
             self.tracks[(device, target)] = track
             if device not in self._heard:  # a track made outside process() still counts and can age out
                 self._heard[device] = self._heard_ts

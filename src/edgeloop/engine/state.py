@@ -38,11 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     from edgeloop.engine.engine import Engine, _Track
     from edgeloop.engine.rows import ServedModel
 
-FORMAT = "edgeloop-engine-state/1"
+FORMAT = "edgeloop-engine-state/2"
 _STATUSES = ("healthy", "drifting", "retraining", "probation", "rolled_back")
 
 ModelLoader = Callable[[str], "ServedModel | None"]
@@ -73,29 +75,38 @@ class Exporter:
     """:func:`export_state` a slice of devices per :meth:`step`, so the loop never pauses for long.
 
     Devices are independent, so a snapshot taken over several passes of the loop is as good as one
-    taken at once; a device that appears meanwhile is in the next snapshot.
+    taken at once; a device that appears meanwhile is in the next snapshot. Each slice is serialised at
+    once, a slice per part: a track is ~5 kB of JSON but ~15 kB as Python objects, and thousands
+    of small objects held across slices fragmented the edge's heap (5,000 devices: +76 MB of RSS that
+    stayed after the snapshot was written).
     """
 
     def __init__(self, engine: Engine, chunk: int = 200) -> None:
         self._engine = engine
         self._chunk = chunk
-        self._state = _export_header(engine)
+        # The same document as orjson.dumps(export_state(engine)): the header's keys, then "tracks".
+        self._parts = [orjson.dumps(_export_header(engine))[:-1] + b',"tracks":[']
         self._keys = list(engine.tracks)
-        self._tracks: list[dict[str, Any]] = []
+        self._first = True
         self._pos = 0
 
-    def step(self) -> dict[str, Any] | None:
-        """Export the next slice; the complete state once the last slice is done, else None."""
+    def step(self) -> list[bytes] | None:
+        """Export the next slice; once the last slice is done, the whole state as JSON in parts."""
         tracks = self._engine.tracks
+        slice_parts = []
         for key in self._keys[self._pos : self._pos + self._chunk]:
             track = tracks.get(key)
             if track is not None:  # gone meanwhile (evicted): nothing to keep
-                self._tracks.append(_export_track(self._engine, track))
+                if not self._first:
+                    slice_parts.append(b",")
+                self._first = False
+                slice_parts.append(orjson.dumps(_export_track(self._engine, track)))
+        self._parts.append(b"".join(slice_parts))
         self._pos += self._chunk
         if self._pos < len(self._keys):
             return None
-        self._state["tracks"] = self._tracks
-        return self._state
+        self._parts.append(b"]}")
+        return self._parts
 
 
 def _export_header(engine: Engine) -> dict[str, Any]:
@@ -117,6 +128,7 @@ def _export_header(engine: Engine) -> dict[str, Any]:
             }
             for scope, s in engine.serving.items()
         },
+        "refresh_at": dict(engine._refresh_at),
     }
 
 
@@ -141,6 +153,11 @@ def _export_track(engine: Engine, t: _Track) -> dict[str, Any]:
         "alarm_count": t.alarm_count,
         "since_alarm": t.since_alarm,
         "since_model": list(t.since_model),
+        "model_forecast": t.model_forecast,
+        "floor": t.floor.to_state() if t.floor is not None else None,
+        "cadence": t.cadence.to_state(),
+        "regime_ts": t.regime_ts,
+        "regime_n": t.regime_n,
     }
 
 
@@ -167,6 +184,7 @@ def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = No
         thresholds = {str(k): int(v) for k, v in dict(state["initial_threshold"]).items()}
         stream_ts = _finite(state["stream_ts"])
         serving = dict(state["serving"])
+        refresh_at = {str(k): _finite(v) for k, v in dict(state.get("refresh_at") or {}).items()}
     except _MALFORMED as exc:
         raise StateError(f"malformed snapshot: {exc!r}") from exc
     report = RestoreReport()
@@ -187,6 +205,7 @@ def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = No
             continue
     engine.samples_per_target.update(counts)
     engine._initial_threshold.update(thresholds)
+    engine._refresh_at.update({k: v for k, v in refresh_at.items() if k in engine.serving})
     engine.stream_ts = max(engine.stream_ts, stream_ts)
     return report
 
@@ -219,6 +238,7 @@ def _import_track(engine: Engine, e: dict[str, Any]) -> bool:
     track.shadow_forecast = _optional(e["shadow_forecast"])
     track.last_model = str(e["last_model"])
     track.last_ts = _finite(e["last_ts"])
+    track.cadence.from_state(e["cadence"])
     track.count = int(e["count"])
     track.mean.from_state(e["mean"])
     track.persist_rmse.from_state(e["persist_rmse"])
@@ -240,6 +260,11 @@ def _import_track(engine: Engine, e: dict[str, Any]) -> bool:
         track.since_model = [0, 0.0, 0.0, 0.0]
         return True
     track.since_model = since_model
+    track.model_forecast = _optional(e["model_forecast"])
+    if track.floor is not None and e["floor"] is not None:
+        track.floor.from_state(e["floor"])
+    track.regime_ts = _optional(e["regime_ts"])
+    track.regime_n = int(e["regime_n"])
     track.alarm_ts = _optional(e["alarm_ts"])
     track.since_alarm = int(e["since_alarm"])
     if status == "retraining":

@@ -26,7 +26,14 @@ import yaml
 from edgeloop.config import Settings, load_settings
 from edgeloop.errors import EdgeloopError
 from edgeloop.evaluate import report
-from edgeloop.evaluate.datasets import DatasetOptions, available_targets, expand_specs
+from edgeloop.evaluate.datasets import (
+    CSV_PREFIX,
+    SIM_PREFIX,
+    DatasetOptions,
+    available_targets,
+    expand_specs,
+    load_dataset,
+)
 from edgeloop.evaluate.replay import ReplayConfig, RunResult, TargetHeader, run_unit
 from edgeloop.evaluate.strategies import DEFAULT_POLICY, Strategy, parse_strategies
 
@@ -66,9 +73,19 @@ def evaluate(
     """
     started = time.perf_counter()
     specs = expand_specs(list(specs))
+    for spec in specs:
+        if spec.startswith(CSV_PREFIX):
+            # A user's file: check it and its labels here, so a mistake is one clear message and not
+            # a worker's traceback.
+            load_dataset(spec, replace(options, targets=()))
     pairs = plan_targets(specs, options)
     settings_json = settings.model_dump_json()
-    units: list[Unit] = [(spec, target, s.name) for spec, target in pairs for s in strategies]
+    units: list[Unit] = [
+        (spec, target, s.name)
+        for spec, target in pairs
+        for s in strategies
+        if not (s.family == "learner" and spec.startswith(SIM_PREFIX) and not config.arf_on_sim)
+    ]
     results: dict[tuple[str, str], tuple[TargetHeader, dict[str, RunResult]]] = {}
 
     def collect(unit: Unit, header: TargetHeader, run: RunResult, done: int) -> None:
@@ -189,7 +206,8 @@ def evaluate_command(
             "--strategies",
             "-s",
             help="Comma-separated: persistence, static, periodic, original, rmse-threshold, relative, "
-            "page-hinkley, adwin, river-adwin, river-ph, all; or a policy variant POLICY:drift_key=value,...",
+            "page-hinkley, adwin, river-adwin, river-ph, river-arf, all; or a policy variant "
+            "POLICY:drift_key=value,...",
         ),
     ] = None,
     retrain_delay: Annotated[
@@ -222,7 +240,11 @@ def evaluate_command(
         int | None, typer.Option(help="Use only the first N rows of each recording (quick runs).")
     ] = None,
     column: Annotated[
-        list[str] | None, typer.Option("--column", help="csv: SOURCE=NAME column mapping; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--column",
+            help="csv: SOURCE=NAME column mapping; repeatable. Default: every column but ts and device.",
+        ),
     ] = None,
     ts_column: Annotated[
         list[str] | None, typer.Option(help="csv: timestamp column(s), joined with a space. Default ts.")
@@ -233,9 +255,21 @@ def evaluate_command(
     missing: Annotated[
         list[float] | None, typer.Option(help="csv: sentinel meaning missing; repeatable.")
     ] = None,
-    onsets: Annotated[
-        Path | None, typer.Option(help="csv: JSON list of {device, at_ts, kind}; default PATH.onsets.json.")
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="csv: JSON labels file {control, onsets: [{device, at_ts, kind}], windows: [{device, "
+            "start_ts, end_ts}]}, times ISO-8601 or epoch seconds; default PATH.labels.json or "
+            "PATH.onsets.json if present."
+        ),
     ] = None,
+    onsets: Annotated[Path | None, typer.Option(hidden=True, help="Old name of --labels.")] = None,
+    control: Annotated[
+        bool, typer.Option(help="csv: nothing is known to drift; every alarm counts as a false alarm.")
+    ] = False,
+    arf_on_sim: Annotated[
+        bool, typer.Option(help="Also run river-arf (about 2 ms a reading) on simulator scenarios.")
+    ] = False,
     data_dir: Annotated[
         Path | None, typer.Option(help="Shared data folder (default ../shared/data).")
     ] = None,
@@ -273,7 +307,8 @@ def evaluate_command(
             csv_decimal=decimal,
             csv_ts_format=ts_format,
             csv_missing=tuple(missing or ()),
-            csv_onsets=str(onsets) if onsets else None,
+            csv_labels=str(labels or onsets) if (labels or onsets) else None,
+            csv_control=control,
         )
         replay_config = ReplayConfig(
             retrain_delay=retrain_delay,
@@ -282,6 +317,7 @@ def evaluate_command(
             original_factor=original_factor,
             river_input=river_input,
             horizon=horizon,
+            arf_on_sim=arf_on_sim,
         )
         if river_input not in ("abs", "raw"):
             raise ValueError("--river-input must be abs or raw")

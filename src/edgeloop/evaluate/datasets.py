@@ -1,15 +1,18 @@
 """Data sets for ``edgeloop evaluate``: simulator scenarios with ground truth, and real recordings.
 
 A data set is a long frame (``device``, ``ts``, one column per target) plus what is known about
-it: ground-truth drift onsets (simulator, or a CSV's ``.onsets.json``), labelled anomaly windows
-(NAB), or nothing at all (a *control*, where every alarm is a false one). :func:`tracks` turns one
+it: ground-truth drift onsets (simulator, or a CSV's labels file), labelled windows (NAB, or a
+CSV's labels file), or nothing at all (a *control*, where every alarm is a false one; see
+:mod:`~edgeloop.evaluate.labels`). :func:`tracks` turns one
 target of it into per-device series with the first readings set aside to train the initial model.
 
 Specs accepted by :func:`expand_specs` / :func:`load_dataset`:
 
 - ``sim:<kind>`` for every simulator drift kind, ``sim:stationary`` (no drift), ``sim:all``;
 - ``air_quality``, ``occupancy``, ``nab`` (from :func:`~edgeloop.telemetry.recordings.shared_data_dir`);
-- ``csv:PATH`` with a column mapping in :class:`DatasetOptions`;
+- ``csv:PATH``: the canonical layout ``ts,device,<target>,...`` (every other column is a target;
+  no ``device`` column: one device named after the file), or any layout with a column mapping in
+  :class:`DatasetOptions`; labels from ``PATH.labels.json`` (or ``PATH.onsets.json``) if present;
 - ``all``: every simulator scenario and the three recordings.
 
 >>> expand_specs(["sim:all"])[:3]
@@ -23,7 +26,6 @@ Specs accepted by :func:`expand_specs` / :func:`load_dataset`:
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from edgeloop.evaluate.labels import Label, load_labels
 from edgeloop.telemetry.recordings import (
     known_recording,
     load_csv,
@@ -51,21 +54,6 @@ RECORDING_TARGETS: dict[str, tuple[str, ...]] = {
     "nab": ("value",),
 }
 SIM_DEFAULT_TARGETS = ("voc_ppb",)
-
-
-@dataclass(frozen=True)
-class Label:
-    """Something known about a stretch of one device's stream.
-
-    ``kind`` is a drift kind (an onset: ``end_ts`` None, scored over the detection horizon) or
-    ``"anomaly"`` (a labelled window from ``start_ts`` to ``end_ts``). ``target`` None: every target.
-    """
-
-    device: str
-    kind: str
-    start_ts: float
-    end_ts: float | None = None
-    target: str | None = None
 
 
 @dataclass
@@ -103,7 +91,8 @@ class DatasetOptions:
     csv_ts_format: str | None = None
     csv_missing: tuple[float, ...] = ()
     csv_device_column: str = "device"
-    csv_onsets: str | None = None  # default: <path>.onsets.json if it exists
+    csv_labels: str | None = None  # default: <path>.labels.json, else <path>.onsets.json, if present
+    csv_control: bool = False  # nothing drifts in the CSV(s): every alarm is a false alarm
 
 
 @dataclass
@@ -156,7 +145,7 @@ def available_targets(spec: str, options: DatasetOptions) -> tuple[list[str], li
     if spec.startswith(SIM_PREFIX):
         return list(SIM_DEFAULT_TARGETS), list(FIELDS)
     if spec.startswith(CSV_PREFIX):
-        names = [name for _, name in options.csv_columns]
+        names = list(csv_columns(Path(spec[len(CSV_PREFIX) :]), options).values())
         return names, names
     if spec in RECORDINGS:
         root = Path(options.data_dir) if options.data_dir else shared_data_dir()
@@ -243,15 +232,33 @@ def recording_dataset(name: str, options: DatasetOptions) -> Dataset:
     )
 
 
-def csv_dataset(path: Path, options: DatasetOptions) -> Dataset:
-    """A CSV with a column mapping; a ``device`` column splits it into devices; onsets from JSON.
+def csv_columns(path: Path, options: DatasetOptions) -> dict[str, str]:
+    """Source column -> target name: the mapping given, else every column but the time and device."""
+    if options.csv_columns:
+        return dict(options.csv_columns)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        header = pd.read_csv(path, sep=options.csv_sep, nrows=0)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the header: {exc}") from None
+    skip = {*options.csv_ts_column, options.csv_device_column}
+    names = [str(c).strip() for c in header.columns]
+    absent = [c for c in options.csv_ts_column if c not in names]
+    if absent:
+        raise ValueError(
+            f"{path}: no time column {absent[0]!r}; columns are {names} "
+            "(the canonical layout is ts,device,<targets>; or name yours with --ts-column)"
+        )
+    targets = [c for c in names if c not in skip]
+    if not targets:
+        raise ValueError(f"{path}: no target column besides {', '.join(sorted(skip))}")
+    return {c: c for c in targets}
 
-    The onsets file is a list of ``{"device", "at_ts", "kind"?, "target"?}`` (what
-    ``edgeloop simulate --csv`` writes next to its CSV as ``<path>.onsets.json``).
-    """
-    if not options.csv_columns:
-        raise ValueError("csv: needs at least one --column SOURCE=NAME")
-    columns = dict(options.csv_columns)
+
+def csv_dataset(path: Path, options: DatasetOptions) -> Dataset:
+    """A user's CSV (see the module docstring); labels and control from :mod:`~edgeloop.evaluate.labels`."""
+    columns = csv_columns(path, options)
     kwargs = {
         "ts_column": list(options.csv_ts_column),
         "columns": columns,
@@ -261,6 +268,7 @@ def csv_dataset(path: Path, options: DatasetOptions) -> Dataset:
         "missing": list(options.csv_missing),
     }
     raw = pd.read_csv(path, sep=options.csv_sep, dtype=str, keep_default_na=False)
+    raw.columns = [str(c).strip() for c in raw.columns]
     ts_columns = list(options.csv_ts_column)
     if len(ts_columns) == 1 and ts_columns[0] in raw.columns and options.csv_ts_format is None and len(raw):
         # Epoch seconds (as `edgeloop simulate --csv` writes): load_csv parses dates only; hand it ISO text.
@@ -276,33 +284,51 @@ def csv_dataset(path: Path, options: DatasetOptions) -> Dataset:
         for device, group in groups:
             part = Path(tmp) / path.name
             group.to_csv(part, sep=options.csv_sep, index=False)
-            parts.append(load_csv(part, device=str(device), **kwargs))  # type: ignore[arg-type]
+            try:
+                parts.append(load_csv(part, device=str(device), **kwargs))  # type: ignore[arg-type]
+            except ValueError as exc:  # name the user's file, not the temporary part
+                where = f" (device {device})" if by_device else ""
+                raise ValueError(str(exc).replace(str(part), f"{path}{where}")) from None
+    if not parts:
+        raise ValueError(f"{path}: no rows")
     frame = pd.concat(parts, ignore_index=True).sort_values(["ts", "device"], kind="stable")
     frame = frame.reset_index(drop=True)
     if options.max_samples is not None:
         frame = frame.iloc[: options.max_samples].reset_index(drop=True)
     targets = _pick_targets(list(options.targets) or list(columns.values()), frame, str(path))
-    onsets_path = Path(options.csv_onsets) if options.csv_onsets else Path(f"{path}.onsets.json")
-    labels: list[Label] = []
-    if onsets_path.is_file():
-        for item in json.loads(onsets_path.read_text()):
-            labels.append(
-                Label(
-                    str(item["device"]),
-                    str(item.get("kind", "onset")),
-                    float(item["at_ts"]),
-                    None,
-                    item.get("target"),
-                )
-            )
+    devices = sorted(str(d) for d in frame["device"].unique())
+    labels_path = _labels_path(path, options)
+    truth = (
+        load_labels(labels_path, devices, control=options.csv_control) if labels_path is not None else None
+    )
+    labels = truth.labels if truth else []
+    control = truth.control if truth else options.csv_control
+    what = f"CSV {path}"
+    if labels:
+        onsets = sum(lab.end_ts is None for lab in labels)
+        what += f" with {onsets} onset(s) and {len(labels) - onsets} labelled window(s) from {labels_path}"
+    if control:
+        what += "; control: no drift known, every alarm is a false alarm"
+    if truth and truth.description:
+        what += f" ({truth.description})"
     return Dataset(
         name=CSV_PREFIX + path.name,
         frame=frame[["device", "ts", *targets]],
         targets=targets,
         labels=labels,
-        segments="onsets" if labels else "fifths",
-        description=f"CSV {path}" + (f" with {len(labels)} onsets from {onsets_path.name}" if labels else ""),
+        control=control,
+        segments="onsets" if any(lab.end_ts is None for lab in labels) else "fifths",
+        description=what,
     )
+
+
+def _labels_path(path: Path, options: DatasetOptions) -> Path | None:
+    if options.csv_labels:
+        return Path(options.csv_labels)
+    for candidate in (Path(f"{path}.labels.json"), Path(f"{path}.onsets.json")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _pick_targets(targets: list[str], frame: pd.DataFrame, name: str) -> list[str]:

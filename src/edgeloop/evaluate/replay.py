@@ -4,7 +4,8 @@ For one data set and target (:class:`TargetReplay`), every strategy gets its own
 :class:`~edgeloop.engine.engine.Engine` (built as the live edge builds it) and the same stream of
 :class:`~edgeloop.telemetry.schema.Telemetry`, one time step per batch. All strategies but
 ``persistence`` start from the same initial model, trained on each device's first readings with
-:func:`~edgeloop.retrain.job.train_and_judge` and installed without probation.
+:func:`~edgeloop.retrain.job.train_and_judge` and installed without probation if it passed the
+promotion rule (it beats persistence by ``model.promotion_margin``; else they start from persistence).
 
 When an engine asks for a retrain (or the ``periodic`` strategy's clock does), the replay does
 what the live trainer does, in simulated time: it takes the scope's readings *as of the request*
@@ -32,7 +33,9 @@ from edgeloop.adapters.store import Series
 from edgeloop.config import Settings
 from edgeloop.engine.engine import Engine, EngineOutput, RetrainRequest
 from edgeloop.evaluate.datasets import DatasetOptions, Track, load_dataset, tracks
+from edgeloop.evaluate.learner import arf_forecasts
 from edgeloop.evaluate.strategies import Strategy, build_strategy_engine, parse_strategy
+from edgeloop.models.forecasters import forecaster_from_text
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.models.training import NotEnoughData
 from edgeloop.retrain.job import Verdict, train_and_judge
@@ -54,6 +57,7 @@ class ReplayConfig:
     original_factor: float = 1.5
     river_input: str = "abs"
     horizon: int = 1000  # readings after an onset in which a first alarm counts as its detection
+    arf_on_sim: bool = False  # run river-arf on simulator scenarios too (about 2 ms a reading)
 
     def threshold_for(self, target: str, initial_val_rmse: float) -> tuple[float, str]:
         """The original rule's threshold for ``target`` and how it was chosen."""
@@ -79,6 +83,8 @@ class RetrainRecord:
     val_rmse: float | None = None
     champion_rmse: float | None = None
     n_samples: int = 0
+    requested_ts: float | None = None  # stream time of the request
+    effective_ts: float | None = None  # stream time at which it was installed or dropped
 
 
 @dataclass
@@ -188,8 +194,8 @@ class TargetReplay:
         except NotEnoughData as exc:
             raise ValueError(f"{self.name}/{self.target}: initial segment too short: {exc}") from None
         result = verdict.result
-        # Installed even when it does not beat persistence on validation (then it *is* persistence):
-        # every strategy must start from a model for the comparison to mean anything.
+        # Installed (see run) only if it beats persistence by the margin, as the live edge does;
+        # otherwise every strategy starts from persistence.
         model = LoadedModel(
             f"{self.target}:v0",
             result.forecaster,
@@ -207,12 +213,14 @@ class TargetReplay:
 
     # -- one strategy -------------------------------------------------------------------------
     def run(self, strategy: Strategy) -> RunResult:
+        if strategy.family == "learner":
+            return self._run_learner(strategy)
         started = time.perf_counter()
         engine = build_strategy_engine(
             strategy, self.settings, threshold=self.threshold, river_input=self.config.river_input
         )
-        if strategy.uses_model:
-            engine.install(self.target, self.initial.model, probation=False)
+        if strategy.uses_model and self.initial.promoted:
+            engine.install(self.target, _fresh(self.initial.model), probation=False)
         target, lags = self.target, self.settings.model.lags
         devices = [t.device for t in self.tracks]
         by_device = {t.device: t for t in self.tracks}
@@ -251,6 +259,15 @@ class TargetReplay:
                 jobs.append(self._submit(engine, request, step, position, by_device))
             if jobs:
                 jobs = self._finish_due(engine, jobs, step, position, result, versions)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _run_learner(self, strategy: Strategy) -> RunResult:
+        """A continuously learning reference (no engine): each device's own model, same scored readings."""
+        started = time.perf_counter()
+        lags = self.settings.model.lags
+        forecasts = {t.device: arf_forecasts(t.values, start=t.start, lags=lags) for t in self.tracks}
+        result = RunResult(strategy.name, forecasts, {t.device: [] for t in self.tracks})
         result.seconds = time.perf_counter() - started
         return result
 
@@ -301,6 +318,7 @@ class TargetReplay:
             None,
             "failed",
             n_samples=int(sum(len(s.values) for s in series)),
+            requested_ts=float(request.requested_ts),
         )
         try:
             verdict: Verdict | None = train_and_judge(self.settings, series, current)
@@ -341,8 +359,18 @@ class TargetReplay:
             engine.retrain_finished(scope, installed=installed)
             device = job.record.device
             job.record.effective_at = position[device] if device is not None else step
+            job.record.effective_ts = float(engine.stream_ts)
             result.retrains.append(job.record)
         return waiting
+
+
+def _fresh(model: LoadedModel) -> LoadedModel:
+    """The initial model as trained: an online one learns while it serves, and each run starts anew."""
+    forecaster = model.forecaster
+    if not getattr(forecaster, "online", False):
+        return model
+    clone = forecaster_from_text(forecaster.kind, forecaster.to_text(), forecaster.lags)
+    return LoadedModel(model.label, clone, model.meta)
 
 
 def _last(track: Track, index: int, window: int) -> tuple[np.ndarray, np.ndarray]:

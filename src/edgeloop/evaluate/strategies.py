@@ -17,6 +17,10 @@ the drift guard the engine gets and in who asks for retrains:
 - ``river-adwin``, ``river-ph``: ``river.drift.ADWIN()`` / ``river.drift.PageHinkley()`` with
   library defaults fed ``|error|`` (or the raw error) in target units: no normalisation, no warm-up,
   no budget; the same gap as ``original``. Reference detectors, not candidates.
+- ``river-arf``: no engine at all: River's adaptive random forest learning after every reading
+  (:mod:`~edgeloop.evaluate.learner`), the continuously learning bar to clear. It costs about 2 ms a
+  reading, so it runs on recordings and CSV files, and on simulator scenarios only with
+  ``--arf-on-sim``.
 
 Every retrain, whoever asks for it, goes through the same validated promotion and probation.
 
@@ -42,12 +46,14 @@ from edgeloop.config import DriftSettings, Settings
 from edgeloop.drift import DriftGuard, RmseThreshold
 from edgeloop.engine.engine import Engine
 from edgeloop.engine.monitor import RollingRmse
+from edgeloop.evaluate.learner import N_MODELS
 from edgeloop.service.edge import build_engine
 
 BASELINES = ("persistence", "static", "periodic")
 POLICIES = ("rmse-threshold", "relative", "page-hinkley", "adwin")
 REFERENCES = ("river-adwin", "river-ph")
-STRATEGY_NAMES = (*BASELINES, "original", *POLICIES, *REFERENCES)
+LEARNERS = ("river-arf",)
+STRATEGY_NAMES = (*BASELINES, "original", *POLICIES, *REFERENCES, *LEARNERS)
 DEFAULT_POLICY: str = DriftSettings().policy
 # A budget no stream reaches: "no budget" for the unguarded strategies.
 _NO_BUDGET = 10**9
@@ -58,7 +64,7 @@ class Strategy:
     """One strategy; ``name`` is its spec (``page-hinkley:ph_threshold=200`` for a variant)."""
 
     name: str
-    family: str  # baseline | original | policy | reference
+    family: str  # baseline | original | policy | reference | learner
     policy: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
     default: bool = False
@@ -70,7 +76,7 @@ class Strategy:
     @property
     def alarms(self) -> bool:
         """Whether the strategy's drift alarms ask for retrains (and so are scored as detections)."""
-        return self.family != "baseline"
+        return self.family not in ("baseline", "learner")
 
     def describe(self, settings: Settings, *, periodic_every: int, river_input: str) -> str:
         d = settings.drift
@@ -83,6 +89,11 @@ class Strategy:
             return f"initial model, retrained every {periodic_every} readings"
         if self.name == "original":
             return f"rolling RMSE over {w} > absolute threshold; no warm-up or budget"
+        if self.family == "learner":
+            return (
+                f"river.forest.ARFRegressor({N_MODELS} trees) on the change from {settings.model.lags} lags, "
+                "learning after every reading; no engine, no retrains"
+            )
         if self.family == "reference":
             cls = "ADWIN" if self.name == "river-adwin" else "PageHinkley"
             fed = "|e|" if river_input == "abs" else "e"
@@ -112,6 +123,8 @@ def parse_strategy(text: str) -> Strategy:
         family = "original"
     elif name in REFERENCES:
         family = "reference"
+    elif name in LEARNERS:
+        family = "learner"
     else:
         family = "policy"
     if opts and family != "policy":
@@ -187,8 +200,12 @@ def build_strategy_engine(
     engine = build_engine(s, auto_train=False)
     gap = s.model.retrain_min_samples
     window = s.drift.window
+    if strategy.family != "policy":
+        engine.refresh_every = None  # a scheduled refresh is part of edgeloop's policy, not of these
     if strategy.family == "baseline":
         engine.guard_factory = lambda _ref: _unguarded(NeverDetector(window), 0)
+        # Pure baselines: no floor and no consolidation either (they never see an alarm anyway).
+        engine.floor_margin = engine.consolidate_after = None
     elif strategy.family == "original":
         engine.guard_factory = lambda ref: _unguarded(RmseThreshold(threshold, window, ref), gap)
     elif strategy.family == "reference":

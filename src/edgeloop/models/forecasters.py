@@ -1,8 +1,9 @@
-"""One-step forecasters: persistence, a linear model on lags, and LightGBM in two formulations.
+"""One-step forecasters: persistence, a linear model on lags, LightGBM in two formulations, and RLS.
 
 All take a batch of windows (``(n, lags)``, oldest reading first) and return ``n`` forecasts of the
-next reading, in one call. Each serialises to text that is data, never code: LightGBM's own model
-text format, or JSON coefficients. Nothing here unpickles anything.
+next reading, in one call. ``online`` forecasters (:mod:`edgeloop.models.online`) also learn after
+every scored reading, per device, and take device keys in ``predict``. Each serialises to text that
+is data, never code: LightGBM's own model text format, or JSON coefficients. Nothing here unpickles anything.
 
 >>> import numpy as np
 >>> from edgeloop.engine.features import training_pairs
@@ -26,8 +27,9 @@ import orjson
 from edgeloop.engine.features import Formulation, design_matrix, from_output, to_target
 from edgeloop.errors import ModelFileError
 from edgeloop.models.lgbm_native import NativeBooster
+from edgeloop.models.online import RlsForecaster
 
-KINDS = ("persistence", "linear", "lgbm-level", "lgbm-delta")
+KINDS = ("persistence", "linear", "lgbm-level", "lgbm-delta", "rls")
 
 
 def rmse(forecast: np.ndarray, actual: np.ndarray) -> float:
@@ -38,6 +40,7 @@ def rmse(forecast: np.ndarray, actual: np.ndarray) -> float:
 class Forecaster(Protocol):
     kind: str
     lags: int
+    online: bool  # learns after every reading: see RlsForecaster.update
 
     def predict(self, windows: np.ndarray) -> np.ndarray: ...
 
@@ -48,6 +51,7 @@ class Persistence:
     """Repeat the last reading: the floor every model must beat."""
 
     kind = "persistence"
+    online = False
 
     def __init__(self, lags: int) -> None:
         self.lags = lags
@@ -66,6 +70,7 @@ class LinearForecaster:
     """Ridge regression on the raw lags with an intercept: cheap, and it extrapolates."""
 
     kind = "linear"
+    online = False
 
     def __init__(self, lags: int, alpha: float = 1e-3) -> None:
         self.lags = lags
@@ -104,6 +109,8 @@ class LinearForecaster:
 
 class LightGBMForecaster:
     """LightGBM on lag features, forecasting the level itself or the change from the last reading."""
+
+    online = False
 
     def __init__(self, lags: int, formulation: Formulation, *, rounds: int = 200, seed: int = 0) -> None:
         self.lags = lags
@@ -165,6 +172,8 @@ def make_forecaster(kind: str, lags: int, *, rounds: int = 200, seed: int = 0) -
         return LightGBMForecaster(
             lags, "level" if kind == "lgbm-level" else "delta", rounds=rounds, seed=seed
         )
+    if kind == "rls":
+        return RlsForecaster(lags)
     raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
 
 
@@ -176,4 +185,13 @@ def forecaster_from_text(kind: str, text: str, lags: int) -> Forecaster:
         return LinearForecaster.from_text(text, lags)
     if kind in ("lgbm-level", "lgbm-delta"):
         return LightGBMForecaster.from_text(text, lags, "level" if kind == "lgbm-level" else "delta")
+    if kind == "rls":
+        return RlsForecaster.from_text(text, lags)
     raise ModelFileError(f"unknown model kind {kind!r}")
+
+
+def holdout_forecast(model: Forecaster, windows: np.ndarray, next_values: np.ndarray) -> np.ndarray:
+    """Forecasts over a holdout as serving would make them: an online model learns after each reading."""
+    if isinstance(model, RlsForecaster):
+        return model.holdout_forecast(windows, next_values)
+    return model.predict(windows)

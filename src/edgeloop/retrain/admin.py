@@ -9,7 +9,7 @@ from typing import Any
 from edgeloop.adapters.store import Store
 from edgeloop.config import Settings
 from edgeloop.errors import EdgeloopError, ModelFileError
-from edgeloop.models.forecasters import Persistence, rmse
+from edgeloop.lifecycle.promotion import judge_on_holdout
 from edgeloop.models.training import NotEnoughData, split_series
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.tracking import Tracker
@@ -183,12 +183,19 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
     finally:
         store.close()
     try:
-        split = split_series(series, lags, settings.model.validation_fraction)
-        new = rmse(candidate.forecaster.predict(split.val_x), split.val_y)
-        champion = current.forecaster if current else Persistence(lags)
-        old = rmse(champion.predict(split.val_x), split.val_y)
-        verdict = f"holdout RMSE {new:.4g} vs {current.label if current else 'persistence'} {old:.4g}"
-        better = new < old * (1 - settings.model.promotion_margin)
+        split = split_series(
+            series, lags, settings.model.validation_fraction, settings.model.min_validation_samples
+        )
+        judgement = judge_on_holdout(
+            candidate.forecaster,
+            current.forecaster if current else None,
+            split.val_x,
+            split.val_y,
+            margin=settings.model.promotion_margin,
+            candidate_label=label,
+            champion_label=current.label if current else "persistence",
+        )
+        better, verdict = judgement.promote, judgement.reason
     except NotEnoughData:
         better, verdict = False, "not enough recent data to check it"
     if not better and not force:

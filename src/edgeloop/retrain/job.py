@@ -2,7 +2,8 @@
 
 This runs outside the edge's message loop (a worker process, or the trainer service), so ingestion
 never waits for it. The decision is validated: the challenger must beat the model currently serving
-the scope on the *same* recent, time-ordered holdout by ``model.promotion_margin``; otherwise it is
+the scope and persistence on the *same* recent, time-ordered holdout by ``model.promotion_margin``
+(:mod:`edgeloop.lifecycle.promotion`); otherwise it is
 kept on disk and in MLflow as rejected, with both scores in the event.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 from edgeloop.adapters.store import Series, Store
 from edgeloop.config import Settings
 from edgeloop.errors import ModelFileError
-from edgeloop.models.forecasters import Persistence, rmse
+from edgeloop.lifecycle.promotion import judge
+from edgeloop.models.forecasters import holdout_forecast, rmse
 from edgeloop.models.modelfile import LoadedModel, save_model
 from edgeloop.models.training import NotEnoughData, TrainResult, train_candidates
 from edgeloop.registry.local import LocalRegistry
@@ -81,7 +83,8 @@ class Verdict:
 
 
 def train_and_judge(settings: Settings, series: list[Series], current: LoadedModel | None) -> Verdict:
-    """Train the candidates and decide promotion; pure (no I/O), so the evaluator uses it too.
+    """Train the candidates and decide promotion with :func:`~edgeloop.lifecycle.promotion.judge`;
+    pure (no I/O), so the evaluator uses it too.
 
     Raises :class:`NotEnoughData` when the series are too short to train and validate.
     """
@@ -92,25 +95,24 @@ def train_and_judge(settings: Settings, series: list[Series], current: LoadedMod
         candidates=settings.model.candidates,
         validation_fraction=settings.model.validation_fraction,
         rounds=settings.model.lgbm_rounds,
+        min_validation=settings.model.min_validation_samples,
     )
-    champion = current.forecaster if current is not None else Persistence(lags)
     champion_label = current.label if current is not None else "persistence"
-    champion_rmse = rmse(champion.predict(result.split.val_x), result.split.val_y)
-    margin = settings.model.promotion_margin
-    better = result.val_rmse < champion_rmse * (1.0 - margin)
-    if result.kind == "persistence" and current is None:
-        better = False  # a "model" that repeats the last value is what the edge already does
-    if better:
-        reason = (
-            f"{result.kind} holdout RMSE {result.val_rmse:.4g} beats {champion_label} "
-            f"{champion_rmse:.4g} by more than {margin:.0%}"
-        )
-    else:
-        reason = (
-            f"{result.kind} holdout RMSE {result.val_rmse:.4g} does not beat {champion_label} "
-            f"{champion_rmse:.4g} by {margin:.0%}"
-        )
-    return Verdict(result, champion_label, champion_rmse, better, reason)
+    champion_rmse = (
+        rmse(holdout_forecast(current.forecaster, result.split.val_x, result.split.val_y), result.split.val_y)
+        if current is not None
+        else result.persistence_rmse
+    )
+    judgement = judge(
+        result.val_rmse,
+        champion_rmse=champion_rmse,
+        persistence_rmse=result.persistence_rmse,
+        margin=settings.model.promotion_margin,
+        candidate=result.kind,
+        champion=champion_label,
+        candidate_is_persistence=result.kind == "persistence",
+    )
+    return Verdict(result, champion_label, champion_rmse, judgement.promote, judgement.reason)
 
 
 def run_retrain(

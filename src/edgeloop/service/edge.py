@@ -1,15 +1,25 @@
 """The edge service: MQTT in, engine, predictions and events out, store and models around it.
 
-Threads: paho's network thread only appends raw messages to a queue; one loop thread takes them
-in batches, runs the engine, publishes, hands rows to the store writer thread, and between batches
-swaps models, dispatches retrains and writes status. Training runs in another process, so nothing
-here ever waits for it.
+Threads: paho's network thread only appends raw messages to a bounded inbox; one loop thread takes
+them in batches, runs the engine, publishes predictions on a second connection (the outbox), hands
+rows to the store writer thread, and between batches swaps models, dispatches retrains and writes
+status. Training runs in another process, so nothing here ever waits for it.
 
 Start-up order: the data dir is checked and the store opened first (a bad data dir is refused with
-one line before anything else starts), then the health endpoint, the broker, the models, the state
-snapshot (so devices continue where they were), and only then the subscriptions. Every
-``edge.snapshot_interval`` seconds and at shutdown the engine's state is snapshotted; /healthz and
-/readyz report on the loop, the store writer, the connection and the subscriptions.
+one line before anything else starts), then the health endpoint, the broker (waited for up to
+``broker.connect_wait``), the models, the state snapshot (so devices continue where they were), and
+only then the subscriptions. Every ``edge.snapshot_interval`` seconds and at shutdown the engine's
+state is snapshotted; /healthz and /readyz report on the loop, the store writer, the connection and
+the subscriptions.
+
+Delivery is at-least-once end to end: a QoS 1 reading is acknowledged (paho's manual acks) only
+after its prediction was handed to paho and its row to the store writer; readings not answered at
+shutdown are left unacknowledged, so the broker delivers them to the next run; redelivered readings
+answered before are dropped as ``duplicate``. Backpressure: the broker should have at most
+``broker.receive_maximum`` unacknowledged readings with us (its flow control holds back the rest,
+and the producers with it); when the inbox fills anyway (QoS 0 has no flow control, and Mosquitto
+2.0.11 was seen to exceed the window) paho's input thread stops reading the socket until there is
+room. The loop takes no readings while the outbox has many predictions unacknowledged.
 """
 
 from __future__ import annotations
@@ -26,20 +36,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from paho.mqtt.client import error_string as mqtt_error_string
+from paho.mqtt.enums import MQTTErrorCode
 
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.writer import StoreWriter, check_data_dir
-from edgeloop.config import Settings
+from edgeloop.config import Settings, Span
 from edgeloop.drift import make_guarded
 from edgeloop.engine.engine import Engine, EngineOutput, Rollback
 from edgeloop.engine.rows import ServedModel
-from edgeloop.errors import MessageError, ModelFileError
+from edgeloop.errors import BrokerError, MessageError, ModelFileError
 from edgeloop.lifecycle.retrains import Failure, Retrains, RetryPolicy
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
 from edgeloop.scopes import parse_label
 from edgeloop.service import alerts, health, metrics
+from edgeloop.service.delivery import AnsweredMemory, Received
 from edgeloop.service.model_sync import ModelSync
 from edgeloop.service.statekeeper import StateKeeper
 from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
@@ -47,6 +60,11 @@ from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_
 log = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
+INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room in a full inbox
+PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
+SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
+OUTGOING_HIGH_WATER = 2000  # predictions paho holds unacknowledged before the loop waits for the broker
+OUTBOX_BUSY_PAUSE = 0.005  # seconds the loop sleeps while the outbox is busy (it keeps ticking)
 LOOP_STALL = 60.0  # seconds without a pass of the message loop before /healthz fails
 WRITER_STALL = 120.0  # the same for the store writer (one commit may wait 30 s on a locked database)
 
@@ -64,6 +82,12 @@ def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
         probation_samples=settings.model.probation_samples,
         probation_tolerance=settings.model.probation_tolerance,
         auto_train=auto_train,
+        floor_margin=settings.model.floor_margin,
+        floor_window=settings.model.floor_window,
+        gap_intervals=settings.model.gap_intervals,
+        consolidate_after=Span.parse(settings.model.consolidate_after),
+        refresh_every=Span.parse(settings.model.refresh_every),
+        train_window=settings.model.train_window,
         max_devices=settings.limits.max_devices,
         device_idle_s=settings.limits.device_idle_s,
     )
@@ -77,6 +101,7 @@ class EdgeStats:
     processed: int = 0
     predictions: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    publish_failures: int = 0
     swaps: int = 0
     retrains_requested: int = 0
     retrains_failed: int = 0
@@ -95,13 +120,25 @@ class EdgeService:
         self.engine = build_engine(settings)
         self.registry = LocalRegistry(settings.models_dir)
         self.stats = EdgeStats()
-        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        # A SimpleQueue bounded by a size check in _on_message: queue.Queue(maxsize) costs a lock
+        # round trip per reading on both threads.
+        self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self._inbox_max = settings.edge.inbox_max
+        self._accepting = True  # False from shutdown on: new deliveries stay unacknowledged
+        self._left_at_shutdown = 0
+        # As many devices as the engine keeps state for: a reading of any other is refused anyway.
+        self._answered = AnsweredMemory(settings.limits.max_devices)
+        # Predictions paho refused, retried before the next batch; the batch they answer waits
+        # unacknowledged meanwhile.
+        self._unsent: list[tuple[str, bytes]] = []
+        self._unacked: list[Received] = []
         self._control: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events_topic = topic_for(settings.topics.events, site=self.site)
         self._prediction_template = settings.topics.prediction
         self._last_drop_log = 0.0
+        self._last_publish_log = 0.0
         self._dropped_since_log: Counter[str] = Counter()
         self._protocol = protocol
         self.client_id = settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True)
@@ -115,6 +152,18 @@ class EdgeService:
             session_expiry=settings.broker.session_expiry,
             protocol=protocol,  # type: ignore[arg-type]
             on_message=self._on_message,
+            manual_ack=True,
+        )
+        # Predictions leave on a connection of their own. When the inbox is full, paho's thread of the
+        # input connection stops (that is the backpressure); the acknowledgements of our predictions
+        # must keep arriving meanwhile, or paho's outgoing queue grows without bound.
+        self.outbox = MqttSession(
+            settings.broker,
+            role="edge-out",
+            client_id=f"{self.client_id}-out",
+            clean_start=settings.broker.session_expiry == 0,
+            session_expiry=settings.broker.session_expiry,
+            protocol=protocol,  # type: ignore[arg-type]
         )
         if dispatcher is not None:
             self.dispatcher: Dispatcher = dispatcher
@@ -137,10 +186,17 @@ class EdgeService:
 
     # -- paho's thread: enqueue only --------------------------------------------------------------
     def _on_message(self, message: Any) -> None:
+        connection = self.session.connection
         if message.topic == self._events_topic:
             self._control.put(message.payload)
+            self.session.ack(message.mid, message.qos, connection)
+            return
+        while self._inbox.qsize() >= self._inbox_max and self._accepting:
+            time.sleep(INBOX_FULL_PAUSE)  # not reading the socket: TCP and the broker hold back
+        if self._accepting:
+            self._inbox.put(Received(message.topic, message.payload, message.mid, message.qos, connection))
         else:
-            self._inbox.put((message.topic, message.payload))
+            self._left_at_shutdown += 1  # unacknowledged: the broker delivers it to the next run
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> EdgeService:
@@ -150,6 +206,8 @@ class EdgeService:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.session.cancel()
+        self.outbox.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -166,7 +224,10 @@ class EdgeService:
             self._open_storage()
             if s.edge.metrics_port:
                 self.http = health.serve(s.edge.metrics_port, self.liveness, self.readiness)
-            self.session.start()
+            if not self._connect():
+                self._close_storage(final_snapshot=False)
+                self.dispatcher.close()
+                return
             self._sync_models()
             self.registry_read = True
             if self.state is not None:
@@ -198,9 +259,14 @@ class EdgeService:
         try:
             while not self._stop.is_set():
                 self.loop_beat = time.monotonic()
-                batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
-                if batch:
-                    self._handle(batch)
+                if self._unsent and not self._retry_unsent():
+                    time.sleep(PUBLISH_RETRY_PAUSE)
+                elif self._outbox_busy():
+                    time.sleep(OUTBOX_BUSY_PAUSE)
+                else:
+                    batch = self._take_batch(s.edge.batch_max, s.edge.batch_wait)
+                    if batch:
+                        self._handle(batch)
                 now = time.monotonic()
                 self._handle_control()
                 self._handle_outcomes()
@@ -217,6 +283,18 @@ class EdgeService:
             self._shutdown()
 
     # -- storage, state and health ----------------------------------------------------------------
+    def _connect(self) -> bool:
+        """Connect both sessions; False if the edge was stopped while waiting for the broker."""
+        try:
+            self.session.start()
+            self.outbox.start()
+        except BrokerError:
+            if self._stop.is_set():
+                log.info("edge stopped while waiting for the broker")
+                return False
+            raise
+        return True
+
     def _open_storage(self) -> None:
         s = self.settings
         check_data_dir(s.data_dir)
@@ -275,36 +353,46 @@ class EdgeService:
     def readiness(self) -> dict[str, object]:
         """/readyz: connected to the broker, subscribed, registry read, and alive."""
         return {
-            "connected": self.session.connected,
+            "connected": self.session.connected and self.outbox.connected,
             "subscribed": self.subscribed,
             "registry_read": self.registry_read,
             "alive": all(v for k, v in self.liveness().items() if not k.startswith("_")),
         }
 
     def _shutdown(self) -> None:
-        # Answer what was received, disconnect (sending the last predictions), then flush the store.
-        # Readings that slip in between the last batch and the disconnect are stored but their
-        # predictions cannot be sent; they were acknowledged by paho on receipt.
-        self._drain()
+        # Stop taking deliveries, answer and acknowledge what is in the inbox, then disconnect: paho
+        # sends the predictions and acks before its DISCONNECT. Deliveries after this point stay
+        # unacknowledged and come again to the next run (with a persistent session).
+        self._accepting = False
+        deadline = time.monotonic() + SHUTDOWN_RETRY_S
+        while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
+            time.sleep(PUBLISH_RETRY_PAUSE)
+        if not self._unsent and self.outbox.connected:  # else predictions would die with paho's queue
+            self._drain(deadline)
         self.subscribed = False
-        self.session.close()
-        late = self._drain()
-        if late:
-            log.warning("%d readings arrived during shutdown; stored, predictions not sent", late)
+        self.outbox.close()  # waits until the last prediction is out
+        self.session.close()  # the acks queued above go out before its DISCONNECT
+        left = len(self._unacked) + self._inbox.qsize() + self._left_at_shutdown
+        if left:
+            log.warning("%d readings left unacknowledged at shutdown; the broker delivers them again", left)
         self._close_storage(final_snapshot=True)
         self.dispatcher.close()
         log.info(
             "edge stopped: %d processed, %d dropped", self.stats.processed, sum(self.stats.dropped.values())
         )
 
-    def _drain(self) -> int:
+    def _drain(self, deadline: float) -> int:
         count = 0
-        while batch := self._take_batch(self.settings.edge.batch_max, 0.0):
+        while (
+            not self._unsent
+            and time.monotonic() < deadline
+            and (batch := self._take_batch(self.settings.edge.batch_max, 0.0))
+        ):
             self._handle(batch)
             count += len(batch)
         return count
 
-    def _take_batch(self, limit: int, wait: float) -> list[tuple[str, bytes]]:
+    def _take_batch(self, limit: int, wait: float) -> list[Received]:
         try:
             first = self._inbox.get(timeout=0.05) if wait > 0 else self._inbox.get_nowait()
         except queue.Empty:
@@ -323,16 +411,23 @@ class EdgeService:
         return batch
 
     # -- the batch path ---------------------------------------------------------------------------
-    def _handle(self, batch: list[tuple[str, bytes]]) -> None:
+    def _handle(self, batch: list[Received]) -> None:
         readings: list[Telemetry] = []
-        for topic, payload in batch:
+        seen = self._answered.seen
+        for item in batch:
             try:
-                readings.append(self.parser.parse(topic, payload))
+                reading = self.parser.parse(item.topic, item.payload)
             except MessageError as exc:
-                self._dropped(exc, topic)
+                self._dropped(exc, item.topic)
+                continue
+            if seen(reading.device, reading.seq, reading.ts):
+                self._dropped(MessageError("duplicate", f"seq {reading.seq} answered before"), item.topic)
+                continue
+            readings.append(reading)
         self.stats.received += len(batch)
         metrics.RECEIVED.inc(len(batch))
         if not readings:
+            self._ack(batch)
             return
         with metrics.BATCH_SECONDS.time():
             out = self.engine.process(readings)
@@ -345,16 +440,77 @@ class EdgeService:
             self._dropped(MessageError(reason, detail), "the engine")
         if out.evicted:
             metrics.EVICTED.inc(out.evicted)
-        qos = self.settings.broker.qos
-        for prediction in out.predictions:
-            topic = self._prediction_template.format(site=self.site, device=prediction.device)
-            self.session.publish(topic, prediction.to_json(), qos=qos)
+        unsent = self._publish(
+            [
+                (self._prediction_template.format(site=self.site, device=p.device), p.to_json())
+                for p in out.predictions
+            ]
+        )
         self.stats.processed += len(readings) - len(out.dropped)
-        self.stats.predictions += len(out.predictions)
-        metrics.PREDICTIONS.inc(len(out.predictions))
         assert self.writer is not None
         self.writer.put(samples=out.samples)
+        if unsent:
+            self._unsent, self._unacked = unsent, batch
+        else:
+            self._ack(batch)
         self._after_engine(out)
+
+    def _outbox_busy(self) -> bool:
+        # Backpressure for our own output: while the broker has not acknowledged many predictions (or
+        # the outbox is disconnected), take no new readings, so their acks wait and the broker and
+        # the inbox bound hold the producers back instead of paho's queue growing. The outbox's
+        # thread never waits for this loop, so waiting cannot deadlock.
+        return not self.outbox.connected or self.outbox.outgoing > OUTGOING_HIGH_WATER
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
+        qos = self.settings.broker.qos
+        publish = self.outbox.publish
+        refused: list[tuple[str, bytes]] = []
+        failed = 0
+        for topic, payload in messages:
+            rc = publish(topic, payload, qos=qos).rc
+            # At QoS>0 paho keeps a message published while disconnected and sends it on reconnect.
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+                continue
+            failed += 1
+            if qos:
+                refused.append((topic, payload))
+            last_rc = rc
+        if failed:
+            self._publish_failed(failed, last_rc, retried=bool(qos))
+        sent = len(messages) - failed
+        self.stats.predictions += sent
+        metrics.PREDICTIONS.inc(sent)
+        return refused
+
+    def _publish_failed(self, count: int, rc: MQTTErrorCode, *, retried: bool) -> None:
+        self.stats.publish_failures += count
+        metrics.PUBLISH_FAILURES.inc(count)
+        now = time.monotonic()
+        if now - self._last_publish_log >= DROP_LOG_INTERVAL:
+            self._last_publish_log = now
+            log.warning(
+                "paho refused %d prediction(s) (%s); %s",
+                count,
+                mqtt_error_string(rc),
+                "retrying; their readings stay unacknowledged meanwhile" if retried else "lost (QoS 0)",
+            )
+
+    def _retry_unsent(self) -> bool:
+        """Publish refused predictions again; True once all are out and their batch is acknowledged."""
+        self._unsent = self._publish(self._unsent)
+        if self._unsent:
+            return False
+        batch, self._unacked = self._unacked, []
+        self._ack(batch)
+        return True
+
+    def _ack(self, batch: list[Received]) -> None:
+        ack = self.session.ack
+        for item in batch:
+            if item.qos:
+                ack(item.mid, item.qos, item.connection)
 
     def _after_engine(self, out: EngineOutput) -> None:
         for request in out.retrains:

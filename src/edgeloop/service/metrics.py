@@ -6,8 +6,15 @@ from prometheus_client import Counter, Histogram
 
 RECEIVED = Counter("edgeloop_messages_received_total", "Telemetry messages received")
 PREDICTIONS = Counter("edgeloop_predictions_total", "Predictions published")
-DROPPED = Counter("edgeloop_messages_dropped_total", "Telemetry dropped (malformed, or no room)", ["reason"])
+DROPPED = Counter(
+    "edgeloop_messages_dropped_total",
+    "Telemetry dropped (malformed, no room, or a duplicate answered before)",
+    ["reason"],
+)
 EVICTED = Counter("edgeloop_devices_evicted_total", "Idle devices whose state was freed for new ones")
+PUBLISH_FAILURES = Counter(
+    "edgeloop_publish_failures_total", "Prediction publishes the MQTT client refused (retried at QoS>0)"
+)
 EVENTS = Counter("edgeloop_events_total", "Drift and model events", ["kind"])
 RETRAINS = Counter("edgeloop_retrains_requested_total", "Retrains requested", ["trigger"])
 SWAPS = Counter("edgeloop_model_swaps_total", "Models hot-swapped into service")

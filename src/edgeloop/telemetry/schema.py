@@ -58,6 +58,8 @@ EVENT_KINDS = (
     "model_rejected",
     "model_rolled_back",
     "model_load_failed",
+    "model_demoted",
+    "model_restored",
 )
 
 PERSISTENCE_VERSION = "persistence"
