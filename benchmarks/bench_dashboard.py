@@ -212,7 +212,7 @@ VIEWS: dict[str, Callable[[Path, str, int], int]] = {
 
 def charts(path: Path, device: str, points: int) -> int:
     """The device tab's two Altair specs, built and validated as ``st.altair_chart`` needs them."""
-    from edgeloop.dashboard import app
+    from edgeloop.dashboard import charts
 
     conn = q.open_store(path)
     assert conn is not None
@@ -223,8 +223,8 @@ def charts(path: Path, device: str, points: int) -> int:
         )
     finally:
         conn.close()
-    app.forecast_chart(series, markers, TARGET).to_dict()
-    app.rmse_chart(series, markers, 12.0, 21.0).to_dict()
+    charts.forecast_chart(series, markers, TARGET).to_dict()
+    charts.rmse_chart(series, markers, 12.0, 21.0).to_dict()
     return 2
 
 

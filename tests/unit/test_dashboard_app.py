@@ -366,7 +366,7 @@ def test_events_query_rejects_unknown_kinds(conn: sqlite3.Connection) -> None:
 
 def test_options_flags_beat_environment_beat_settings() -> None:
     from edgeloop.config import Settings
-    from edgeloop.dashboard.app import parse_options
+    from edgeloop.dashboard.common import parse_options
 
     settings = Settings(edge={"status_interval": 2.5})
     opts = parse_options([], {}, settings)

@@ -1,0 +1,123 @@
+"""The Device view: one device's readings, forecasts, errors and events."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from edgeloop.dashboard import queries as q
+from edgeloop.dashboard.charts import forecast_chart, rmse_chart
+from edgeloop.dashboard.common import (
+    STATUS_LOOK,
+    Context,
+    fleet_of,
+    fmt_num,
+    fmt_when,
+    no_data,
+    no_model,
+    no_threshold_note,
+    opt_float,
+    refreshed_caption,
+    store,
+)  # fmt: skip
+from edgeloop.dashboard.events import event_columns, event_table
+
+
+def device_view(ctx: Context) -> None:
+    with store(ctx.settings) as conn:
+        fleet = pd.DataFrame() if conn is None else fleet_of(conn, ctx)
+        if conn is None or fleet.empty:
+            no_data(ctx)
+            refreshed_caption(ctx)
+            return
+        status_of = dict(zip(fleet["device"], fleet["status"], strict=True))
+        pick, about = st.columns([1, 3], vertical_alignment="bottom")
+        device = pick.selectbox(
+            "Device",
+            sorted(status_of),
+            key="device",
+            bind="query-params",
+            # No format_func: the bound URL parameter holds the shown label, which must stay the name.
+        )
+        if device is None:
+            return
+        row = fleet[fleet["device"] == device].iloc[0]
+        extra = q.device_status(conn, ctx.target, device)
+        series = q.device_series(
+            conn, ctx.target, device, points=ctx.options.points, window=ctx.settings.drift.window
+        )
+        markers = (
+            q.device_events(
+                conn, ctx.target, device, start_ts=series["ts"].iloc[0], end_ts=series["ts"].iloc[-1]
+            )
+            if not series.empty
+            else pd.DataFrame()
+        )
+        recent = q.recent_device_events(conn, ctx.target, device, limit=20)
+        trained = bool(q.model_scopes(conn, ctx.target))
+
+    look = STATUS_LOOK.get(row["status"], STATUS_LOOK["healthy"])
+    rate = f"{row['rate']:.1f} msgs/s" if pd.notna(row["rate"]) else "no rate yet"
+    count = int(extra["count"]) if extra["count"] is not None else None
+    about.markdown(
+        f"#### {device} · :{look.md}[{look.icon} {look.label}]\n"
+        f":material/model_training: serving **{row['model'] or '—'}** · {rate} · "
+        f"{count if count is not None else 0:,} readings · "
+        f"last reading {fmt_when(row['last_seen'])}"
+    )
+    ratio = row["rmse_ratio"]
+    cols = st.columns(4)
+    cols[0].metric(
+        "Rolling RMSE",
+        fmt_num(row["rmse"]),
+        delta=f"{ratio:.0%} of threshold" if pd.notna(ratio) else None,
+        delta_color="off" if pd.isna(ratio) else ("inverse" if ratio >= 1 else "normal"),
+        delta_arrow="off",
+        border=True,
+        help=f"RMSE of the serving model's forecasts over the last {ctx.settings.drift.window} readings",
+    )
+    cols[1].metric(
+        "Drift threshold",
+        fmt_num(row["threshold"]),
+        border=True,
+        help=f"Drift policy {ctx.settings.drift.policy}"
+        if pd.notna(row["threshold"])
+        else no_threshold_note(ctx),
+    )
+    cols[2].metric(
+        "Persistence RMSE",
+        fmt_num(extra["persistence_rmse"]),
+        border=True,
+        help="Naive baseline: forecast the previous reading",
+    )
+    cols[3].metric(
+        "Mean RMSE",
+        fmt_num(extra["mean_rmse"]),
+        border=True,
+        help="Naive baseline: forecast the running mean",
+    )
+
+    if q.is_persistence(row["model"]) and not trained:
+        no_model(ctx, device, count)
+    if series.empty:
+        st.info(f"No readings of {ctx.target} from {device} are stored yet.")
+        refreshed_caption(ctx)
+        return
+    with st.container(border=True):
+        st.markdown(f"**Actual vs predicted {ctx.target}** · last {len(series)} readings")
+        st.altair_chart(forecast_chart(series, markers, ctx.target), width="stretch")
+    with st.container(border=True):
+        st.markdown(
+            f"**Rolling RMSE** over {ctx.settings.drift.window} readings, with the drift threshold and "
+            "the naive baselines"
+        )
+        st.altair_chart(
+            rmse_chart(series, markers, opt_float(row["threshold"]), opt_float(extra["mean_rmse"])),
+            width="stretch",
+        )
+    st.markdown("**Recent events** of this device and its fleet model")
+    if recent.empty:
+        st.caption("No drift or model events for this device yet.")
+    else:
+        st.dataframe(event_table(recent), hide_index=True, placeholder="—", column_config=event_columns())
+    refreshed_caption(ctx)
