@@ -307,21 +307,56 @@ def test_silence_uses_the_wall_clock_not_replayed_timestamps(conn: sqlite3.Conne
     }
 
 
-def test_a_fleet_that_stopped_publishing_turns_silent_while_the_edge_runs(tmp_path: Path) -> None:
-    # The edge rewrites every status row each second (fresh ``updated``) even when no reading
-    # arrives; only the unchanged reading counts show that every publisher stopped.
-    fill(tmp_path / "edgeloop.db")
-    with closing(sqlite3.connect(tmp_path / "edgeloop.db")) as writer, writer:
-        writer.execute("UPDATE scope_status SET updated = ?", (time.time(),))
-    store = Store(tmp_path / "edgeloop.db", readonly=True)
-    conn = store.conn
-    clock = q.SilenceClock()
-    now = time.time()
-    assert "silent" not in q.fleet(conn, TARGET, now=now, silent_after=30, clock=clock)["status"].tolist()
-    later = q.fleet(conn, TARGET, now=now + 31, silent_after=30, clock=clock)
-    assert later["status"].tolist() == ["silent"] * 3
-    assert later["age_s"].min() == pytest.approx(31, abs=1)
+def paced_store(db: Path, now: float) -> None:
+    """Devices at their own paces, status rows written as the edge writes them (only on change, wall
+    clock): ``slow`` reports every 10 s (last news 9 s ago, its newest reading 50 s of reading time
+    behind the fleet's), ``fast`` at 50/s, ``stopped`` reported every 10 s until 31 s ago."""
+    store = Store(db)
+    samples, status = [], []
+    for dev, gap, n, heard, rate in (
+        ("slow", 10.0, 40, 9.0, 0.0),
+        ("fast", 0.02, 2000, 0.4, 50.0),
+        ("stopped", 10.0, 40, 31.0, 0.0),
+    ):
+        last = now - heard - (50.0 if dev == "slow" else 0.0)
+        ts = [last - gap * (n - 1 - k) for k in range(n)]
+        samples += [SampleRow(dev, TARGET, t, k, 1.0, 1.0, 1.0, None, "voc_ppb:v1") for k, t in enumerate(ts)]
+        status.append(
+            StatusRow(dev, TARGET, ts[-1], n, rate, 1.0, 10.0, 1.0, 1.0, "voc_ppb:v1", "healthy", now - heard)
+        )
+    store.write(samples, [], status)
     store.close()
+
+
+def test_each_device_is_judged_against_its_own_reporting_interval(tmp_path: Path) -> None:
+    now = time.time()
+    paced_store(tmp_path / "edgeloop.db", now)
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        fleet = q.fleet(conn, TARGET, now=now, silent_after=5.0).set_index("device")
+    assert fleet["status"].to_dict() == {"stopped": "silent", "fast": "healthy", "slow": "healthy"}
+    assert fleet.loc["slow", "interval_s"] == pytest.approx(10.0)
+    assert fleet.loc["fast", "interval_s"] == pytest.approx(0.02)
+    assert fleet.loc["fast", "silent_after_s"] == 5.0  # the floor: status rows come once a second
+    assert fleet.loc["stopped", "age_s"] == pytest.approx(31, abs=1)
+    # The same slow device 31 s after its last news, and the fast one 6 s after: both silent.
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        later = q.fleet(conn, TARGET, now=now + 22.5, silent_after=5.0).set_index("device")
+    assert later["status"].to_dict() == {"fast": "silent", "slow": "silent", "stopped": "silent"}
+
+
+def test_reporting_interval_reads_few_rows_through_the_index(tmp_path: Path) -> None:
+    now = time.time()
+    paced_store(tmp_path / "edgeloop.db", now)
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        assert "samples_scope_ts" in q.query_plan(conn, q.INTERVAL_SQL, (TARGET, "fast", 33))
+        cache = q.IntervalCache(ttl=30)
+        assert cache.intervals(conn, TARGET, ["slow", "nobody"], now) == {
+            "slow": pytest.approx(10.0),
+            "nobody": None,
+        }
 
 
 def test_policies_without_an_rmse_threshold_say_so(data_dir: Path) -> None:
@@ -370,7 +405,8 @@ def test_options_flags_beat_environment_beat_settings() -> None:
 
     settings = Settings(edge={"status_interval": 2.5})
     opts = parse_options([], {}, settings)
-    assert (opts.refresh, opts.silent_after, opts.points) == (5.0, 30.0, 500)  # refresh: 2 status intervals
+    # refresh: 2 status intervals; silence: never sooner than 3 status rows
+    assert (opts.refresh, opts.silent_after, opts.silent_intervals, opts.points) == (5.0, 7.5, 3.0, 500)
     env = {"EDGELOOP_DASHBOARD_REFRESH": "3", "EDGELOOP_DASHBOARD_MLFLOW_URL": "http://m:1"}
     opts = parse_options(["--refresh", "7", "--co"], env, settings)  # "--co" is not "--config"
     assert (opts.refresh, opts.mlflow_url, opts.config) == (7.0, "http://m:1", None)

@@ -9,7 +9,8 @@ Settings come from ``--config`` and ``EDGELOOP_*`` like every edgeloop process. 
 have no key in :class:`Settings`, so they are environment variables (or flags after ``--``):
 
 ``EDGELOOP_DASHBOARD_REFRESH``       seconds between refreshes (default: 2 x ``edge.status_interval``, >= 1)
-``EDGELOOP_DASHBOARD_SILENT_AFTER``  seconds without an update before a device shows as silent (30)
+``EDGELOOP_DASHBOARD_SILENT_AFTER``  fewest wall seconds before a device is silent (3 x status_interval, >= 5)
+``EDGELOOP_DASHBOARD_SILENT_INTERVALS`` silent after this many of the device's own reporting intervals (3)
 ``EDGELOOP_DASHBOARD_POINTS``        readings in the device chart (500)
 ``EDGELOOP_DASHBOARD_MLFLOW_URL``    MLflow UI base URL for run links (http://127.0.0.1:5000)
 """

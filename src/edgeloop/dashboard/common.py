@@ -60,6 +60,7 @@ class Options:
     config: Path | None
     refresh: float
     silent_after: float
+    silent_intervals: float
     points: int
     mlflow_url: str
 
@@ -75,6 +76,7 @@ def parse_options(
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--refresh", type=float, default=None)
     parser.add_argument("--silent-after", type=float, default=None)
+    parser.add_argument("--silent-intervals", type=float, default=None)
     parser.add_argument("--points", type=int, default=None)
     parser.add_argument("--mlflow-url", default=None)
     args, _unknown = parser.parse_known_args(list(argv))
@@ -92,7 +94,13 @@ def parse_options(
     return Options(
         config=args.config,
         refresh=max(1.0, pick(args.refresh, "EDGELOOP_DASHBOARD_REFRESH", 2 * status_interval, float)),
-        silent_after=pick(args.silent_after, "EDGELOOP_DASHBOARD_SILENT_AFTER", 30.0, float),
+        # The edge writes status rows every status_interval: silence cannot be seen much sooner.
+        silent_after=pick(
+            args.silent_after, "EDGELOOP_DASHBOARD_SILENT_AFTER", max(5.0, 3 * status_interval), float
+        ),
+        silent_intervals=max(
+            1.0, pick(args.silent_intervals, "EDGELOOP_DASHBOARD_SILENT_INTERVALS", 3.0, float)
+        ),
         points=max(10, pick(args.points, "EDGELOOP_DASHBOARD_POINTS", 500, int)),
         mlflow_url=pick(args.mlflow_url, "EDGELOOP_DASHBOARD_MLFLOW_URL", "http://127.0.0.1:5000", str),
     )
@@ -151,9 +159,25 @@ def no_model(ctx: Context, device: str | None = None, count: int | None = None) 
 
 # -- fleet ---------------------------------------------------------------------------------------
 def fleet_of(conn: sqlite3.Connection, ctx: Context) -> pd.DataFrame:
-    """The fleet table, with silence judged by this session's memory of each device's reading count."""
-    clock = st.session_state.setdefault("_silence_clock", q.SilenceClock())
-    return q.fleet(conn, ctx.target, now=time.time(), silent_after=ctx.options.silent_after, clock=clock)
+    """The fleet table, silence judged against each device's own reporting interval (cached per session)."""
+    cache = st.session_state.setdefault("_intervals", q.IntervalCache())
+    now = time.time()
+    devices = [r[0] for r in conn.execute("SELECT device FROM scope_status WHERE target = ?", (ctx.target,))]
+    return q.fleet(
+        conn,
+        ctx.target,
+        now=now,
+        silent_after=ctx.options.silent_after,
+        k=ctx.options.silent_intervals,
+        intervals=cache.intervals(conn, ctx.target, devices, now),
+    )
+
+
+def silence_rule(ctx: Context) -> str:
+    return (
+        f"silent: nothing heard for {ctx.options.silent_intervals:g} of the device's own reporting "
+        f"intervals (at least {ctx.options.silent_after:g} s, wall clock)"
+    )
 
 
 def no_threshold_note(ctx: Context) -> str:

@@ -14,11 +14,15 @@ from edgeloop.dashboard.common import (
     no_data,
     no_threshold_note,
     refreshed_caption,
+    silence_rule,
     store,
     styled,
 )  # fmt: skip
 
-FLEET_COLUMNS = ("device", "status", "model", "rmse", "threshold", "rmse_ratio", "rate", "last_seen", "age_s")
+FLEET_COLUMNS = (
+    "device", "status", "model", "rmse", "threshold", "rmse_ratio", "rate", "interval_s", "last_seen",
+    "age_s",
+)  # fmt: skip
 
 
 def open_selected_device() -> None:
@@ -52,7 +56,7 @@ def fleet_view(ctx: Context) -> None:
         summary.silent,
         border=True,
         icon=":material/sensors_off:",
-        help=f"No reading for {ctx.options.silent_after:g} s",
+        help=silence_rule(ctx).capitalize(),
     )
     cols[4].metric(
         "Need attention",
@@ -109,11 +113,20 @@ def fleet_view(ctx: Context) -> None:
                 "the bar is half full at the threshold",
             ),
             "rate": st.column_config.NumberColumn("Msgs/s", format="%.1f"),
-            "last_seen": st.column_config.DatetimeColumn("Last reading (UTC)", format=UTC_FORMAT),
+            "interval_s": st.column_config.NumberColumn(
+                "Reports every (s)",
+                format="%.3g",
+                help="The device's own reporting interval: the median gap between its recent readings",
+            ),
+            "last_seen": st.column_config.DatetimeColumn(
+                "Last reading (reading time, UTC)",
+                format=UTC_FORMAT,
+                help="The timestamp the device put on its newest reading (a replay keeps its original time)",
+            ),
             "age_s": st.column_config.NumberColumn(
-                "Seen (s ago)",
+                "Heard (s ago, wall clock)",
                 format="%.0f",
-                help="Seconds since this device's last reading reached the edge",
+                help="Wall-clock seconds since the edge last reported news of this device",
             ),
         },
         key="fleet_table",
@@ -122,7 +135,7 @@ def fleet_view(ctx: Context) -> None:
     )
     note = f" · {no_threshold_note(ctx)}" if shown["threshold"].isna().all() else ""
     st.caption(
-        f"{len(shown)} of {len(df)} devices · select a row to open its device view · silent: no reading "
-        f"for {ctx.options.silent_after:g} s{note}"
+        f"{len(shown)} of {len(df)} devices · select a row to open its device view · "
+        f"{silence_rule(ctx)}{note}"
     )
     refreshed_caption(ctx)

@@ -6,6 +6,7 @@ Each query reads only the columns and rows its view shows and walks an index of 
 view                      query and index
 ========================  ==========================================================================
 fleet                     ``scope_status`` (one row per device and target: small, scanned)
+device intervals          ``samples`` newest 33 rows per device: ``samples_scope_ts`` (cached 30 s)
 device chart              ``samples`` newest N rows of one (target, device): ``samples_scope_ts``
 device markers            ``events`` of the device's scopes in the chart's time span: ``events_scope_ts``
 models                    ``model_versions`` (small; primary key ``(scope, version)``)
@@ -26,14 +27,17 @@ Timestamps stay epoch seconds in SQL and become naive UTC datetimes here, so the
 >>> fleet(conn, "voc_ppb", now=1005.0, silent_after=30.0)[["device", "status", "rmse_ratio"]]
   device   status  rmse_ratio
 0  dev-1  healthy         0.6
->>> fleet(conn, "voc_ppb", now=2000.0, silent_after=30.0)["status"].tolist()
+>>> fleet(conn, "voc_ppb", now=1031.0, silent_after=30.0)["status"].tolist()
 ['silent']
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,7 @@ SERIES_SQL = (
     "SELECT ts, value, forecast, persistence, model FROM samples"
     " WHERE target = ? AND device = ? ORDER BY ts DESC LIMIT ?"
 )
+INTERVAL_SQL = "SELECT ts FROM samples WHERE target = ? AND device = ? ORDER BY ts DESC LIMIT ?"
 # The same query forced to scan the table: the benchmark's baseline for what the index buys.
 SERIES_SQL_NO_INDEX = SERIES_SQL.replace("FROM samples", "FROM samples NOT INDEXED")
 DEVICE_EVENTS_SQL = (
@@ -167,33 +172,44 @@ def has_samples(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT EXISTS (SELECT 1 FROM samples)").fetchone()[0] == 1
 
 
-class SilenceClock:
-    """Wall-clock seconds since each device's reading count last changed, as this dashboard saw it.
+def reporting_interval(conn: sqlite3.Connection, target: str, device: str, *, gaps: int = 32) -> float | None:
+    """The device's usual gap between readings: the median of its newest ``gaps`` gaps, in reading
+    time (a seek of ``samples_scope_ts``, ``gaps + 1`` rows); ``None`` before two distinct readings.
 
-    The edge rewrites a device's status row only when it changed, so ``updated`` also ages for a
-    device that stopped talking; this clock catches that on its own, even from an older edge that
-    rewrote every row each second. It remembers one count per device, for one browser session.
+    The median ignores a single long pause (a restart) and a burst of catch-up readings alike.
+    """
+    ts = [r[0] for r in conn.execute(INTERVAL_SQL, (target, device, gaps + 1))]
+    diffs = [a - b for a, b in itertools.pairwise(ts) if a > b]
+    return float(statistics.median(diffs)) if diffs else None
 
-    >>> clock = SilenceClock()
-    >>> clock.idle("t", ["a", "b"], [5, 7], now=100.0)
-    [0.0, 0.0]
-    >>> clock.idle("t", ["a", "b"], [5, 9], now=130.0)
-    [30.0, 0.0]
+
+class IntervalCache:
+    """Each device's learned reporting interval, re-read from the store at most every ``ttl`` seconds:
+    an interval changes slowly, and a fleet of thousands would otherwise cost a seek per device per
+    refresh. One per browser session.
+
+    >>> conn = sqlite3.connect(":memory:")
+    >>> _ = conn.execute("CREATE TABLE samples (target, device, ts)")
+    >>> _ = conn.executemany("INSERT INTO samples VALUES ('t', 'a', ?)", [(10.0 * i,) for i in range(5)])
+    >>> cache = IntervalCache()
+    >>> cache.intervals(conn, "t", ["a", "b"], now=0.0)
+    {'a': 10.0, 'b': None}
     """
 
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[int | None, float]] = {}
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._known: dict[tuple[str, str], tuple[float | None, float]] = {}
 
-    def idle(self, target: str, devices: list[str], counts: list[Any], now: float) -> list[float]:
-        out = []
-        for device, count in zip(devices, counts, strict=True):
-            key = (target, device)
-            seen = self._seen.get(key)
-            if seen is None or seen[0] != count:
-                self._seen[key] = (count, now)
-                out.append(0.0)
-            else:
-                out.append(max(now - seen[1], 0.0))
+    def intervals(
+        self, conn: sqlite3.Connection, target: str, devices: list[str], now: float
+    ) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for device in devices:
+            known = self._known.get((target, device))
+            if known is None or known[0] is None or now - known[1] > self.ttl:
+                known = (reporting_interval(conn, target, device), now)
+                self._known[(target, device)] = known
+            out[device] = known[0]
         return out
 
 
@@ -202,33 +218,35 @@ def fleet(
     target: str,
     *,
     now: float,
-    silent_after: float,
-    clock: SilenceClock | None = None,
+    silent_after: float = 5.0,
+    k: float = 3.0,
+    intervals: Mapping[str, float | None] | None = None,
 ) -> pd.DataFrame:
     """One row per device of ``target``, the most urgent first, with the derived ``silent`` status.
 
-    ``age_s`` is the longest of three lags, and a device is silent when it exceeds ``silent_after``:
-
-    - wall clock since its status row was written (``updated``): the edge stopped;
-    - message time between the fleet's newest reading and the device's (``last_seen``): this device
-      stopped while others talk. Message time may be replayed or simulated, so it is only ever
-      compared with other message times, never with the wall clock;
-    - wall clock since its reading count last moved, if a ``clock`` remembers earlier refreshes:
-      every publisher stopped while the edge runs.
+    A device is silent when nothing about it reached the store for ``k`` of its own reporting
+    intervals, and never sooner than ``silent_after`` seconds (the edge writes status rows every
+    ``edge.status_interval``, so a fast device cannot be judged finer than that). Both sides are wall
+    time: ``age_s`` is wall seconds since the edge last wrote the device's status row, which it does
+    whenever a reading arrives. ``interval_s`` is the larger of the median gap between its readings
+    (reading time, from ``intervals`` or the store) and one over its wall-clock rate: in an
+    accelerated replay the reading-time gap is the longer one, so a replayed device is never called
+    silent too early, only late.
     """
     df = _frame(conn, FLEET_SQL, (target,))
     if df.empty:
-        return df.assign(age_s=pd.Series(dtype=float), rmse_ratio=pd.Series(dtype=float))
-    lags = [
-        (now - df["updated"]).clip(lower=0),
-        (df["last_seen"].max() - df["last_seen"]).clip(lower=0),
-    ]
-    if clock is not None:
-        lags.append(
-            pd.Series(clock.idle(target, df["device"].tolist(), df["count"].tolist(), now), index=df.index)
+        return df.assign(
+            age_s=pd.Series(dtype=float), rmse_ratio=pd.Series(dtype=float), interval_s=pd.Series(dtype=float)
         )
-    df["age_s"] = pd.concat(lags, axis=1).max(axis=1)
-    df["status"] = df["status"].where(df["age_s"] <= silent_after, "silent").fillna("healthy")
+    devices = df["device"].tolist()
+    if intervals is None:
+        intervals = {d: reporting_interval(conn, target, d) for d in devices}
+    learned = pd.Series([intervals.get(d) for d in devices], index=df.index, dtype="float64")
+    by_rate = 1.0 / df["rate"].where(df["rate"] > 0)
+    df["interval_s"] = pd.concat([learned, by_rate], axis=1).max(axis=1)
+    df["age_s"] = (now - df["updated"]).clip(lower=0)
+    df["silent_after_s"] = (k * df["interval_s"]).clip(lower=silent_after).fillna(silent_after)
+    df["status"] = df["status"].where(df["age_s"] <= df["silent_after_s"], "silent").fillna("healthy")
     df["rmse_ratio"] = df["rmse"] / df["threshold"].where(df["threshold"] > 0)
     df["last_seen"] = _to_time(df["last_seen"])
     df["severity"] = df["status"].map(STATUS_SEVERITY).fillna(len(STATUS_SEVERITY))
