@@ -197,10 +197,21 @@ def test_device_view_shows_metrics_charts_markers_and_events(data_dir: Path) -> 
     assert "dev-b" in header and "drifting" in header and "serving **voc_ppb:v1**" in header
     charts = at.get("vega_lite_chart")
     assert len(charts) == 2
-    spec = charts[0].proto.spec
-    assert '"drift"' in spec and '"retrain"' in spec  # the event markers are layered on the chart
+    # The markers in view are layered on the chart (the drift at t0 + 120 is within the newest 150).
+    data = b"".join(d.data.data for d in charts[0].proto.datasets)
+    assert b"drift_detected" in data and b"retrain_requested" in data
+    assert "worse than persistence" in texts(at)  # dev-b's RMSE (~20) is above persistence's 4.0
     events = at.dataframe[0].value
     assert events["kind"].tolist() == ["retrain_requested", "drift_detected", "model_promoted"]
+
+
+def test_a_model_better_than_persistence_has_no_badge_and_the_legend_is_always_there(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    at = run("Device", device="dev-a")
+    assert "worse than persistence" not in texts(at)
+    spec = at.get("vega_lite_chart")[0].proto.spec
+    assert '"title": "Event"' in spec.replace('":"', '": "') or '"title":"Event"' in spec
+    assert all(f'"{kind}"' in spec for kind in ("drift", "retrain", "promotion", "rollback"))
 
 
 def test_device_can_be_opened_by_url(data_dir: Path) -> None:
@@ -430,3 +441,63 @@ def test_wait_ready_fails_fast_when_the_process_died() -> None:
         wait_ready("http://127.0.0.1:9", timeout=5, proc=proc)
     with pytest.raises(TimeoutError):
         wait_ready("http://127.0.0.1:9", timeout=0.2)
+
+
+# -- device time range ---------------------------------------------------------------------------
+def days_store(db: Path) -> float:
+    """One device reporting every 60 s for 3 days with a constant forecast error of 2 (persistence's
+    error is 0: the value is constant); a drift event 2 days before the newest reading."""
+    t0 = 1_700_000_000.0
+    n = 3 * 1440
+    store = Store(db)
+    samples = [
+        SampleRow("d", TARGET, t0 + 60.0 * k, k, 10.0, 12.0, 10.0, None, "voc_ppb:v1") for k in range(n)
+    ]
+    event = Event("drift_detected", f"{TARGET}@d", t0 + 60.0 * (n - 1) - 2 * 86400, "alarm")
+    promo = Event("model_promoted", f"{TARGET}@d", t0 + 60.0 * (n - 1) - 2 * 86400 + 600, "better", {}, "v2")
+    odd = Event("drift_detected", f"{TARGET}@d", t0, "a kind from a newer edge")
+    store.write(samples, [event, promo, odd], [])
+    store.close()
+    with closing(sqlite3.connect(db)) as c, c:
+        c.execute("UPDATE events SET kind = 'model_demoted' WHERE reason = ?", (odd.reason,))
+    return t0 + 60.0 * (n - 1)
+
+
+def test_auto_range_reaches_back_to_the_last_event_and_is_thinned(tmp_path: Path) -> None:
+    from edgeloop.dashboard import series as sr
+
+    end = days_store(tmp_path / "edgeloop.db")
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        window = sr.window_for(conn, TARGET, "d", sr.AUTO, points=500)
+        assert window is not None and window.end == end
+        assert window.start < end - 2 * 86400  # the promotion and the drift before it are in view
+        assert window.readings > 2 * 1440 and window.bucket_s > 60  # more readings than points: buckets
+        df = sr.range_series(conn, TARGET, "d", window, rolling=100)
+        markers = q.device_events(conn, TARGET, "d", start_ts=window.start, end_ts=window.end)
+    assert len(df) <= 501
+    assert df["rolling_rmse"].dropna().round(9).unique().tolist() == [2.0]  # bucket MSEs, not means
+    assert df["rolling_persistence_rmse"].dropna().unique().tolist() == [0.0]
+    assert set(markers["kind"]) == {"drift_detected", "model_promoted"}
+
+
+def test_fixed_ranges_and_unknown_event_kinds(tmp_path: Path) -> None:
+    from edgeloop.dashboard import charts
+    from edgeloop.dashboard import series as sr
+
+    end = days_store(tmp_path / "edgeloop.db")
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        hour = sr.window_for(conn, TARGET, "d", "1 h", points=500)
+        assert hour is not None and (hour.start, hour.readings, hour.bucket_s) == (end - 3600, 61, 0.0)
+        whole = sr.window_for(conn, TARGET, "d", "all", points=500)
+        assert whole is not None and whole.readings == 3 * 1440
+        df = sr.range_series(conn, TARGET, "d", whole)
+        markers = q.device_events(conn, TARGET, "d", start_ts=whole.start, end_ts=whole.end)
+    assert markers.set_index("kind")["marker"].to_dict()["model_demoted"] == "other"
+    spec = charts.forecast_chart(df, markers, TARGET).to_dict()
+    assert "%m-%d" in str(spec)  # three days: the axis shows dates
+    top = charts.rmse_top(df)
+    assert top is not None and top < 3  # scaled to model (2) and persistence (0), not a far reference
+    rmse = charts.rmse_chart(df, markers, threshold=50.0, mean_rmse=40.0, show_mean=True).to_dict()
+    assert "drift threshold" not in str(rmse) and "mean RMSE" not in str(rmse)  # off the scale

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from edgeloop.dashboard import queries as q
+from edgeloop.dashboard import series as series_mod
 from edgeloop.dashboard.charts import forecast_chart, rmse_chart
 from edgeloop.dashboard.common import (
     STATUS_LOOK,
@@ -43,14 +44,30 @@ def device_view(ctx: Context) -> None:
             return
         row = fleet[fleet["device"] == device].iloc[0]
         extra = q.device_status(conn, ctx.target, device)
-        series = q.device_series(
-            conn, ctx.target, device, points=ctx.options.points, window=ctx.settings.drift.window
+        ctl, opt = st.columns([4, 1], vertical_alignment="bottom")
+        choice = ctl.segmented_control(
+            "Time range (reading time, ending at the newest reading)",
+            [series_mod.AUTO, *series_mod.RANGES],
+            default=series_mod.AUTO,
+            format_func=lambda c: (
+                "since last event" if c == series_mod.AUTO else f"last {c}" if c != "all" else c
+            ),
+            key="device_range",
+            persist_state="session",
+            help="'since last event': the newest readings, reaching back to the last drift or model change",
+        )
+        show_mean = opt.toggle("Mean baseline", key="device_mean", persist_state="session")
+        window = series_mod.window_for(
+            conn, ctx.target, device, choice or series_mod.AUTO, points=ctx.options.points
+        )
+        series = (
+            series_mod.range_series(conn, ctx.target, device, window, rolling=ctx.settings.drift.window)
+            if window is not None
+            else pd.DataFrame()
         )
         markers = (
-            q.device_events(
-                conn, ctx.target, device, start_ts=series["ts"].iloc[0], end_ts=series["ts"].iloc[-1]
-            )
-            if not series.empty
+            q.device_events(conn, ctx.target, device, start_ts=window.start, end_ts=window.end)
+            if window is not None
             else pd.DataFrame()
         )
         recent = q.recent_device_events(conn, ctx.target, device, limit=20)
@@ -63,8 +80,15 @@ def device_view(ctx: Context) -> None:
         f"#### {device} · :{look.md}[{look.icon} {look.label}]\n"
         f":material/model_training: serving **{row['model'] or '—'}** · {rate} · "
         f"{count if count is not None else 0:,} readings · "
-        f"last reading {fmt_when(row['last_seen'])}"
+        f"last reading {fmt_when(row['last_seen'])} (reading time)"
     )
+    if worse_than_persistence(row["model"], row["rmse"], extra["persistence_rmse"]):
+        about.badge(
+            "worse than persistence",
+            icon=":material/warning:",
+            color="red",
+            help="The serving model's rolling RMSE is above the naive last-value forecast's",
+        )
     ratio = row["rmse_ratio"]
     cols = st.columns(4)
     cols[0].metric(
@@ -103,21 +127,46 @@ def device_view(ctx: Context) -> None:
         st.info(f"No readings of {ctx.target} from {device} are stored yet.")
         refreshed_caption(ctx)
         return
+    assert window is not None  # series is empty without one
+    thinned = f" · one point per {window.bucket_s:.3g} s (bucket means)" if window.bucket_s > 0 else ""
     with st.container(border=True):
-        st.markdown(f"**Actual vs predicted {ctx.target}** · last {len(series)} readings")
+        st.markdown(f"**Actual vs predicted {ctx.target}** · {window.readings:,} readings{thinned}")
         st.altair_chart(forecast_chart(series, markers, ctx.target), width="stretch")
     with st.container(border=True):
         st.markdown(
-            f"**Rolling RMSE** over {ctx.settings.drift.window} readings, with the drift threshold and "
-            "the naive baselines"
+            f"**Rolling RMSE** over {ctx.settings.drift.window} readings: the serving model against "
+            "persistence, with the drift threshold"
         )
-        st.altair_chart(
-            rmse_chart(series, markers, opt_float(row["threshold"]), opt_float(extra["mean_rmse"])),
-            width="stretch",
+        chart = rmse_chart(
+            series, markers, opt_float(row["threshold"]), opt_float(extra["mean_rmse"]), show_mean=show_mean
         )
+        st.altair_chart(chart, width="stretch")
     st.markdown("**Recent events** of this device and its fleet model")
     if recent.empty:
         st.caption("No drift or model events for this device yet.")
     else:
         st.dataframe(event_table(recent), hide_index=True, placeholder="—", column_config=event_columns())
     refreshed_caption(ctx)
+
+
+def worse_than_persistence(model: object, rmse: object, persistence_rmse: object) -> bool:
+    """Whether a trained model serving this device forecasts worse than the last reading would.
+
+    >>> worse_than_persistence("voc_ppb:v2", 5.0, 4.0), worse_than_persistence("persistence", 5.0, 4.0)
+    (True, False)
+    """
+    if q.is_persistence(model if isinstance(model, str) else None):
+        return False
+    try:
+        return float(rmse) > float(persistence_rmse)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def range_label(choice: str) -> str:
+    """>>> [range_label(c) for c in ("auto", "1 h", "all")]
+    ['since last event', 'last 1 h', 'all']
+    """
+    return (
+        "since last event" if choice == series_mod.AUTO else choice if choice == "all" else f"last {choice}"
+    )

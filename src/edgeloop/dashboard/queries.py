@@ -349,7 +349,7 @@ def device_events(
     df = _frame(
         conn, DEVICE_EVENTS_SQL, (scope_name(target, device), scope_name(target), start_ts, end_ts, limit)
     )
-    df["marker"] = df["kind"].map(MARKER_KINDS)
+    df["marker"] = df["kind"].map(MARKER_KINDS).fillna("other")  # a kind newer than this dashboard
     df.insert(1, "time", _to_time(df["ts"]))
     return df
 
