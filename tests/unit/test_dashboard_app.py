@@ -252,6 +252,74 @@ def test_models_view_lists_versions_scores_reasons_and_mlflow_links(
     assert metrics(at)["Rejected"] == "1"
 
 
+def rolled_back_story(data_dir: Path) -> None:
+    """After ``fill``: voc_ppb:v3 was promoted over v1 (a ``models promote``), then rolled back (a
+    ``models rollback``): the champion pointer names v1 again; the stored decisions were never updated."""
+    from edgeloop.registry.local import LocalRegistry
+    from edgeloop.registry.pointer import ChampionPointer, write_pointer
+
+    t0 = 1_610_000_000.0
+    store = Store(data_dir / "edgeloop.db")
+    store.record_model_version(
+        scope=TARGET, version=3, label=f"{TARGET}:v3", created=t0 + 30, val_rmse=1.9, champion_rmse=2.1,
+        persistence_rmse=4.2, mean_rmse=9.1, window_start=t0, window_end=t0 + 100, n_samples=300,
+        decision="promoted", reason="manual", mlflow_run_id="run3", formulation="linear", trigger="manual",
+    )  # fmt: skip
+    store.write(
+        [],
+        [
+            Event("model_promoted", TARGET, t0 + 130, "manual promotion", {}, f"{TARGET}:v3", f"{TARGET}:v1"),
+            Event(
+                "model_rolled_back", TARGET, t0 + 140, "manual rollback", {}, f"{TARGET}:v1", f"{TARGET}:v3"
+            ),
+        ],
+        [],
+    )
+    store.close()
+    folder = LocalRegistry(data_dir / "models").scope_dir(TARGET)
+    folder.mkdir(parents=True)
+    write_pointer(folder, ChampionPointer(version=1, history=[1], updated=t0 + 140, reason="manual rollback"))
+
+
+def test_models_view_shows_the_champion_rolled_back_and_rejected_versions(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    rolled_back_story(data_dir)
+    at = run("Models")
+    table = at.dataframe[0].value.set_index("label")
+    assert table["standing"].to_dict() == {
+        "voc_ppb:v3": "rolled back",
+        "voc_ppb:v2": "rejected",
+        "voc_ppb:v1": "champion",
+    }
+    assert table.loc["voc_ppb:v3", "parent"] == "voc_ppb:v1"
+    assert table.loc["voc_ppb:v1", "devices"] == "dev-a, dev-b, dev-c"
+    m = metrics(at)
+    assert (m["Champions"], m["Rolled back"], m["Rejected"], m["Retired"]) == ("1", "1", "1", "0")
+
+
+def test_without_a_models_folder_the_events_say_who_is_champion(tmp_path: Path) -> None:
+    from edgeloop.dashboard import lineage as lin
+
+    fill(tmp_path / "edgeloop.db")
+    rolled_back_story(tmp_path)
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        versions = q.model_versions(conn, TARGET)
+        events = lin.lineage_events(conn, [TARGET])
+        served = lin.serving(conn, TARGET)
+    by_pointer = lin.lineage(versions, lin.pointers(tmp_path / "models", [TARGET]), events, served)
+    by_events = lin.lineage(versions, lin.pointers(tmp_path / "elsewhere", [TARGET]), events, served)
+    assert by_pointer["standing"].tolist() == by_events["standing"].tolist()
+    assert by_events["standing"].tolist() == ["rolled_back", "rejected", "champion"]
+    # Promoted again later: v1 retires, v3 is champion.
+    later = pd.concat(
+        [events, pd.DataFrame([{"ts": 2e9, "kind": "model_promoted", "scope": TARGET,
+                                "version": f"{TARGET}:v2", "previous_version": f"{TARGET}:v1"}])]
+    )  # fmt: skip
+    again = lin.lineage(versions, {}, later, served)
+    assert again["standing"].tolist() == ["rolled_back", "champion", "retired"]
+
+
 def test_models_view_without_models(data_dir: Path) -> None:
     fill(data_dir / "edgeloop.db", trained=False)
     at = run("Models")

@@ -49,6 +49,7 @@ DECISION_LOOK = {
     "rejected": Look("rejected", "#6b7280", "gray", ":material/close:"),
     "rolled_back": Look("rolled back", "#c62828", "red", ":material/undo:"),
     "retired": Look("retired", "#6b7280", "gray", ":material/history:"),
+    "trained": Look("trained", "#6b7280", "gray", ":material/model_training:"),
 }
 UTC_FORMAT = "YYYY-MM-DD HH:mm:ss"
 
@@ -187,12 +188,14 @@ def no_threshold_note(ctx: Context) -> str:
     )
 
 
-def styled(df: pd.DataFrame, column: str, looks: Mapping[str, Look]) -> Any:
-    """``df`` with ``column`` shown as each value's label in its color (a pandas Styler)."""
+def styled(df: pd.DataFrame, column: str | Sequence[str], looks: Mapping[str, Look]) -> Any:
+    """``df`` with ``column`` (or each of several) shown as each value's label in its color (a pandas
+    Styler); values without a look are shown as they are."""
+    columns = [column] if isinstance(column, str) else list(column)
     colors = {look.label: look.css for look in looks.values()}
-    shown = df.assign(**{column: df[column].map(lambda v: looks[v].label if v in looks else v)})
+    shown = df.assign(**{c: df[c].map(lambda v: looks[v].label if v in looks else v) for c in columns})
     return shown.style.map(
-        lambda v: f"color: {colors[v]}; font-weight: 600" if v in colors else "", subset=[column]
+        lambda v: f"color: {colors[v]}; font-weight: 600" if v in colors else "", subset=columns
     )
 
 

@@ -15,10 +15,11 @@ from edgeloop.dashboard.common import (
     store,
     styled,
 )
+from edgeloop.dashboard.lineage import lineage, lineage_events, pointers, serving
 
 MODEL_COLUMNS = (
-    "label", "decision", "val_rmse", "champion_rmse", "gain", "reason", "window", "mlflow",
-    "persistence_rmse", "mean_rmse", "n_samples", "formulation", "trigger", "created",
+    "label", "standing", "parent", "devices", "decision", "val_rmse", "champion_rmse", "gain", "reason",
+    "window", "mlflow", "persistence_rmse", "mean_rmse", "n_samples", "formulation", "trigger", "created",
 )  # fmt: skip
 
 
@@ -41,27 +42,46 @@ def models_view(ctx: Context) -> None:
         pick, _ = st.columns([1, 2])
         scope = pick.selectbox("Scope", [all_label, *scopes], key="model_scope", persist_state="session")
         df = q.model_versions(conn, ctx.target, scope=None if scope == all_label else scope)
-    decisions = df["decision"].value_counts()
+        in_view = list(df["scope"].unique())
+        df = lineage(
+            df,
+            pointers(ctx.settings.models_dir, in_view),
+            lineage_events(conn, in_view),
+            serving(conn, ctx.target),
+        )
+    standings = df["standing"].value_counts()
     cols = st.columns(5)
-    cols[0].metric("Scopes", df["scope"].nunique(), border=True, icon=":material/category:")
-    cols[1].metric("Versions", len(df), border=True, icon=":material/history:")
-    promoted = int(decisions.get("promoted", 0) + decisions.get("champion", 0))
-    cols[2].metric("Promoted", promoted, border=True, icon=":material/check:")
-    cols[3].metric("Rejected", int(decisions.get("rejected", 0)), border=True, icon=":material/close:")
-    cols[4].metric("Rolled back", int(decisions.get("rolled_back", 0)), border=True, icon=":material/undo:")
+    cols[0].metric("Versions", len(df), border=True, icon=":material/history:")
+    cols[1].metric(
+        "Champions",
+        int(standings.get("champion", 0)),
+        border=True,
+        icon=":material/trophy:",
+        help="Versions the champion pointers name now (one per scope at most)",
+    )
+    cols[2].metric("Retired", int(standings.get("retired", 0)), border=True, icon=":material/history:")
+    cols[3].metric("Rejected", int(standings.get("rejected", 0)), border=True, icon=":material/close:")
+    cols[4].metric("Rolled back", int(standings.get("rolled_back", 0)), border=True, icon=":material/undo:")
     table = df.assign(
         window=[_window(a, b) for a, b in zip(df["window_start"], df["window_end"], strict=True)],
         mlflow=[q.mlflow_run_url(ctx.options.mlflow_url, r) for r in df["mlflow_run_id"]],
     )
     st.dataframe(
-        styled(table, "decision", DECISION_LOOK),
+        styled(table, ["standing", "decision"], DECISION_LOOK),
         hide_index=True,
         placeholder="—",
         height=min(38 + 35 * len(table), 640),
         column_order=MODEL_COLUMNS,
         column_config={
             "label": st.column_config.TextColumn("Version"),
-            "decision": st.column_config.TextColumn("Decision"),
+            "standing": st.column_config.TextColumn(
+                "Status", help="Now: champion, retired, rolled back or rejected (pointer and events)"
+            ),
+            "parent": st.column_config.TextColumn(
+                "Parent", help="The champion this version was measured against"
+            ),
+            "devices": st.column_config.TextColumn("Serving devices", help="Devices served by it now"),
+            "decision": st.column_config.TextColumn("Decision at training"),
             "val_rmse": st.column_config.NumberColumn(
                 "Validation RMSE", format="%.2f", help="This version's RMSE on the holdout"
             ),
@@ -83,7 +103,7 @@ def models_view(ctx: Context) -> None:
             "mlflow": st.column_config.LinkColumn("MLflow", display_text="open run ↗"),
             "formulation": st.column_config.TextColumn("Formulation"),
             "trigger": st.column_config.TextColumn("Trigger"),
-            "created": st.column_config.DatetimeColumn("Trained (UTC)", format=UTC_FORMAT),
+            "created": st.column_config.DatetimeColumn("Trained (wall clock, UTC)", format=UTC_FORMAT),
         },
     )
     st.caption(
