@@ -500,6 +500,54 @@ def test_dashboard_command_passes_config_after_double_dash(tmp_path: Path) -> No
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
     assert cmd[cmd.index("--") + 1 :] == ["--config", str(tmp_path / "c.yaml")]
     assert "--config" not in dashboard_command(None, 9999)
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "minimal"  # no "Deploy" button
+
+
+def test_serving_beyond_loopback_needs_a_login(tmp_path: Path) -> None:
+    from edgeloop.dashboard.launch import run_dashboard
+    from edgeloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^refusing to serve the dashboard on 0.0.0.0 without a login"):
+        run_dashboard(None, 9, host="0.0.0.0", env={})
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    with pytest.raises(ConfigError, match="8\\+ characters") as info:
+        run_dashboard(None, 9, host="0.0.0.0", env={"EDGELOOP_DASHBOARD_AUTH_FILE": str(short)})
+    assert "abc" not in str(info.value)  # the secret is never shown
+    with pytest.raises(ConfigError, match="cannot be read"):
+        run_dashboard(None, 9, host="192.168.1.5", auth_file=tmp_path / "missing")
+    from edgeloop.dashboard.access import require_auth
+
+    require_auth("0.0.0.0", None, by_proxy=True)  # the container manifests: a login proxy in front
+
+
+def test_login_is_asked_once_per_session_and_the_secret_not_shown(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(data_dir / "edgeloop.db")
+    secret = data_dir / "token"
+    secret.write_text("correct horse battery\n")
+    monkeypatch.setenv("EDGELOOP_DASHBOARD_AUTH_FILE", str(secret))
+    at = AppTest.from_file(str(APP_PATH), default_timeout=30)
+    at.run()
+    assert not at.metric and not at.dataframe  # nothing of the fleet before signing in
+    at.text_input(key="_login_secret").input("wrong guess")
+    at.button[0].click().run()
+    assert "Wrong token or password." in texts(at) and not at.dataframe
+    at.text_input(key="_login_secret").input("correct horse battery")
+    at.button[0].click().run()
+    assert at.dataframe and metrics(at)["Devices"] == "3"
+    assert "correct horse" not in texts(at)
+    at.run()  # the session stays signed in
+    assert at.dataframe
+
+
+def test_exposure_and_redaction() -> None:
+    from edgeloop.dashboard.access import exposed, redact_url
+
+    assert exposed("0.0.0.0", None) and exposed(None, "host:8501") and not exposed("127.0.0.1", "x")
+    assert not exposed(None, None)  # AppTest: no server
+    assert "s3cret" not in redact_url("mqtt://u:s3cret@h:1883")
 
 
 def test_wait_ready_fails_fast_when_the_process_died() -> None:

@@ -13,6 +13,9 @@ have no key in :class:`Settings`, so they are environment variables (or flags af
 ``EDGELOOP_DASHBOARD_SILENT_INTERVALS`` silent after this many of the device's own reporting intervals (3)
 ``EDGELOOP_DASHBOARD_POINTS``        readings in the device chart (500)
 ``EDGELOOP_DASHBOARD_MLFLOW_URL``    MLflow UI base URL for run links (http://127.0.0.1:5000)
+``EDGELOOP_DASHBOARD_AUTH_FILE``     file whose first line is the login token or password (required
+                                     when bound beyond loopback; see :mod:`edgeloop.dashboard.access`)
+``EDGELOOP_DASHBOARD_LOGIN_BY_PROXY`` "true": a proxy or a loopback-only port in front does the login
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import streamlit as st
 
 from edgeloop.config import load_settings
 from edgeloop.dashboard import queries as q
+from edgeloop.dashboard.access import login_by_proxy, login_gate, page_icon, redact_url
 from edgeloop.dashboard.common import Context, guarded, parse_options, store
 from edgeloop.dashboard.device import device_view
 from edgeloop.dashboard.events import events_view
@@ -37,13 +41,14 @@ VIEWS = ("Fleet", "Device", "Models", "Events")
 
 # -- page ----------------------------------------------------------------------------------------
 def main() -> None:
-    st.set_page_config(page_title="edgeloop", page_icon=":material/sensors:", layout="wide")
+    st.set_page_config(page_title="edgeloop", page_icon=page_icon(), layout="wide")
     try:
         settings = load_settings(parse_options(sys.argv[1:], os.environ).config)
         options = parse_options(sys.argv[1:], os.environ, settings)
     except ConfigError as exc:
         st.error(f"**Invalid configuration**\n\n```\n{exc}\n```")
         st.stop()
+    login_gate(options.auth_file, by_proxy=login_by_proxy(os.environ))
 
     with st.sidebar:
         st.header(":material/sensors: edgeloop")
@@ -57,7 +62,7 @@ def main() -> None:
         live = st.toggle("Live refresh", value=True, key="live", help=f"every {options.refresh:g} s")
         st.divider()
         st.caption(
-            f"**Site** {settings.site}  \n**Broker** {settings.broker.url}  \n"
+            f"**Site** {settings.site}  \n**Broker** {redact_url(settings.broker.url)}  \n"
             f"**Store** `{settings.store_path}`  \n**Drift** {settings.drift.policy}, window "
             f"{settings.drift.window}  \n**First training after** {settings.model.min_train_samples} samples"
         )

@@ -18,6 +18,7 @@ import streamlit as st
 
 from edgeloop.config import Settings
 from edgeloop.dashboard import queries as q
+from edgeloop.dashboard.access import redact_url
 from edgeloop.errors import ConfigError, StoreError
 
 
@@ -62,6 +63,7 @@ class Options:
     refresh: float
     silent_after: float
     silent_intervals: float
+    auth_file: Path | None
     points: int
     mlflow_url: str
 
@@ -78,6 +80,7 @@ def parse_options(
     parser.add_argument("--refresh", type=float, default=None)
     parser.add_argument("--silent-after", type=float, default=None)
     parser.add_argument("--silent-intervals", type=float, default=None)
+    parser.add_argument("--auth-file", type=Path, default=None)
     parser.add_argument("--points", type=int, default=None)
     parser.add_argument("--mlflow-url", default=None)
     args, _unknown = parser.parse_known_args(list(argv))
@@ -103,6 +106,7 @@ def parse_options(
             1.0, pick(args.silent_intervals, "EDGELOOP_DASHBOARD_SILENT_INTERVALS", 3.0, float)
         ),
         points=max(10, pick(args.points, "EDGELOOP_DASHBOARD_POINTS", 500, int)),
+        auth_file=pick(args.auth_file, "EDGELOOP_DASHBOARD_AUTH_FILE", None, Path),
         mlflow_url=pick(args.mlflow_url, "EDGELOOP_DASHBOARD_MLFLOW_URL", "http://127.0.0.1:5000", str),
     )
 
@@ -140,8 +144,9 @@ def refreshed_caption(ctx: Context) -> None:
 
 def no_data(ctx: Context) -> None:
     filters = ", ".join(ctx.settings.topics.telemetry_filters(ctx.settings.site))
+    broker = redact_url(ctx.settings.broker.url)
     st.info(
-        f"**No data yet: is a publisher running on {ctx.settings.broker.url} topic {filters}?**\n\n"
+        f"**No data yet: is a publisher running on {broker} topic {filters}?**\n\n"
         f"The dashboard reads `{ctx.settings.store_path}`, which the edge service fills "
         f"(`edgeloop edge` or `edgeloop demo`). This page refreshes by itself.",
         icon=":material/inbox:",
