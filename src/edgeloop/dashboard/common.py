@@ -139,7 +139,7 @@ def store(settings: Settings, *, quiet: bool = False) -> Iterator[sqlite3.Connec
 def refreshed_caption(ctx: Context) -> None:
     stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
     every = f"every {ctx.options.refresh:g} s" if st.session_state.get("live", True) else "paused"
-    st.caption(f"Updated {stamp} · refreshes {every}")
+    st.caption(f"Updated {stamp} (wall clock) · refreshes {every}")
 
 
 def no_data(ctx: Context) -> None:

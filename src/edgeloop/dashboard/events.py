@@ -15,7 +15,12 @@ from edgeloop.telemetry.schema import EVENT_KINDS
 
 def event_columns() -> dict[str, Any]:
     return {
-        "time": st.column_config.DatetimeColumn("Time (UTC)", format=UTC_FORMAT),
+        "time": st.column_config.DatetimeColumn(
+            "Time (UTC)",
+            format=UTC_FORMAT,
+            help="The edge's drift and model decisions carry the reading time they happened at; "
+            "trainings and CLI actions the wall clock",
+        ),
         "kind": st.column_config.TextColumn("Kind"),
         "scope": st.column_config.TextColumn("Scope"),
         "reason": st.column_config.TextColumn("Reason", width="medium"),

@@ -18,8 +18,8 @@ from edgeloop.dashboard.common import (
 from edgeloop.dashboard.lineage import lineage, lineage_events, pointers, serving
 
 MODEL_COLUMNS = (
-    "label", "standing", "parent", "devices", "decision", "val_rmse", "champion_rmse", "gain", "reason",
-    "window", "mlflow", "persistence_rmse", "mean_rmse", "n_samples", "formulation", "trigger", "created",
+    "label", "standing", "parent", "devices", "val_rmse", "champion_rmse", "gain", "mlflow", "reason",
+    "window", "persistence_rmse", "mean_rmse", "n_samples", "formulation", "trigger", "decision", "created",
 )  # fmt: skip
 
 
