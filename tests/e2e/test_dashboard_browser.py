@@ -8,9 +8,12 @@ Screenshots land in ``build/`` (dashboard-fleet.png, -device.png, -models.png, -
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,3 +267,128 @@ def test_empty_dashboard_fills_itself_when_data_arrives(tmp_path: Path) -> None:
         expect(grid).to_be_visible(timeout=30_000)
         expect(cell(grid, facts.devices[0])).to_be_attached()
         expect(hint).to_have_count(0)
+
+
+# -- liveness: each device judged against its own pace ------------------------------------------
+class PacedEdge:
+    """Writes readings and status rows into a store as a live edge does, each device at its own pace
+    in wall time: readings stamped with the wall clock when due, and once a second a status row for
+    each device whose row changed (count moved, or the rate fell to 0), as ``Engine.status_rows``."""
+
+    def __init__(self, path: Path, paces: dict[str, float], history: int = 40) -> None:
+        self.store = Store(path)
+        self.paces = dict(paces)
+        self.stopped: set[str] = set()
+        now = time.time()
+        self.count = dict.fromkeys(paces, 0)
+        self.due = {d: now for d in paces}
+        self.mark: dict[str, tuple[float, int, tuple[Any, ...] | None]] = {}
+        samples = []
+        for d, pace in paces.items():  # a past at this pace, so the interval is known from the start
+            for k in range(history, 0, -1):
+                samples.append(self._sample(d, now - pace * k))
+        self.store.write(samples, [], self._status(now))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paced-edge", daemon=True)
+
+    def _sample(self, device: str, ts: float) -> SampleRow:
+        self.count[device] += 1
+        value = 200 + 10 * np.sin(ts / 60)
+        return SampleRow(
+            device, TARGET, ts, self.count[device], value, value + 1.0, value, None, "voc_ppb:v1"
+        )
+
+    def _status(self, now: float) -> list[StatusRow]:
+        rows = []
+        for d in self.paces:
+            mark_time, mark_count, shown = self.mark.get(d, (now, self.count[d], None))
+            rate = (self.count[d] - mark_count) / (now - mark_time) if now > mark_time else 0.0
+            view = (self.count[d], rate > 0)
+            self.mark[d] = (now, self.count[d], view)
+            if view != shown:
+                rows.append(StatusRow(d, TARGET, self.due[d], self.count[d], rate, 1.0, THRESHOLD, 1.5, 9.0,
+                                      "voc_ppb:v1", "healthy", now))  # fmt: skip
+        return rows
+
+    def _run(self) -> None:
+        next_status = time.time() + 1.0
+        while not self._stop.wait(0.1):
+            now = time.time()
+            samples = []
+            for d, pace in self.paces.items():
+                while d not in self.stopped and self.due[d] <= now:
+                    samples.append(self._sample(d, self.due[d]))
+                    self.due[d] += pace
+            status = []
+            if now >= next_status:
+                status, next_status = self._status(now), now + 1.0
+            if samples or status:
+                self.store.write(samples, [], status)
+
+    def __enter__(self) -> PacedEdge:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.store.close()
+
+
+def silent_rows(grid: Any) -> set[str]:
+    """Devices whose fleet row says silent (the grid's accessible copy: one row per device, the
+    device in the first cell)."""
+    out = set()
+    for row in grid.get_by_role("row", include_hidden=True).all():
+        cells = [t.strip() for t in row.get_by_role("gridcell", include_hidden=True).all_inner_texts()]
+        if "silent" in cells:
+            out.add(cells[0])
+    return out
+
+
+def test_devices_are_silent_only_after_three_of_their_own_intervals(tmp_path: Path) -> None:
+    """1 reading per 10 s and 50 per second side by side: neither is ever silent. A device that
+    stopped 40 s ago (10 s pace) is silent from the start; one at a 3 s pace turns silent after it
+    stops (3 of its intervals and a refresh later), not before."""
+    from playwright.sync_api import expect
+
+    data = tmp_path / "data"
+    data.mkdir()
+    paces = {"slow-10s": 10.0, "fast-50hz": 0.02, "mid-3s": 3.0}
+    gone = PacedEdge(data / "edgeloop.db", {"gone-10s": 10.0})
+    gone.store.close()
+    with closing(sqlite3.connect(data / "edgeloop.db")) as c, c:  # it stopped 40 s ago
+        c.execute("UPDATE samples SET ts = ts - 40")
+        c.execute("UPDATE scope_status SET updated = updated - 39, last_seen = last_seen - 40")
+    with (
+        PacedEdge(data / "edgeloop.db", paces) as edge,
+        serving(tmp_path, data, extra_env={"EDGELOOP_DASHBOARD_SILENT_AFTER": ""}) as url,
+        chromium() as page,
+    ):
+        page.goto(url)
+        grid = page.get_by_test_id("stDataFrame")
+        expect(grid).to_be_visible(timeout=30_000)
+        silent = page.get_by_test_id("stMetric").filter(has_text="Silent")
+        expect(silent).to_contain_text("1", timeout=30_000)
+        # Two readings of the slow device (20 s): each look shows only the stopped one silent.
+        seen: list[set[str]] = []
+        deadline = time.monotonic() + 22
+        while time.monotonic() < deadline:
+            seen.append(silent_rows(grid))
+            page.wait_for_timeout(1500)
+        assert seen and all(s <= {"gone-10s"} for s in seen), seen
+        assert any(s == {"gone-10s"} for s in seen), seen
+        snap(page, "dashboard-liveness.png")
+
+        edge.stopped.add("mid-3s")
+        stopped_at = time.monotonic()
+        expect(silent).to_contain_text("2", timeout=40_000)
+        assert time.monotonic() - stopped_at > 5  # not before 3 intervals (9 s from its last news)
+        deadline = time.monotonic() + 30  # the grid redraws a moment after the metric
+        while silent_rows(grid) != {"gone-10s", "mid-3s"} and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+        assert silent_rows(grid) == {"gone-10s", "mid-3s"}
+
+        page.goto(f"{url}/?view=Device&device=fast-50hz")
+        header = page.get_by_role("heading", name="fast-50hz")
+        expect(header).to_contain_text("healthy", timeout=30_000)
