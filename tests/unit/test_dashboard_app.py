@@ -417,6 +417,7 @@ def test_each_device_is_judged_against_its_own_reporting_interval(tmp_path: Path
     assert fleet.loc["slow", "interval_s"] == pytest.approx(10.0)
     assert fleet.loc["fast", "interval_s"] == pytest.approx(0.02)
     assert fleet.loc["fast", "silent_after_s"] == 5.0  # the floor: status rows come once a second
+    assert fleet.loc["slow", "rate"] == pytest.approx(0.1)  # its pace, not the last status row's 0
     assert fleet.loc["stopped", "age_s"] == pytest.approx(31, abs=1)
     # The same slow device 31 s after its last news, and the fast one 6 s after: both silent.
     with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:

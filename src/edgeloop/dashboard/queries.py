@@ -247,6 +247,10 @@ def fleet(
     df["age_s"] = (now - df["updated"]).clip(lower=0)
     df["silent_after_s"] = (k * df["interval_s"]).clip(lower=silent_after).fillna(silent_after)
     df["status"] = df["status"].where(df["age_s"] <= df["silent_after_s"], "silent").fillna("healthy")
+    # A slow device's last status row often says rate 0 (no reading in that second): its pace is the
+    # truer rate while it is live.
+    live = df["status"] != "silent"
+    df["rate"] = df["rate"].where(~live | (df["rate"] > 0), 1.0 / df["interval_s"])
     df["rmse_ratio"] = df["rmse"] / df["threshold"].where(df["threshold"] > 0)
     df["last_seen"] = _to_time(df["last_seen"])
     df["severity"] = df["status"].map(STATUS_SEVERITY).fillna(len(STATUS_SEVERITY))
