@@ -335,15 +335,17 @@ class PacedEdge:
         self.store.close()
 
 
+def grid_rows(grid: Any) -> list[list[str]]:
+    """The cells of each row of an st.dataframe, from its accessible copy."""
+    return [
+        [t.strip() for t in row.get_by_role("gridcell", include_hidden=True).all_inner_texts()]
+        for row in grid.get_by_role("row", include_hidden=True).all()
+    ]
+
+
 def silent_rows(grid: Any) -> set[str]:
-    """Devices whose fleet row says silent (the grid's accessible copy: one row per device, the
-    device in the first cell)."""
-    out = set()
-    for row in grid.get_by_role("row", include_hidden=True).all():
-        cells = [t.strip() for t in row.get_by_role("gridcell", include_hidden=True).all_inner_texts()]
-        if "silent" in cells:
-            out.add(cells[0])
-    return out
+    """Devices whose fleet row says silent (the device is in the first cell)."""
+    return {cells[0] for cells in grid_rows(grid) if "silent" in cells}
 
 
 def test_devices_are_silent_only_after_three_of_their_own_intervals(tmp_path: Path) -> None:
@@ -392,3 +394,73 @@ def test_devices_are_silent_only_after_three_of_their_own_intervals(tmp_path: Pa
         page.goto(f"{url}/?view=Device&device=fast-50hz")
         header = page.get_by_role("heading", name="fast-50hz")
         expect(header).to_contain_text("healthy", timeout=30_000)
+
+
+# -- the drift story in both themes, and the lineage after a rollback ------------------------------
+def luminance(css: str) -> float:
+    r, g, b = (int(x) for x in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def rolled_back(data: Path) -> None:
+    """What ``edgeloop models rollback voc_ppb`` leaves: the pointer back on v1, and its event."""
+    from edgeloop.registry.local import LocalRegistry
+    from edgeloop.registry.pointer import ChampionPointer, write_pointer
+
+    folder = LocalRegistry(data / "models").scope_dir(TARGET)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_pointer(
+        folder, ChampionPointer(version=1, history=[1], updated=time.time(), reason="manual rollback")
+    )
+    store = Store(data / "edgeloop.db")
+    store.write([], [Event("model_rolled_back", TARGET, time.time(), "manual rollback", {},
+                           f"{TARGET}:v1", f"{TARGET}:v2")], [])  # fmt: skip
+    store.close()
+
+
+def test_drift_story_in_light_and_dark_and_models_after_a_rollback(
+    dashboard: tuple[str, Facts], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    url, _ = dashboard
+    BUILD.mkdir(exist_ok=True)
+    backgrounds = {}
+    for scheme in ("light", "dark"):
+        with chromium(color_scheme=scheme) as page:
+            page.goto(f"{url}/?view=Device&device=dev-003")
+            chart = page.get_by_test_id("stVegaLiteChart").first
+            expect(chart).to_be_visible(timeout=30_000)
+            # Vega draws SVG with an accessible label per mark and legend.
+            legend = chart.locator("[aria-label^=\"Symbol legend titled 'Event'\"]")
+            expect(legend).to_have_count(1, timeout=30_000)
+            label = legend.get_attribute("aria-label") or ""
+            assert all(k in label for k in ("drift", "retrain", "promotion", "rollback")), label
+            expect(chart.locator("[aria-label^=\"Symbol legend titled 'Series'\"]")).to_have_count(1)
+            for kind in ("drift_detected", "retrain_finished", "model_promoted"):
+                expect(chart.locator(f"[aria-label*='kind: {kind};']").first).to_be_attached()
+            backgrounds[scheme] = luminance(
+                page.evaluate(
+                    "() => getComputedStyle(document.querySelector('[data-testid=stApp]')).backgroundColor"
+                )
+            )
+            snap(page, f"dashboard-device-{scheme}.png")
+    assert backgrounds["dark"] < 0.3 < backgrounds["light"], backgrounds
+
+    rolled_back(tmp_path / "data")
+    with chromium() as page:
+        page.goto(f"{url}/?view=Models")
+        grid = page.get_by_test_id("stDataFrame")
+        expect(grid).to_be_visible(timeout=30_000)
+        expect(cell(grid, "rolled back").first).to_be_attached(timeout=30_000)
+        standing = {cells[0]: cells[1] for cells in grid_rows(grid) if len(cells) > 1}
+        deadline = time.monotonic() + 30
+        while standing.get(f"{TARGET}:v1") != "champion" and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+            standing = {cells[0]: cells[1] for cells in grid_rows(grid) if len(cells) > 1}
+        assert standing[f"{TARGET}:v1"] == "champion"
+        assert standing[f"{TARGET}:v2"] == "rolled back"
+        assert standing[f"{TARGET}@dev-007:v1"] == "rolled back"
+        assert standing[f"{TARGET}:v3"] == "rejected"
+        assert standing[f"{TARGET}@dev-003:v1"] == "champion"
+        snap(page, "dashboard-models.png")

@@ -121,8 +121,11 @@ def forecast_chart(series: pd.DataFrame, markers: pd.DataFrame, target: str) -> 
                 title="Series",
                 scale=alt.Scale(domain=list(SERIES_COLORS), range=list(SERIES_COLORS.values())),
             ),
+            # Same field and title as the color: one merged legend, showing colours and dashes.
             strokeDash=alt.StrokeDash(
-                "series:N", scale=alt.Scale(domain=list(SERIES_COLORS), range=[[1, 0], [5, 3]]), legend=None
+                "series:N",
+                title="Series",
+                scale=alt.Scale(domain=list(SERIES_COLORS), range=[[1, 0], [5, 3]]),
             ),
             tooltip=[
                 alt.Tooltip("when:N", title="reading time (UTC)"),
