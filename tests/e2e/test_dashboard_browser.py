@@ -1,7 +1,7 @@
 """The real dashboard (``launch.run_dashboard``) over a filled store, driven in headless Chromium.
 
 Screenshots land in ``build/`` (dashboard-fleet.png, -device.png, -models.png, -events.png,
--empty.png).
+-empty.png, -liveness.png, -device-light.png, -device-dark.png, -models-rollback.png).
 ``filled_store`` writes realistic rows through the Store API; it can be swapped for a short
 ``edgeloop demo`` run that fills the same tables.
 """
@@ -463,4 +463,4 @@ def test_drift_story_in_light_and_dark_and_models_after_a_rollback(
         assert standing[f"{TARGET}@dev-007:v1"] == "rolled back"
         assert standing[f"{TARGET}:v3"] == "rejected"
         assert standing[f"{TARGET}@dev-003:v1"] == "champion"
-        snap(page, "dashboard-models.png")
+        snap(page, "dashboard-models-rollback.png")

@@ -101,8 +101,8 @@ def fleet_view(ctx: Context) -> None:
             "device": st.column_config.TextColumn("Device"),
             "status": st.column_config.TextColumn("Status"),
             "model": st.column_config.TextColumn("Serving model"),
-            "rmse": st.column_config.NumberColumn("Rolling RMSE", format="%.2f"),
-            "threshold": st.column_config.NumberColumn("Drift threshold", format="%.2f"),
+            "rmse": st.column_config.NumberColumn("Rolling RMSE", format="%.2f", width="small"),
+            "threshold": st.column_config.NumberColumn("Threshold", format="%.2f", width="small"),
             "rmse_ratio": st.column_config.ProgressColumn(
                 "RMSE / threshold",
                 format="percent",
@@ -112,20 +112,22 @@ def fleet_view(ctx: Context) -> None:
                 help="Rolling RMSE as a share of the drift threshold: green below it, red above; "
                 "the bar is half full at the threshold",
             ),
-            "rate": st.column_config.NumberColumn("Msgs/s", format="%.1f"),
+            "rate": st.column_config.NumberColumn("Msgs/s", format="%.3g", width="small"),
             "interval_s": st.column_config.NumberColumn(
-                "Reports every (s)",
+                "Every (s)",
                 format="%.3g",
+                width="small",
                 help="The device's own reporting interval: the median gap between its recent readings",
             ),
             "last_seen": st.column_config.DatetimeColumn(
-                "Last reading (reading time, UTC)",
+                "Last reading time (UTC)",
                 format=UTC_FORMAT,
                 help="The timestamp the device put on its newest reading (a replay keeps its original time)",
             ),
             "age_s": st.column_config.NumberColumn(
-                "Heard (s ago, wall clock)",
+                "Heard (s ago, wall)",
                 format="%.0f",
+                width="small",
                 help="Wall-clock seconds since the edge last reported news of this device",
             ),
         },
