@@ -403,19 +403,28 @@ def luminance(css: str) -> float:
 
 
 def rolled_back(data: Path) -> None:
-    """What ``edgeloop models rollback voc_ppb`` leaves: the pointer back on v1, and its event."""
+    """``edgeloop models rollback voc_ppb`` (its function, ``retrain.admin.rollback``) over real model
+    files: v1 then v2 promoted in the registry, then v2 rolled back (MLflow off: the registry and
+    the events are what the dashboard reads)."""
+    from edgeloop.config import Settings
+    from edgeloop.engine.features import training_pairs
+    from edgeloop.models.forecasters import LinearForecaster
+    from edgeloop.models.modelfile import save_model
     from edgeloop.registry.local import LocalRegistry
-    from edgeloop.registry.pointer import ChampionPointer, write_pointer
+    from edgeloop.retrain.admin import rollback
 
-    folder = LocalRegistry(data / "models").scope_dir(TARGET)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_pointer(
-        folder, ChampionPointer(version=1, history=[1], updated=time.time(), reason="manual rollback")
-    )
-    store = Store(data / "edgeloop.db")
-    store.write([], [Event("model_rolled_back", TARGET, time.time(), "manual rollback", {},
-                           f"{TARGET}:v1", f"{TARGET}:v2")], [])  # fmt: skip
-    store.close()
+    registry = LocalRegistry(data / "models")
+    y = np.asarray([100 + ((i * 7) % 13) for i in range(300)], dtype=float)
+    model = LinearForecaster(5).fit(*training_pairs(y, 5))
+    for v in (1, 2):
+        assert registry.next_version(TARGET) == v
+        save_model(registry.version_dir(TARGET, v), model,
+                   {"scope": TARGET, "target": TARGET, "version": v, "label": f"{TARGET}:v{v}"})  # fmt: skip
+        registry.promote(TARGET, v)
+    settings = Settings(data_dir=data, mlflow={"enabled": False})
+    done, message = rollback(settings, TARGET)
+    assert done, message
+    assert registry.champion(TARGET) == 1
 
 
 def test_drift_story_in_light_and_dark_and_models_after_a_rollback(
