@@ -609,6 +609,8 @@ def test_fixed_ranges_and_unknown_event_kinds(tmp_path: Path) -> None:
         assert hour is not None and (hour.start, hour.readings, hour.bucket_s) == (end - 3600, 61, 0.0)
         whole = sr.window_for(conn, TARGET, "d", "all", points=500)
         assert whole is not None and whole.readings == 3 * 1440
+        capped = sr.window_for(conn, TARGET, "d", "all", points=500, max_scan=1440)
+        assert capped is not None and capped.capped and capped.readings == 1441  # the newest day
         df = sr.range_series(conn, TARGET, "d", whole)
         markers = q.device_events(conn, TARGET, "d", start_ts=whole.start, end_ts=whole.end)
     assert markers.set_index("kind")["marker"].to_dict()["model_demoted"] == "other"

@@ -129,6 +129,8 @@ def device_view(ctx: Context) -> None:
         return
     assert window is not None  # series is empty without one
     thinned = f" · one point per {window.bucket_s:.3g} s (bucket means)" if window.bucket_s > 0 else ""
+    if window.capped:
+        thinned += f" · shortened to the newest ~{series_mod.MAX_SCAN:,} readings"
     with st.container(border=True):
         st.markdown(f"**Actual vs predicted {ctx.target}** · {window.readings:,} readings{thinned}")
         st.altair_chart(forecast_chart(series, markers, ctx.target), width="stretch")

@@ -26,6 +26,9 @@ RANGES: dict[str, float | None] = {
     "all": None,
 }
 AUTO = "auto"  # the newest readings, reaching back to the last drift or model change
+# A refresh reads at most about this many readings of one device (the bucket query scans its range):
+# a long range of a fast device is shortened to its newest part, and the page says so.
+MAX_SCAN = 500_000
 
 NEWEST_SQL = "SELECT ts FROM samples WHERE target = ? AND device = ? ORDER BY ts {order} LIMIT 1"
 COUNT_SQL = "SELECT COUNT(*) FROM samples WHERE target = ? AND device = ? AND ts >= ? AND ts <= ?"
@@ -55,6 +58,7 @@ class Window:
     end: float
     readings: int
     bucket_s: float
+    capped: bool = False
 
 
 def span_of(conn: sqlite3.Connection, target: str, device: str) -> tuple[float, float] | None:
@@ -79,9 +83,12 @@ def auto_start(conn: sqlite3.Connection, target: str, device: str, *, points: in
 
 
 def window_for(
-    conn: sqlite3.Connection, target: str, device: str, choice: str, *, points: int
+    conn: sqlite3.Connection, target: str, device: str, choice: str, *, points: int, max_scan: int = MAX_SCAN
 ) -> Window | None:
-    """The time window of ``choice`` (a key of :data:`RANGES` or :data:`AUTO`), or ``None`` without data."""
+    """The time window of ``choice`` (a key of :data:`RANGES` or :data:`AUTO`), or ``None`` without data.
+
+    A window that would hold more than about ``max_scan`` readings (judged by the device's median
+    gap) keeps only its newest part (``capped``)."""
     span = span_of(conn, target, device)
     if span is None:
         return None
@@ -91,9 +98,13 @@ def window_for(
     else:
         seconds = RANGES.get(choice)
         start = oldest if seconds is None else max(oldest, end - seconds)
+    interval = q.reporting_interval(conn, target, device)
+    capped = interval is not None and (end - start) / interval > max_scan
+    if capped and interval is not None:
+        start = end - max_scan * interval
     readings = int(conn.execute(COUNT_SQL, (target, device, start, end)).fetchone()[0])
     bucket = (end - start) / points if readings > points and end > start else 0.0
-    return Window(start, end, readings, bucket)
+    return Window(start, end, readings, bucket, capped)
 
 
 def range_series(
