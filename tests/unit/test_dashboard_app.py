@@ -214,6 +214,14 @@ def test_a_model_better_than_persistence_has_no_badge_and_the_legend_is_always_t
     assert all(f'"{kind}"' in spec for kind in ("drift", "retrain", "promotion", "rollback"))
 
 
+def test_a_status_from_a_newer_edge_is_shown_as_it_is(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    with closing(sqlite3.connect(data_dir / "edgeloop.db")) as c, c:
+        c.execute("UPDATE scope_status SET status = 'demoted' WHERE device = 'dev-a'")
+    at = run("Device", device="dev-a")
+    assert "demoted" in texts(at) and "healthy" not in texts(at)
+
+
 def test_device_can_be_opened_by_url(data_dir: Path) -> None:
     fill(data_dir / "edgeloop.db")
     at = AppTest.from_file(str(APP_PATH), default_timeout=30)

@@ -11,6 +11,7 @@ from edgeloop.dashboard.charts import forecast_chart, rmse_chart
 from edgeloop.dashboard.common import (
     STATUS_LOOK,
     Context,
+    Look,
     fleet_of,
     fmt_num,
     fmt_when,
@@ -73,7 +74,8 @@ def device_view(ctx: Context) -> None:
         recent = q.recent_device_events(conn, ctx.target, device, limit=20)
         trained = bool(q.model_scopes(conn, ctx.target))
 
-    look = STATUS_LOOK.get(row["status"], STATUS_LOOK["healthy"])
+    # A status from a newer edge is shown as it is, never as "healthy".
+    look = STATUS_LOOK.get(row["status"]) or Look(str(row["status"]), "#6b7280", "gray", ":material/help:")
     rate = f"{row['rate']:.1f} msgs/s" if pd.notna(row["rate"]) else "no rate yet"
     count = int(extra["count"]) if extra["count"] is not None else None
     about.markdown(
