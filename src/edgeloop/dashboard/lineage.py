@@ -30,9 +30,9 @@ from edgeloop.registry.pointer import ChampionPointer, read_journal, read_pointe
 
 LINEAGE_KINDS = ("model_promoted", "model_rejected", "model_rolled_back")
 EVENTS_SQL = (
-    "SELECT ts, kind, scope, version, previous_version FROM events WHERE scope = ? AND kind IN ({kinds})"
-    " ORDER BY ts"
-).format(kinds=", ".join(f"'{k}'" for k in LINEAGE_KINDS))
+    "SELECT ts, kind, scope, version, previous_version FROM events WHERE scope IN ({scopes})"
+    " AND kind IN ({kinds})".replace("{kinds}", ", ".join(f"'{k}'" for k in LINEAGE_KINDS))
+)
 SERVING_SQL = "SELECT model, device FROM scope_status WHERE target = ? ORDER BY device"
 
 
@@ -54,8 +54,13 @@ def pointers(models_dir: Path, scopes: Iterable[str]) -> dict[str, ChampionPoint
 
 
 def lineage_events(conn: sqlite3.Connection, scopes: Iterable[str]) -> pd.DataFrame:
-    """Promotions, rejections and rollbacks of ``scopes``, oldest first (``events_scope_ts``)."""
-    rows = [row for scope in scopes for row in conn.execute(EVENTS_SQL, (scope,))]
+    """Promotions, rejections and rollbacks of ``scopes``, oldest first (``events_scope_ts``, one
+    query per 500 scopes)."""
+    names = list(scopes)
+    rows = []
+    for i in range(0, len(names), 500):
+        chunk = names[i : i + 500]
+        rows += conn.execute(EVENTS_SQL.format(scopes=", ".join("?" * len(chunk))), chunk).fetchall()
     df = pd.DataFrame(rows, columns=["ts", "kind", "scope", "version", "previous_version"])
     return df.sort_values("ts", kind="stable").reset_index(drop=True)
 
