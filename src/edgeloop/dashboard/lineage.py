@@ -74,13 +74,13 @@ def serving(conn: sqlite3.Connection, target: str) -> dict[str, list[str]]:
     return out
 
 
-def _event_champion(events: pd.DataFrame, scope: str) -> str | None:
-    """The label the newest promotion or rollback of ``scope`` left serving (None: none of its own)."""
-    moves = events[(events["scope"] == scope) & events["kind"].isin(["model_promoted", "model_rolled_back"])]
-    if moves.empty:
-        return None
-    version = moves.iloc[-1]["version"]
-    return str(version) if isinstance(version, str) and version else None
+def _event_champions(events: pd.DataFrame) -> dict[str, str | None]:
+    """Per scope, the label its newest promotion or rollback left serving (None: none of its own)."""
+    moves = events[events["kind"].isin(["model_promoted", "model_rolled_back"])]
+    out: dict[str, str | None] = {}
+    for scope, version in zip(moves["scope"], moves["version"], strict=True):  # oldest first
+        out[scope] = version if isinstance(version, str) and version else None
+    return out
 
 
 def lineage(
@@ -96,15 +96,11 @@ def lineage(
     promoted = set(events.loc[events["kind"] == "model_promoted", "version"].dropna())
     judged = events[events["kind"].isin(["model_promoted", "model_rejected"])]
     parent = dict(zip(judged["version"], judged["previous_version"], strict=True))
-    champions: dict[str, str | None] = {}
-    for scope in versions["scope"].unique():
-        pointer = pointer_of.get(scope)
-        if scope in pointer_of:
-            champions[scope] = (
-                f"{scope}:v{pointer.version}" if pointer is not None and pointer.version is not None else None
-            )
-        else:
-            champions[scope] = _event_champion(events, scope)
+    champions = _event_champions(events)
+    for scope, pointer in pointer_of.items():  # the pointer, where readable, is the authority
+        champions[scope] = (
+            f"{scope}:v{pointer.version}" if pointer is not None and pointer.version is not None else None
+        )
     ever_champion = {f"{scope}:v{v}" for scope, p in pointer_of.items() if p is not None for v in p.history}
 
     def standing(scope: str, label: str, decision: str | None) -> str:
