@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from edgeloop.adapters.store import Store
+from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard import lineage as lin
 from edgeloop.dashboard import queries as q
 from edgeloop.dashboard import series as sr
@@ -151,9 +152,9 @@ def view_fleet(path: Path, device: str, points: int) -> int:
     conn = q.open_store(path)
     assert conn is not None
     try:
-        df = q.fleet(conn, TARGET, now=time.time(), silent_after=30.0)
-        q.FleetSummary.of(df)
-        return len(q.filter_fleet(df, statuses=[], search=""))
+        df = fd.fleet(conn, TARGET, now=time.time(), silent_after=30.0)
+        fd.FleetSummary.of(df)
+        return len(fd.filter_fleet(df, statuses=[], search=""))
     finally:
         conn.close()
 
@@ -162,7 +163,7 @@ def _device(path: Path, device: str, points: int, choice: str) -> int:
     conn = q.open_store(path)
     assert conn is not None
     try:
-        q.fleet(conn, TARGET, now=time.time(), silent_after=30.0)  # the device picker
+        fd.fleet(conn, TARGET, now=time.time(), silent_after=30.0)  # the device picker
         q.device_status(conn, TARGET, device)
         window = sr.window_for(conn, TARGET, device, choice, points=points)
         assert window is not None

@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from edgeloop.adapters.store import SampleRow, StatusRow, Store
 from edgeloop.config import Settings
+from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard import queries as q
 from edgeloop.dashboard.launch import APP_PATH, dashboard_command, wait_ready
 from edgeloop.telemetry.schema import Event
@@ -386,7 +387,7 @@ def test_event_queries_use_their_indexes(conn: sqlite3.Connection) -> None:
 
 def test_silence_uses_the_wall_clock_not_replayed_timestamps(conn: sqlite3.Connection) -> None:
     # The readings are from 2021, yet only dev-c (status row 10 minutes old) is silent.
-    fleet = q.fleet(conn, TARGET, now=time.time(), silent_after=30)
+    fleet = fd.fleet(conn, TARGET, now=time.time(), silent_after=30)
     assert fleet.set_index("device")["status"].to_dict() == {
         "dev-a": "healthy",
         "dev-b": "drifting",
@@ -420,7 +421,7 @@ def test_each_device_is_judged_against_its_own_reporting_interval(tmp_path: Path
     paced_store(tmp_path / "edgeloop.db", now)
     with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
         assert conn is not None
-        fleet = q.fleet(conn, TARGET, now=now, silent_after=5.0).set_index("device")
+        fleet = fd.fleet(conn, TARGET, now=now, silent_after=5.0).set_index("device")
     assert fleet["status"].to_dict() == {"stopped": "silent", "fast": "healthy", "slow": "healthy"}
     assert fleet.loc["slow", "interval_s"] == pytest.approx(10.0)
     assert fleet.loc["fast", "interval_s"] == pytest.approx(0.02)
@@ -430,7 +431,7 @@ def test_each_device_is_judged_against_its_own_reporting_interval(tmp_path: Path
     # The same slow device 31 s after its last news, and the fast one 6 s after: both silent.
     with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
         assert conn is not None
-        later = q.fleet(conn, TARGET, now=now + 22.5, silent_after=5.0).set_index("device")
+        later = fd.fleet(conn, TARGET, now=now + 22.5, silent_after=5.0).set_index("device")
     assert later["status"].to_dict() == {"fast": "silent", "slow": "silent", "stopped": "silent"}
 
 
@@ -439,8 +440,8 @@ def test_reporting_interval_reads_few_rows_through_the_index(tmp_path: Path) -> 
     paced_store(tmp_path / "edgeloop.db", now)
     with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
         assert conn is not None
-        assert "samples_scope_ts" in q.query_plan(conn, q.INTERVAL_SQL, (TARGET, "fast", 33))
-        cache = q.IntervalCache(ttl=30)
+        assert "samples_scope_ts" in q.query_plan(conn, fd.INTERVAL_SQL, (TARGET, "fast", 33))
+        cache = fd.IntervalCache(ttl=30)
         assert cache.intervals(conn, TARGET, ["slow", "nobody"], now) == {
             "slow": pytest.approx(10.0),
             "nobody": None,

@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from edgeloop.config import Settings
+from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard import queries as q
 from edgeloop.dashboard.access import redact_url
 from edgeloop.errors import ConfigError, StoreError
@@ -166,10 +167,10 @@ def no_model(ctx: Context, device: str | None = None, count: int | None = None) 
 # -- fleet ---------------------------------------------------------------------------------------
 def fleet_of(conn: sqlite3.Connection, ctx: Context) -> pd.DataFrame:
     """The fleet table, silence judged against each device's own reporting interval (cached per session)."""
-    cache = st.session_state.setdefault("_intervals", q.IntervalCache())
+    cache = st.session_state.setdefault("_intervals", fd.IntervalCache())
     now = time.time()
     devices = [r[0] for r in conn.execute("SELECT device FROM scope_status WHERE target = ?", (ctx.target,))]
-    return q.fleet(
+    return fd.fleet(
         conn,
         ctx.target,
         now=now,

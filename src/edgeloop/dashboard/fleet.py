@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from edgeloop.dashboard import queries as q
+from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard.common import (
     STATUS_LOOK,
     UTC_FORMAT,
@@ -46,7 +46,7 @@ def fleet_view(ctx: Context) -> None:
         no_data(ctx)
         refreshed_caption(ctx)
         return
-    summary = q.FleetSummary.of(df)
+    summary = fd.FleetSummary.of(df)
     cols = st.columns(5)
     cols[0].metric("Devices", summary.devices, border=True, icon=":material/sensors:")
     cols[1].metric("Messages/s", f"{summary.msgs_per_s:,.1f}", border=True, icon=":material/speed:")
@@ -71,7 +71,7 @@ def fleet_view(ctx: Context) -> None:
     with left:
         statuses = st.pills(
             "Status",
-            list(q.STATUSES),
+            list(fd.STATUSES),
             selection_mode="multi",
             format_func=lambda s: STATUS_LOOK[s].pill(int(counts.get(s, 0))),
             key="fleet_status",
@@ -85,7 +85,7 @@ def fleet_view(ctx: Context) -> None:
             type="search",
             persist_state="session",
         )
-    shown = q.filter_fleet(df, statuses=list(statuses or []), search=search or "")
+    shown = fd.filter_fleet(df, statuses=list(statuses or []), search=search or "")
     if shown.empty:
         st.warning("No device matches the filter.")
         refreshed_caption(ctx)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard import queries as q
 
 # Label -> seconds of reading time (None: everything stored).
@@ -98,7 +99,7 @@ def window_for(
     else:
         seconds = RANGES.get(choice)
         start = oldest if seconds is None else max(oldest, end - seconds)
-    interval = q.reporting_interval(conn, target, device)
+    interval = fd.reporting_interval(conn, target, device)
     capped = interval is not None and (end - start) / interval > max_scan
     if capped and interval is not None:
         start = end - max_scan * interval
