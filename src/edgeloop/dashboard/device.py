@@ -50,9 +50,7 @@ def device_view(ctx: Context) -> None:
             "Time range (reading time, ending at the newest reading)",
             [series_mod.AUTO, *series_mod.RANGES],
             default=series_mod.AUTO,
-            format_func=lambda c: (
-                "since last event" if c == series_mod.AUTO else f"last {c}" if c != "all" else c
-            ),
+            format_func=range_label,
             key="device_range",
             persist_state="session",
             help="'since last event': the newest readings, reaching back to the last drift or model change",
