@@ -74,7 +74,7 @@ def device_view(ctx: Context) -> None:
 
     # A status from a newer edge is shown as it is, never as "healthy".
     look = STATUS_LOOK.get(row["status"]) or Look(str(row["status"]), "#6b7280", "gray", ":material/help:")
-    rate = f"{row['rate']:.1f} msgs/s" if pd.notna(row["rate"]) else "no rate yet"
+    rate = f"{row['rate']:.3g} msgs/s" if pd.notna(row["rate"]) else "no rate yet"
     count = int(extra["count"]) if extra["count"] is not None else None
     about.markdown(
         f"#### {device} · :{look.md}[{look.icon} {look.label}]\n"
