@@ -30,7 +30,9 @@ Timestamps stay epoch seconds in SQL and become naive UTC datetimes here, so the
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,7 @@ def device_events(
         conn, DEVICE_EVENTS_SQL, (scope_name(target, device), scope_name(target), start_ts, end_ts, limit)
     )
     df["marker"] = df["kind"].map(MARKER_KINDS).fillna("other")  # a kind newer than this dashboard
+    df["reason"] = df["reason"].map(iso_epochs)
     df.insert(1, "time", _to_time(df["ts"]))
     return df
 
@@ -278,9 +281,24 @@ def _format_metrics(text: str | None) -> str:
     return " ".join(parts)
 
 
+_EPOCH = re.compile(r"\b(1[0-9]{9})(\.[0-9]+)?\b")  # epoch seconds, 2001-2286
+
+
+def iso_epochs(text: str | None) -> str | None:
+    """``text`` with epoch-second timestamps written as UTC times (reasons from older edges).
+
+    >>> iso_epochs("drift detected at ts 1700389100.0"), iso_epochs(None)
+    ('drift detected at ts 2023-11-19 10:18:20Z', None)
+    """
+    if not text:
+        return text
+    return _EPOCH.sub(lambda m: f"{datetime.fromtimestamp(float(m.group(0)), UTC):%Y-%m-%d %H:%M:%S}Z", text)
+
+
 def _event_frame(df: pd.DataFrame) -> pd.DataFrame:
     df.insert(0, "time", _to_time(df["ts"]))
     df["metrics"] = df["metrics"].map(_format_metrics)
+    df["reason"] = df["reason"].map(iso_epochs)
     return df.drop(columns=["ts"])
 
 
