@@ -199,8 +199,17 @@ def test_dashboard_in_chromium(dashboard: tuple[str, Facts]) -> None:
     url, facts = dashboard
     BUILD.mkdir(exist_ok=True)
     with chromium() as page:
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
         page.goto(url)
         expect(page.get_by_text("edgeloop · lab-7")).to_be_visible(timeout=30_000)
+        # Offline: every request goes to the dashboard itself (page icon included); no Deploy button.
+        page.wait_for_timeout(1500)
+        icon = page.locator("link[rel~='icon']").first.get_attribute("href") or ""
+        assert not icon.startswith(("http://", "https://")) or icon.startswith(url), icon
+        outside = [u for u in requested if not u.startswith((url, "data:", "blob:"))]
+        assert not outside, outside
+        expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
         # The fleet: summary metrics and the table (a canvas grid with an accessible DOM copy).
         grid = page.get_by_test_id("stDataFrame")
         expect(grid).to_be_visible(timeout=30_000)
