@@ -482,3 +482,26 @@ def test_drift_story_in_light_and_dark_and_models_after_a_rollback(
         assert standing[f"{TARGET}:v3"] == "rejected"
         assert standing[f"{TARGET}@dev-003:v1"] == "champion"
         snap(page, "dashboard-models-rollback.png")
+
+
+def test_login_in_chromium(tmp_path: Path) -> None:
+    """With a secret file the dashboard asks for it before showing anything (here on loopback; beyond
+    it, the launcher refuses to start without one: see the unit tests)."""
+    from playwright.sync_api import expect
+
+    filled_store(tmp_path / "data" / "edgeloop.db")
+    secret = tmp_path / "dashboard.token"
+    secret.write_text("s3cret-token-for-e2e\n")
+    env = {"EDGELOOP_DASHBOARD_AUTH_FILE": str(secret)}
+    with serving(tmp_path, tmp_path / "data", extra_env=env) as url, chromium() as page:
+        page.goto(url)
+        field = page.get_by_label("Token or password")
+        expect(field).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
+        field.fill("wrong")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("Wrong token or password.")).to_be_visible(timeout=30_000)
+        field.fill("s3cret-token-for-e2e")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_test_id("stDataFrame")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("s3cret-token-for-e2e")).to_have_count(0)
