@@ -29,7 +29,10 @@ import numpy as np
 import orjson
 
 from edgeloop.adapters.store import Store
+from edgeloop.dashboard import fleetdata as fd
+from edgeloop.dashboard import lineage as lin
 from edgeloop.dashboard import queries as q
+from edgeloop.dashboard import series as sr
 
 TARGET = "voc_ppb"
 CHUNK = 100_000
@@ -149,21 +152,23 @@ def view_fleet(path: Path, device: str, points: int) -> int:
     conn = q.open_store(path)
     assert conn is not None
     try:
-        df = q.fleet(conn, TARGET, now=time.time(), silent_after=30.0)
-        q.FleetSummary.of(df)
-        return len(q.filter_fleet(df, statuses=[], search=""))
+        df = fd.fleet(conn, TARGET, now=time.time(), silent_after=30.0)
+        fd.FleetSummary.of(df)
+        return len(fd.filter_fleet(df, statuses=[], search=""))
     finally:
         conn.close()
 
 
-def view_device(path: Path, device: str, points: int) -> int:
+def _device(path: Path, device: str, points: int, choice: str) -> int:
     conn = q.open_store(path)
     assert conn is not None
     try:
-        q.fleet(conn, TARGET, now=time.time(), silent_after=30.0)  # the device picker
+        fd.fleet(conn, TARGET, now=time.time(), silent_after=30.0)  # the device picker
         q.device_status(conn, TARGET, device)
-        series = q.device_series(conn, TARGET, device, points=points, window=100)
-        q.device_events(conn, TARGET, device, start_ts=series["ts"].iloc[0], end_ts=series["ts"].iloc[-1])
+        window = sr.window_for(conn, TARGET, device, choice, points=points)
+        assert window is not None
+        series = sr.range_series(conn, TARGET, device, window, rolling=100)
+        q.device_events(conn, TARGET, device, start_ts=window.start, end_ts=window.end)
         q.recent_device_events(conn, TARGET, device)
         q.model_scopes(conn, TARGET)
         return len(series)
@@ -171,12 +176,27 @@ def view_device(path: Path, device: str, points: int) -> int:
         conn.close()
 
 
+def view_device(path: Path, device: str, points: int) -> int:
+    """The device tab as it opens: the newest readings back to the last drift or model event."""
+    return _device(path, device, points, sr.AUTO)
+
+
+def view_device_all(path: Path, device: str, points: int) -> int:
+    """The device tab with the range "all": every stored reading of the device, as bucket means."""
+    return _device(path, device, points, "all")
+
+
 def view_models(path: Path, device: str, points: int) -> int:
     conn = q.open_store(path)
     assert conn is not None
     try:
-        q.model_scopes(conn, TARGET)
-        return len(q.model_versions(conn, TARGET))
+        scopes = q.model_scopes(conn, TARGET)
+        versions = q.model_versions(conn, TARGET)
+        table = lin.lineage(
+            versions, lin.pointers(path.parent / "models", scopes), lin.lineage_events(conn, scopes),
+            lin.serving(conn, TARGET),
+        )  # fmt: skip
+        return len(table)
     finally:
         conn.close()
 
@@ -212,19 +232,19 @@ VIEWS: dict[str, Callable[[Path, str, int], int]] = {
 
 def charts(path: Path, device: str, points: int) -> int:
     """The device tab's two Altair specs, built and validated as ``st.altair_chart`` needs them."""
-    from edgeloop.dashboard import app
+    from edgeloop.dashboard import charts
 
     conn = q.open_store(path)
     assert conn is not None
     try:
-        series = q.device_series(conn, TARGET, device, points=points, window=100)
-        markers = q.device_events(
-            conn, TARGET, device, start_ts=series["ts"].iloc[0], end_ts=series["ts"].iloc[-1]
-        )
+        window = sr.window_for(conn, TARGET, device, sr.AUTO, points=points)
+        assert window is not None
+        series = sr.range_series(conn, TARGET, device, window, rolling=100)
+        markers = q.device_events(conn, TARGET, device, start_ts=window.start, end_ts=window.end)
     finally:
         conn.close()
-    app.forecast_chart(series, markers, TARGET).to_dict()
-    app.rmse_chart(series, markers, 12.0, 21.0).to_dict()
+    charts.forecast_chart(series, markers, TARGET).to_dict()
+    charts.rmse_chart(series, markers, 12.0, 21.0).to_dict()
     return 2
 
 
@@ -288,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             return sum(fn(p, d, n) for fn in VIEWS.values())
 
         results["full refresh (all 4 views)"] = _timed(full, path, device, args.points, args.reps)
+        results["device, range 'all' (bucket means)"] = _timed(
+            view_device_all, path, device, args.points, args.reps
+        )
         results["device charts (series + Altair specs)"] = _timed(
             charts, path, device, args.points, args.reps
         )

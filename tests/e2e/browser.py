@@ -17,15 +17,20 @@ BUILD = Path(__file__).resolve().parents[2] / "build"
 
 
 @contextmanager
-def serving(tmp_path: Path, data: Path, *, site: str = "lab-7") -> Iterator[str]:
-    """The dashboard over the store in ``data``, started as a user would (a config file, a port)."""
+def serving(
+    tmp_path: Path, data: Path, *, site: str = "lab-7", extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The dashboard over the store in ``data``, started as a user would (a config file, a port).
+
+    By default silence is judged only after 120 s: a test's rows written once stay "live" for the
+    whole test; ``extra_env`` overrides that and any other dashboard variable."""
     config = tmp_path / "edgeloop.yaml"
     config.write_text(f"site: {site}\ndata_dir: {data}\n")
     port = find_free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
-    # The test's rows are written once; keep them "live" for the whole test.
     env["EDGELOOP_DASHBOARD_SILENT_AFTER"] = "120"
     env["EDGELOOP_DASHBOARD_REFRESH"] = "1"
+    env.update(extra_env or {})
     proc = run_dashboard(config, port, env=env, log_file=tmp_path / "streamlit.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -41,7 +46,7 @@ def serving(tmp_path: Path, data: Path, *, site: str = "lab-7") -> Iterator[str]
 
 
 @contextmanager
-def chromium(height: int = 1000) -> Iterator[Any]:
+def chromium(height: int = 1000, color_scheme: str = "light") -> Iterator[Any]:
     """A page in Debian's headless Chromium, flags as this sandbox needs them (no network, no sandbox)."""
     from playwright.sync_api import sync_playwright
 
@@ -52,6 +57,7 @@ def chromium(height: int = 1000) -> Iterator[Any]:
                   "--disable-component-update", "--disable-sync", "--no-first-run"],
         )  # fmt: skip
         try:
-            yield browser.new_page(viewport={"width": 1600, "height": height})
+            # Streamlit follows the system theme: the page's color scheme picks light or dark.
+            yield browser.new_page(viewport={"width": 1600, "height": height}, color_scheme=color_scheme)
         finally:
             browser.close()

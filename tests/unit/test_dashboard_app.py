@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from edgeloop.adapters.store import SampleRow, StatusRow, Store
 from edgeloop.config import Settings
+from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard import queries as q
 from edgeloop.dashboard.launch import APP_PATH, dashboard_command, wait_ready
 from edgeloop.telemetry.schema import Event
@@ -197,10 +198,29 @@ def test_device_view_shows_metrics_charts_markers_and_events(data_dir: Path) -> 
     assert "dev-b" in header and "drifting" in header and "serving **voc_ppb:v1**" in header
     charts = at.get("vega_lite_chart")
     assert len(charts) == 2
-    spec = charts[0].proto.spec
-    assert '"drift"' in spec and '"retrain"' in spec  # the event markers are layered on the chart
+    # The markers in view are layered on the chart (the drift at t0 + 120 is within the newest 150).
+    data = b"".join(d.data.data for d in charts[0].proto.datasets)
+    assert b"drift_detected" in data and b"retrain_requested" in data
+    assert "worse than persistence" in texts(at)  # dev-b's RMSE (~20) is above persistence's 4.0
     events = at.dataframe[0].value
     assert events["kind"].tolist() == ["retrain_requested", "drift_detected", "model_promoted"]
+
+
+def test_a_model_better_than_persistence_has_no_badge_and_the_legend_is_always_there(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    at = run("Device", device="dev-a")
+    assert "worse than persistence" not in texts(at)
+    spec = at.get("vega_lite_chart")[0].proto.spec
+    assert '"title": "Event"' in spec.replace('":"', '": "') or '"title":"Event"' in spec
+    assert all(f'"{kind}"' in spec for kind in ("drift", "retrain", "promotion", "rollback"))
+
+
+def test_a_status_from_a_newer_edge_is_shown_as_it_is(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    with closing(sqlite3.connect(data_dir / "edgeloop.db")) as c, c:
+        c.execute("UPDATE scope_status SET status = 'demoted' WHERE device = 'dev-a'")
+    at = run("Device", device="dev-a")
+    assert "demoted" in texts(at) and "healthy" not in texts(at)
 
 
 def test_device_can_be_opened_by_url(data_dir: Path) -> None:
@@ -239,6 +259,74 @@ def test_models_view_lists_versions_scores_reasons_and_mlflow_links(
     assert v2["mlflow"] == "http://mlflow.lan:5000/#/runs/run2"
     assert v2["window"].startswith("2021-01-07 06:13:20 → ")
     assert metrics(at)["Rejected"] == "1"
+
+
+def rolled_back_story(data_dir: Path) -> None:
+    """After ``fill``: voc_ppb:v3 was promoted over v1 (a ``models promote``), then rolled back (a
+    ``models rollback``): the champion pointer names v1 again; the stored decisions were never updated."""
+    from edgeloop.registry.local import LocalRegistry
+    from edgeloop.registry.pointer import ChampionPointer, write_pointer
+
+    t0 = 1_610_000_000.0
+    store = Store(data_dir / "edgeloop.db")
+    store.record_model_version(
+        scope=TARGET, version=3, label=f"{TARGET}:v3", created=t0 + 30, val_rmse=1.9, champion_rmse=2.1,
+        persistence_rmse=4.2, mean_rmse=9.1, window_start=t0, window_end=t0 + 100, n_samples=300,
+        decision="promoted", reason="manual", mlflow_run_id="run3", formulation="linear", trigger="manual",
+    )  # fmt: skip
+    store.write(
+        [],
+        [
+            Event("model_promoted", TARGET, t0 + 130, "manual promotion", {}, f"{TARGET}:v3", f"{TARGET}:v1"),
+            Event(
+                "model_rolled_back", TARGET, t0 + 140, "manual rollback", {}, f"{TARGET}:v1", f"{TARGET}:v3"
+            ),
+        ],
+        [],
+    )
+    store.close()
+    folder = LocalRegistry(data_dir / "models").scope_dir(TARGET)
+    folder.mkdir(parents=True)
+    write_pointer(folder, ChampionPointer(version=1, history=[1], updated=t0 + 140, reason="manual rollback"))
+
+
+def test_models_view_shows_the_champion_rolled_back_and_rejected_versions(data_dir: Path) -> None:
+    fill(data_dir / "edgeloop.db")
+    rolled_back_story(data_dir)
+    at = run("Models")
+    table = at.dataframe[0].value.set_index("label")
+    assert table["standing"].to_dict() == {
+        "voc_ppb:v3": "rolled back",
+        "voc_ppb:v2": "rejected",
+        "voc_ppb:v1": "champion",
+    }
+    assert table.loc["voc_ppb:v3", "parent"] == "voc_ppb:v1"
+    assert table.loc["voc_ppb:v1", "devices"] == "dev-a, dev-b, dev-c"
+    m = metrics(at)
+    assert (m["Champions"], m["Rolled back"], m["Rejected"], m["Retired"]) == ("1", "1", "1", "0")
+
+
+def test_without_a_models_folder_the_events_say_who_is_champion(tmp_path: Path) -> None:
+    from edgeloop.dashboard import lineage as lin
+
+    fill(tmp_path / "edgeloop.db")
+    rolled_back_story(tmp_path)
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        versions = q.model_versions(conn, TARGET)
+        events = lin.lineage_events(conn, [TARGET])
+        served = lin.serving(conn, TARGET)
+    by_pointer = lin.lineage(versions, lin.pointers(tmp_path / "models", [TARGET]), events, served)
+    by_events = lin.lineage(versions, lin.pointers(tmp_path / "elsewhere", [TARGET]), events, served)
+    assert by_pointer["standing"].tolist() == by_events["standing"].tolist()
+    assert by_events["standing"].tolist() == ["rolled_back", "rejected", "champion"]
+    # Promoted again later: v1 retires, v3 is champion.
+    later = pd.concat(
+        [events, pd.DataFrame([{"ts": 2e9, "kind": "model_promoted", "scope": TARGET,
+                                "version": f"{TARGET}:v2", "previous_version": f"{TARGET}:v1"}])]
+    )  # fmt: skip
+    again = lin.lineage(versions, {}, later, served)
+    assert again["standing"].tolist() == ["rolled_back", "champion", "retired"]
 
 
 def test_models_view_without_models(data_dir: Path) -> None:
@@ -299,7 +387,7 @@ def test_event_queries_use_their_indexes(conn: sqlite3.Connection) -> None:
 
 def test_silence_uses_the_wall_clock_not_replayed_timestamps(conn: sqlite3.Connection) -> None:
     # The readings are from 2021, yet only dev-c (status row 10 minutes old) is silent.
-    fleet = q.fleet(conn, TARGET, now=time.time(), silent_after=30)
+    fleet = fd.fleet(conn, TARGET, now=time.time(), silent_after=30)
     assert fleet.set_index("device")["status"].to_dict() == {
         "dev-a": "healthy",
         "dev-b": "drifting",
@@ -307,21 +395,57 @@ def test_silence_uses_the_wall_clock_not_replayed_timestamps(conn: sqlite3.Conne
     }
 
 
-def test_a_fleet_that_stopped_publishing_turns_silent_while_the_edge_runs(tmp_path: Path) -> None:
-    # The edge rewrites every status row each second (fresh ``updated``) even when no reading
-    # arrives; only the unchanged reading counts show that every publisher stopped.
-    fill(tmp_path / "edgeloop.db")
-    with closing(sqlite3.connect(tmp_path / "edgeloop.db")) as writer, writer:
-        writer.execute("UPDATE scope_status SET updated = ?", (time.time(),))
-    store = Store(tmp_path / "edgeloop.db", readonly=True)
-    conn = store.conn
-    clock = q.SilenceClock()
-    now = time.time()
-    assert "silent" not in q.fleet(conn, TARGET, now=now, silent_after=30, clock=clock)["status"].tolist()
-    later = q.fleet(conn, TARGET, now=now + 31, silent_after=30, clock=clock)
-    assert later["status"].tolist() == ["silent"] * 3
-    assert later["age_s"].min() == pytest.approx(31, abs=1)
+def paced_store(db: Path, now: float) -> None:
+    """Devices at their own paces, status rows written as the edge writes them (only on change, wall
+    clock): ``slow`` reports every 10 s (last news 9 s ago, its newest reading 50 s of reading time
+    behind the fleet's), ``fast`` at 50/s, ``stopped`` reported every 10 s until 31 s ago."""
+    store = Store(db)
+    samples, status = [], []
+    for dev, gap, n, heard, rate in (
+        ("slow", 10.0, 40, 9.0, 0.0),
+        ("fast", 0.02, 2000, 0.4, 50.0),
+        ("stopped", 10.0, 40, 31.0, 0.0),
+    ):
+        last = now - heard - (50.0 if dev == "slow" else 0.0)
+        ts = [last - gap * (n - 1 - k) for k in range(n)]
+        samples += [SampleRow(dev, TARGET, t, k, 1.0, 1.0, 1.0, None, "voc_ppb:v1") for k, t in enumerate(ts)]
+        status.append(
+            StatusRow(dev, TARGET, ts[-1], n, rate, 1.0, 10.0, 1.0, 1.0, "voc_ppb:v1", "healthy", now - heard)
+        )
+    store.write(samples, [], status)
     store.close()
+
+
+def test_each_device_is_judged_against_its_own_reporting_interval(tmp_path: Path) -> None:
+    now = time.time()
+    paced_store(tmp_path / "edgeloop.db", now)
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        fleet = fd.fleet(conn, TARGET, now=now, silent_after=5.0).set_index("device")
+    assert fleet["status"].to_dict() == {"stopped": "silent", "fast": "healthy", "slow": "healthy"}
+    assert fleet.loc["slow", "interval_s"] == pytest.approx(10.0)
+    assert fleet.loc["fast", "interval_s"] == pytest.approx(0.02)
+    assert fleet.loc["fast", "silent_after_s"] == 5.0  # the floor: status rows come once a second
+    assert fleet.loc["slow", "rate"] == pytest.approx(0.1)  # its pace, not the last status row's 0
+    assert fleet.loc["stopped", "age_s"] == pytest.approx(31, abs=1)
+    # The same slow device 31 s after its last news, and the fast one 6 s after: both silent.
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        later = fd.fleet(conn, TARGET, now=now + 22.5, silent_after=5.0).set_index("device")
+    assert later["status"].to_dict() == {"fast": "silent", "slow": "silent", "stopped": "silent"}
+
+
+def test_reporting_interval_reads_few_rows_through_the_index(tmp_path: Path) -> None:
+    now = time.time()
+    paced_store(tmp_path / "edgeloop.db", now)
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        assert "samples_scope_ts" in q.query_plan(conn, fd.INTERVAL_SQL, (TARGET, "fast", 33))
+        cache = fd.IntervalCache(ttl=30)
+        assert cache.intervals(conn, TARGET, ["slow", "nobody"], now) == {
+            "slow": pytest.approx(10.0),
+            "nobody": None,
+        }
 
 
 def test_policies_without_an_rmse_threshold_say_so(data_dir: Path) -> None:
@@ -366,11 +490,12 @@ def test_events_query_rejects_unknown_kinds(conn: sqlite3.Connection) -> None:
 
 def test_options_flags_beat_environment_beat_settings() -> None:
     from edgeloop.config import Settings
-    from edgeloop.dashboard.app import parse_options
+    from edgeloop.dashboard.common import parse_options
 
     settings = Settings(edge={"status_interval": 2.5})
     opts = parse_options([], {}, settings)
-    assert (opts.refresh, opts.silent_after, opts.points) == (5.0, 30.0, 500)  # refresh: 2 status intervals
+    # refresh: 2 status intervals; silence: never sooner than 3 status rows
+    assert (opts.refresh, opts.silent_after, opts.silent_intervals, opts.points) == (5.0, 7.5, 3.0, 500)
     env = {"EDGELOOP_DASHBOARD_REFRESH": "3", "EDGELOOP_DASHBOARD_MLFLOW_URL": "http://m:1"}
     opts = parse_options(["--refresh", "7", "--co"], env, settings)  # "--co" is not "--config"
     assert (opts.refresh, opts.mlflow_url, opts.config) == (7.0, "http://m:1", None)
@@ -385,6 +510,54 @@ def test_dashboard_command_passes_config_after_double_dash(tmp_path: Path) -> No
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
     assert cmd[cmd.index("--") + 1 :] == ["--config", str(tmp_path / "c.yaml")]
     assert "--config" not in dashboard_command(None, 9999)
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "minimal"  # no "Deploy" button
+
+
+def test_serving_beyond_loopback_needs_a_login(tmp_path: Path) -> None:
+    from edgeloop.dashboard.launch import run_dashboard
+    from edgeloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^refusing to serve the dashboard on 0.0.0.0 without a login"):
+        run_dashboard(None, 9, host="0.0.0.0", env={})
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    with pytest.raises(ConfigError, match="8\\+ characters") as info:
+        run_dashboard(None, 9, host="0.0.0.0", env={"EDGELOOP_DASHBOARD_AUTH_FILE": str(short)})
+    assert "abc" not in str(info.value)  # the secret is never shown
+    with pytest.raises(ConfigError, match="cannot be read"):
+        run_dashboard(None, 9, host="192.168.1.5", auth_file=tmp_path / "missing")
+    from edgeloop.dashboard.access import require_auth
+
+    require_auth("0.0.0.0", None, by_proxy=True)  # the container manifests: a login proxy in front
+
+
+def test_login_is_asked_once_per_session_and_the_secret_not_shown(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(data_dir / "edgeloop.db")
+    secret = data_dir / "token"
+    secret.write_text("correct horse battery\n")
+    monkeypatch.setenv("EDGELOOP_DASHBOARD_AUTH_FILE", str(secret))
+    at = AppTest.from_file(str(APP_PATH), default_timeout=30)
+    at.run()
+    assert not at.metric and not at.dataframe  # nothing of the fleet before signing in
+    at.text_input(key="_login_secret").input("wrong guess")
+    at.button[0].click().run()
+    assert "Wrong token or password." in texts(at) and not at.dataframe
+    at.text_input(key="_login_secret").input("correct horse battery")
+    at.button[0].click().run()
+    assert at.dataframe and metrics(at)["Devices"] == "3"
+    assert "correct horse" not in texts(at)
+    at.run()  # the session stays signed in
+    assert at.dataframe
+
+
+def test_exposure_and_redaction() -> None:
+    from edgeloop.dashboard.access import exposed, redact_url
+
+    assert exposed("0.0.0.0", None) and exposed(None, "host:8501") and not exposed("127.0.0.1", "x")
+    assert not exposed(None, None)  # AppTest: no server
+    assert "s3cret" not in redact_url("mqtt://u:s3cret@h:1883")
 
 
 def test_wait_ready_fails_fast_when_the_process_died() -> None:
@@ -394,3 +567,65 @@ def test_wait_ready_fails_fast_when_the_process_died() -> None:
         wait_ready("http://127.0.0.1:9", timeout=5, proc=proc)
     with pytest.raises(TimeoutError):
         wait_ready("http://127.0.0.1:9", timeout=0.2)
+
+
+# -- device time range ---------------------------------------------------------------------------
+def days_store(db: Path) -> float:
+    """One device reporting every 60 s for 3 days with a constant forecast error of 2 (persistence's
+    error is 0: the value is constant); a drift event 2 days before the newest reading."""
+    t0 = 1_700_000_000.0
+    n = 3 * 1440
+    store = Store(db)
+    samples = [
+        SampleRow("d", TARGET, t0 + 60.0 * k, k, 10.0, 12.0, 10.0, None, "voc_ppb:v1") for k in range(n)
+    ]
+    event = Event("drift_detected", f"{TARGET}@d", t0 + 60.0 * (n - 1) - 2 * 86400, "alarm")
+    promo = Event("model_promoted", f"{TARGET}@d", t0 + 60.0 * (n - 1) - 2 * 86400 + 600, "better", {}, "v2")
+    odd = Event("drift_detected", f"{TARGET}@d", t0, "a kind from a newer edge")
+    store.write(samples, [event, promo, odd], [])
+    store.close()
+    with closing(sqlite3.connect(db)) as c, c:
+        c.execute("UPDATE events SET kind = 'model_demoted' WHERE reason = ?", (odd.reason,))
+    return t0 + 60.0 * (n - 1)
+
+
+def test_auto_range_reaches_back_to_the_last_event_and_is_thinned(tmp_path: Path) -> None:
+    from edgeloop.dashboard import series as sr
+
+    end = days_store(tmp_path / "edgeloop.db")
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        window = sr.window_for(conn, TARGET, "d", sr.AUTO, points=500)
+        assert window is not None and window.end == end
+        assert window.start < end - 2 * 86400  # the promotion and the drift before it are in view
+        assert window.readings > 2 * 1440 and window.bucket_s > 60  # more readings than points: buckets
+        df = sr.range_series(conn, TARGET, "d", window, rolling=100)
+        markers = q.device_events(conn, TARGET, "d", start_ts=window.start, end_ts=window.end)
+    assert len(df) <= 501
+    assert df["rolling_rmse"].dropna().round(9).unique().tolist() == [2.0]  # bucket MSEs, not means
+    assert df["rolling_persistence_rmse"].dropna().unique().tolist() == [0.0]
+    assert set(markers["kind"]) == {"drift_detected", "model_promoted"}
+
+
+def test_fixed_ranges_and_unknown_event_kinds(tmp_path: Path) -> None:
+    from edgeloop.dashboard import charts
+    from edgeloop.dashboard import series as sr
+
+    end = days_store(tmp_path / "edgeloop.db")
+    with closing(q.open_store(tmp_path / "edgeloop.db")) as conn:
+        assert conn is not None
+        hour = sr.window_for(conn, TARGET, "d", "1 h", points=500)
+        assert hour is not None and (hour.start, hour.readings, hour.bucket_s) == (end - 3600, 61, 0.0)
+        whole = sr.window_for(conn, TARGET, "d", "all", points=500)
+        assert whole is not None and whole.readings == 3 * 1440
+        capped = sr.window_for(conn, TARGET, "d", "all", points=500, max_scan=1440)
+        assert capped is not None and capped.capped and capped.readings == 1441  # the newest day
+        df = sr.range_series(conn, TARGET, "d", whole)
+        markers = q.device_events(conn, TARGET, "d", start_ts=whole.start, end_ts=whole.end)
+    assert markers.set_index("kind")["marker"].to_dict()["model_demoted"] == "other"
+    spec = charts.forecast_chart(df, markers, TARGET).to_dict()
+    assert "%m-%d" in str(spec)  # three days: the axis shows dates
+    top = charts.rmse_top(df)
+    assert top is not None and top < 3  # scaled to model (2) and persistence (0), not a far reference
+    rmse = charts.rmse_chart(df, markers, threshold=50.0, mean_rmse=40.0, show_mean=True).to_dict()
+    assert "drift threshold" not in str(rmse) and "mean RMSE" not in str(rmse)  # off the scale

@@ -11,6 +11,7 @@ instead of embedding it; the caller stops it with ``proc.terminate()``.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from edgeloop.dashboard.access import AUTH_ENV, PROXY_ENV, is_loopback, login_by_proxy, require_auth
 
 APP_PATH = Path(__file__).with_name("app.py")
 
@@ -48,6 +51,9 @@ def dashboard_command(
         "none",
         "--server.runOnSave",
         "false",
+        # No "Deploy" button or developer menu: this is an operator's screen, not a Streamlit project.
+        "--client.toolbarMode",
+        "minimal",
         "--",
     ]
     if config_path is not None:
@@ -63,14 +69,26 @@ def run_dashboard(
     *,
     env: Mapping[str, str] | None = None,
     log_file: Path | None = None,
+    auth_file: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the dashboard on ``http://host:port`` and return its process (not yet ready: see
     :func:`wait_ready`).
 
     ``env`` replaces the environment (default: inherited); ``log_file`` takes Streamlit's output,
-    which otherwise goes to this process's stdout and stderr.
+    which otherwise goes to this process's stdout and stderr. ``auth_file`` (default: the
+    ``EDGELOOP_DASHBOARD_AUTH_FILE`` variable) holds the login secret, required unless ``host`` is
+    loopback: raises :class:`~edgeloop.errors.ConfigError` (one line) without it.
     """
+    environ = env if env is not None else os.environ
+    if auth_file is None and environ.get(AUTH_ENV):
+        auth_file = Path(environ[AUTH_ENV])
+    by_proxy = login_by_proxy(environ)
+    require_auth(host, auth_file, by_proxy=by_proxy)
+    if by_proxy and auth_file is None and not is_loopback(host):
+        logger.warning("dashboard on %s has no login of its own: %s is set", host, PROXY_ENV)
     cmd = dashboard_command(config_path, port, host, headless)
+    if auth_file is not None:
+        cmd += ["--auth-file", str(auth_file.resolve())]
     out: IO[Any] | None = None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ Each query reads only the columns and rows its view shows and walks an index of 
 ========================  ==========================================================================
 view                      query and index
 ========================  ==========================================================================
-fleet                     ``scope_status`` (one row per device and target: small, scanned)
+fleet                     ``scope_status`` (one row per device and target: small, scanned) and
+                          ``samples`` newest 33 rows per device: ``samples_scope_ts`` (cached 30 s),
+                          both in :mod:`edgeloop.dashboard.fleetdata`
 device chart              ``samples`` newest N rows of one (target, device): ``samples_scope_ts``
 device markers            ``events`` of the device's scopes in the chart's time span: ``events_scope_ts``
 models                    ``model_versions`` (small; primary key ``(scope, version)``)
@@ -23,18 +25,14 @@ Timestamps stay epoch seconds in SQL and become naive UTC datetimes here, so the
 ...     "'healthy',1000.0)")
 >>> device_status(conn, "voc_ppb", "dev-1")
 {'count': 50, 'persistence_rmse': 4.0, 'mean_rmse': 9.0}
->>> fleet(conn, "voc_ppb", now=1005.0, silent_after=30.0)[["device", "status", "rmse_ratio"]]
-  device   status  rmse_ratio
-0  dev-1  healthy         0.6
->>> fleet(conn, "voc_ppb", now=2000.0, silent_after=30.0)["status"].tolist()
-['silent']
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +42,6 @@ import pandas as pd
 from edgeloop.adapters.store import connect
 from edgeloop.telemetry.schema import EVENT_KINDS, PERSISTENCE_VERSION
 
-# Statuses as the edge writes them, plus ``silent`` which only the dashboard derives.
-EDGE_STATUSES = ("healthy", "drifting", "retraining", "probation", "rolled_back")
-STATUSES = (*EDGE_STATUSES, "silent")
-# Sort order of the fleet table: what needs a look first.
-STATUS_SEVERITY = {
-    "drifting": 0,
-    "rolled_back": 1,
-    "silent": 2,
-    "retraining": 3,
-    "probation": 4,
-    "healthy": 5,
-}
-
-FLEET_SQL = (
-    "SELECT device, last_seen, count, rate, rmse, threshold, model, status, updated FROM scope_status"
-    " WHERE target = ?"
-)
 DEVICE_STATUS_SQL = (
     "SELECT count, persistence_rmse, mean_rmse FROM scope_status WHERE device = ? AND target = ?"
 )
@@ -167,123 +148,12 @@ def has_samples(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT EXISTS (SELECT 1 FROM samples)").fetchone()[0] == 1
 
 
-class SilenceClock:
-    """Wall-clock seconds since each device's reading count last changed, as this dashboard saw it.
-
-    The edge rewrites a device's status row only when it changed, so ``updated`` also ages for a
-    device that stopped talking; this clock catches that on its own, even from an older edge that
-    rewrote every row each second. It remembers one count per device, for one browser session.
-
-    >>> clock = SilenceClock()
-    >>> clock.idle("t", ["a", "b"], [5, 7], now=100.0)
-    [0.0, 0.0]
-    >>> clock.idle("t", ["a", "b"], [5, 9], now=130.0)
-    [30.0, 0.0]
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[int | None, float]] = {}
-
-    def idle(self, target: str, devices: list[str], counts: list[Any], now: float) -> list[float]:
-        out = []
-        for device, count in zip(devices, counts, strict=True):
-            key = (target, device)
-            seen = self._seen.get(key)
-            if seen is None or seen[0] != count:
-                self._seen[key] = (count, now)
-                out.append(0.0)
-            else:
-                out.append(max(now - seen[1], 0.0))
-        return out
-
-
-def fleet(
-    conn: sqlite3.Connection,
-    target: str,
-    *,
-    now: float,
-    silent_after: float,
-    clock: SilenceClock | None = None,
-) -> pd.DataFrame:
-    """One row per device of ``target``, the most urgent first, with the derived ``silent`` status.
-
-    ``age_s`` is the longest of three lags, and a device is silent when it exceeds ``silent_after``:
-
-    - wall clock since its status row was written (``updated``): the edge stopped;
-    - message time between the fleet's newest reading and the device's (``last_seen``): this device
-      stopped while others talk. Message time may be replayed or simulated, so it is only ever
-      compared with other message times, never with the wall clock;
-    - wall clock since its reading count last moved, if a ``clock`` remembers earlier refreshes:
-      every publisher stopped while the edge runs.
-    """
-    df = _frame(conn, FLEET_SQL, (target,))
-    if df.empty:
-        return df.assign(age_s=pd.Series(dtype=float), rmse_ratio=pd.Series(dtype=float))
-    lags = [
-        (now - df["updated"]).clip(lower=0),
-        (df["last_seen"].max() - df["last_seen"]).clip(lower=0),
-    ]
-    if clock is not None:
-        lags.append(
-            pd.Series(clock.idle(target, df["device"].tolist(), df["count"].tolist(), now), index=df.index)
-        )
-    df["age_s"] = pd.concat(lags, axis=1).max(axis=1)
-    df["status"] = df["status"].where(df["age_s"] <= silent_after, "silent").fillna("healthy")
-    df["rmse_ratio"] = df["rmse"] / df["threshold"].where(df["threshold"] > 0)
-    df["last_seen"] = _to_time(df["last_seen"])
-    df["severity"] = df["status"].map(STATUS_SEVERITY).fillna(len(STATUS_SEVERITY))
-    df = df.sort_values(["severity", "device"], kind="stable").drop(columns=["severity", "updated", "count"])
-    return df.reset_index(drop=True)
-
-
 def device_status(conn: sqlite3.Connection, target: str, device: str) -> dict[str, Any]:
     """The device view's extra figures: readings so far and the naive baselines (one primary-key row)."""
     cur = conn.execute(DEVICE_STATUS_SQL, (device, target))
     row = cur.fetchone()
     names = [d[0] for d in cur.description]
     return dict(zip(names, row, strict=True)) if row else dict.fromkeys(names)
-
-
-@dataclass(frozen=True)
-class FleetSummary:
-    """The figures above the fleet table."""
-
-    devices: int
-    msgs_per_s: float
-    drifting: int
-    silent: int
-    attention: int  # drifting, rolled back or silent
-
-    @classmethod
-    def of(cls, df: pd.DataFrame) -> FleetSummary:
-        if df.empty:
-            return cls(0, 0.0, 0, 0, 0)
-        status = df["status"]
-        live = status != "silent"
-        return cls(
-            devices=int(df["device"].nunique()),
-            msgs_per_s=float(df.loc[live, "rate"].fillna(0).sum()),
-            drifting=int((status == "drifting").sum()),
-            silent=int((~live).sum()),
-            attention=int(status.isin(["drifting", "rolled_back", "silent"]).sum()),
-        )
-
-
-def filter_fleet(df: pd.DataFrame, *, statuses: list[str] | None = None, search: str = "") -> pd.DataFrame:
-    """Rows whose status is one of ``statuses`` (all when empty) and whose device contains ``search``.
-
-    >>> df = pd.DataFrame({"device": ["dev-001", "pump-7"], "status": ["healthy", "silent"]})
-    >>> filter_fleet(df, search="PUMP")["device"].tolist()
-    ['pump-7']
-    >>> filter_fleet(df, statuses=["healthy"])["device"].tolist()
-    ['dev-001']
-    """
-    mask = pd.Series(True, index=df.index)
-    if statuses:
-        mask &= df["status"].isin(statuses)
-    if search.strip():
-        mask &= df["device"].str.contains(search.strip(), case=False, regex=False)
-    return df[mask].reset_index(drop=True)
 
 
 # -- device view ---------------------------------------------------------------------------------
@@ -331,7 +201,8 @@ def device_events(
     df = _frame(
         conn, DEVICE_EVENTS_SQL, (scope_name(target, device), scope_name(target), start_ts, end_ts, limit)
     )
-    df["marker"] = df["kind"].map(MARKER_KINDS)
+    df["marker"] = df["kind"].map(MARKER_KINDS).fillna("other")  # a kind newer than this dashboard
+    df["reason"] = df["reason"].map(iso_epochs)
     df.insert(1, "time", _to_time(df["ts"]))
     return df
 
@@ -410,9 +281,24 @@ def _format_metrics(text: str | None) -> str:
     return " ".join(parts)
 
 
+_EPOCH = re.compile(r"\b(1[0-9]{9})(\.[0-9]+)?\b")  # epoch seconds, 2001-2286
+
+
+def iso_epochs(text: str | None) -> str | None:
+    """``text`` with epoch-second timestamps written as UTC times (reasons from older edges).
+
+    >>> iso_epochs("drift detected at ts 1700389100.0"), iso_epochs(None)
+    ('drift detected at ts 2023-11-19 10:18:20Z', None)
+    """
+    if not text:
+        return text
+    return _EPOCH.sub(lambda m: f"{datetime.fromtimestamp(float(m.group(0)), UTC):%Y-%m-%d %H:%M:%S}Z", text)
+
+
 def _event_frame(df: pd.DataFrame) -> pd.DataFrame:
     df.insert(0, "time", _to_time(df["ts"]))
     df["metrics"] = df["metrics"].map(_format_metrics)
+    df["reason"] = df["reason"].map(iso_epochs)
     return df.drop(columns=["ts"])
 
 
