@@ -23,41 +23,74 @@ class Received(NamedTuple):
     connection: int  # MqttSession.connection when it arrived; packet ids are per connection
 
 
-class AnsweredMemory:
-    """The last answered (seq, ts) per device, for at most ``max_devices`` devices (least recent go).
+class _Answered:
+    """One device's answered seqs: everything up to ``high`` except the ``holes`` (half-open ranges)."""
 
-    A reading is a duplicate when both its seq and its timestamp are at or below the last answered
-    reading's of that device: a redelivery repeats both. A device that restarts its counter starts
-    again at a low seq but with a later timestamp, so it is not mistaken for one. Readings without a
-    seq are never called duplicates.
+    __slots__ = ("high", "holes", "ts")
+
+    def __init__(self, seq: int, ts: float) -> None:
+        self.high, self.ts = seq, ts
+        # Nothing is known below the first seq seen: a late reading there is new.
+        self.holes: list[tuple[int, int]] = [(0, seq)] if seq > 0 else []
+
+
+class AnsweredMemory:
+    """Which (seq) of each device were answered, for at most ``max_devices`` devices (least recent go).
+
+    A redelivered reading repeats a seq that was answered; a reading that merely arrives late does
+    not, and brokers do reorder (Mosquitto 2.0 with a shared subscription and a full in-flight window
+    delivered seq 9,399 before 8,908). So per device the memory keeps the highest answered seq and the
+    seqs below it that were skipped (a few ranges): a seq at or below the highest is a duplicate
+    unless it fills one of those holes. A device that restarts its counter starts again at a low seq
+    with a later timestamp than any answered, so it starts afresh. Readings without a seq are never
+    called duplicates.
 
     >>> m = AnsweredMemory(max_devices=2)
-    >>> [m.seen("a", s, 100.0 + s) for s in (1, 2, 2, 1, 3)]
-    [False, False, True, True, False]
+    >>> [m.seen("a", s, 100.0 + s) for s in (1, 2, 2, 1, 5, 3, 3, 4, 6)]
+    [False, False, True, True, False, False, True, False, False]
     >>> m.seen("a", 0, 500.0)  # the device restarted its counter
     False
     >>> m.seen("b", 1, 1.0), m.seen("c", 1, 1.0), m.seen("a", 0, 500.0)  # "a" was the least recent
     (False, False, False)
     """
 
+    MAX_HOLES = 64  # ranges kept per device; a reading older than the oldest kept range counts as seen
+
     def __init__(self, max_devices: int) -> None:
         if max_devices < 1:
             raise ValueError("max_devices must be at least 1")
         self.max_devices = max_devices
-        self._last: dict[str, tuple[int, float]] = {}
+        self._last: dict[str, _Answered] = {}
 
     def __len__(self) -> int:
         return len(self._last)
 
     def seen(self, device: str, seq: int | None, ts: float) -> bool:
-        """True if (device, seq, ts) was answered already; else remember it as the device's last."""
+        """True if ``seq`` of ``device`` was answered already; else remember it as answered."""
         if seq is None:
             return False
-        last = self._last.pop(device, None)  # re-inserted below: dict order is recency order
-        if last is not None and seq <= last[0] and ts <= last[1]:
-            self._last[device] = last
+        state = self._last.pop(device, None)  # re-inserted below: dict order is recency order
+        if state is None or (seq <= state.high and ts > state.ts):
+            state = _Answered(seq, ts)  # a new device, or one that restarted its counter
+        elif seq > state.high:
+            if seq > state.high + 1:
+                state.holes.append((state.high + 1, seq))
+                if len(state.holes) > self.MAX_HOLES:
+                    del state.holes[0]
+            state.high, state.ts = seq, max(state.ts, ts)
+        elif not self._fill(state, seq):
+            self._last[device] = state
             return True
-        self._last[device] = (seq, ts)
+        self._last[device] = state
         if len(self._last) > self.max_devices:
             del self._last[next(iter(self._last))]
+        return False
+
+    @staticmethod
+    def _fill(state: _Answered, seq: int) -> bool:
+        """Take ``seq`` out of the holes; False if it was not in one (answered before)."""
+        for i, (start, end) in enumerate(state.holes):
+            if start <= seq < end:
+                state.holes[i : i + 1] = [r for r in ((start, seq), (seq + 1, end)) if r[0] < r[1]]
+                return True
         return False
