@@ -90,6 +90,9 @@ class Run:
             "EDGELOOP_STORE_FLUSH_INTERVAL": "0.05",
             "EDGELOOP_MLFLOW_ENABLED": "false",
             "EDGELOOP_MODEL_MIN_TRAIN_SAMPLES": "1000000",  # no training of its own: only our versions
+            # The persistence floor would rightly demote a device now and then; these tests are about
+            # which version serves, so it never gets a full window to judge in.
+            "EDGELOOP_MODEL_FLOOR_WINDOW": "1000000",
         }
 
     def start_edge(self) -> EdgeProcess:

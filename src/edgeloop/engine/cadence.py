@@ -2,8 +2,8 @@
 
 Windows, waits and schedules are set in time (``1d``) and turned into readings with this interval, so
 they mean the same at one reading every 10 s or every hour. A pause longer than ``gap_intervals``
-intervals is a *gap*: the readings on either side are not consecutive, and the engine empties the
-device's lag window instead of forecasting across the hole.
+intervals (and than ``MIN_GAP_S``) is a *gap*: the readings on either side are not consecutive, and
+the engine empties the device's lag window instead of forecasting across the hole.
 
 >>> c = Cadence()
 >>> [c.observe(t) for t in (0.0, 60.0, 120.0, 181.0, 240.0, 300.0)]
@@ -22,6 +22,10 @@ __all__ = ["Cadence"]
 
 FIRST_ESTIMATE = 5  # intervals before the first estimate
 BLOCK = 32  # then one new estimate per this many intervals
+# A pause shorter than this is never a gap: at 100 readings/s, five intervals are 50 ms, which a
+# publisher's scheduling jitter or a GC pause exceeds; resetting the lag window on each would serve
+# persistence for a few readings every time, for a hole that holds nothing to forecast across.
+MIN_GAP_S = 10.0
 
 
 class Cadence:
@@ -58,7 +62,7 @@ class Cadence:
         if (
             self.gap_intervals is not None
             and self.interval is not None
-            and dt > self.gap_intervals * self.interval
+            and dt > max(self.gap_intervals * self.interval, MIN_GAP_S)
         ):
             self.gaps += 1
             return True
