@@ -398,11 +398,6 @@ def test_kill_9_and_restart_restores_state_and_answers_every_reading(
     predictions.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="until QoS 1 readings are acknowledged after their prediction (manual acks), the readings "
-    "the edge had received but not answered when it was killed are lost",
-)
 def test_kill_9_mid_stream_answers_every_reading_exactly_once(
     mosquitto: MosquittoBroker, edge_process: Any, site: str, tmp_path: Path
 ) -> None:
@@ -431,7 +426,7 @@ def test_kill_9_mid_stream_answers_every_reading_exactly_once(
         lost=lost,
         duplicated=duplicated,
         recovery_s=time.monotonic() - restarted,
-        note="at-least-once needs manual acks; duplicates are counted",
+        note="readings unacknowledged at the kill are delivered again to the restarted edge",
     )
     assert edge.stop() == 0
     last = max(p["seq"] for p in predictions.payloads())
