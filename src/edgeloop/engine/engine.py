@@ -33,6 +33,7 @@ import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -637,7 +638,7 @@ class Engine:
         self._request(
             scope,
             "drift",
-            f"drift detected at ts {track.alarm_ts}; {track.since_alarm} readings since",
+            f"drift detected at {_iso(track.alarm_ts)}; {track.since_alarm} readings since",
             track.alarm_ts,
             out,
             {"readings_since_alarm": track.since_alarm},
@@ -659,7 +660,7 @@ class Engine:
         self._request(
             scope,
             "consolidate",
-            f"a full cycle of the regime that began at ts {since}: {track.regime_n} readings",
+            f"a full cycle of the regime that began at {_iso(since)}: {track.regime_n} readings",
             since,
             out,
             {"readings_since_alarm": track.regime_n},
@@ -873,3 +874,13 @@ class Engine:
             }
             for target, (n, sm, sp, sa) in acc.items()
         }
+
+
+def _iso(ts: float | None) -> str:
+    """A reading time as ISO-8601 UTC for event reasons (people read them; epochs they cannot)."""
+    if ts is None:
+        return "an unknown time"
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return f"ts {ts}"

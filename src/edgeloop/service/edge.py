@@ -276,6 +276,7 @@ class EdgeService:
                     next_poll = now + s.edge.model_poll_interval
                 if now >= next_status:
                     self.writer.put(status=self.engine.status_rows(time.time()))
+                    metrics.update_scope_gauges(self.engine)
                     next_status = now + s.edge.status_interval
                 if self.state is not None:
                     self.state.tick(now, self.stats.processed)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from edgeloop.scopes import parse_label, parse_scope
+
+if TYPE_CHECKING:
+    from edgeloop.engine.engine import Engine
 
 RECEIVED = Counter("edgeloop_messages_received_total", "Telemetry messages received")
 PREDICTIONS = Counter("edgeloop_predictions_total", "Predictions published")
@@ -29,3 +37,60 @@ BATCH_SECONDS = Histogram(
     "Engine time per batch",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+
+# Per target, not per device: a fleet of thousands of devices must not become thousands of series.
+SCOPE_RMSE = Gauge(
+    "edgeloop_rolling_rmse",
+    "Mean over the target's devices of the rolling RMSE of what serves them, and of persistence",
+    ["target", "forecaster"],
+)
+SCOPE_DEVICES = Gauge("edgeloop_devices", "Devices of a target by status", ["target", "status"])
+SERVING_VERSION = Gauge(
+    "edgeloop_serving_version", "Version number of the fleet model serving a target (0: none)", ["target"]
+)
+DEVICE_MODELS = Gauge(
+    "edgeloop_device_models", "Devices of a target served by a model of their own", ["target"]
+)
+
+
+def update_scope_gauges(engine: Engine) -> None:
+    """Refresh the per-target gauges from the engine (called with the status snapshot, ~1/s)."""
+    model_sum: dict[str, float] = defaultdict(float)
+    persist_sum: dict[str, float] = defaultdict(float)
+    counted: dict[str, int] = defaultdict(int)
+    statuses: dict[str, dict[str, int]] = {t: dict.fromkeys(GAUGE_STATUSES, 0) for t in engine.targets}
+    for (_, target), track in engine.tracks.items():
+        status = "demoted" if track.demoted else track.status
+        statuses[target][status] = statuses[target].get(status, 0) + 1
+        model, persistence = track.model_rmse.value, track.persist_rmse.value
+        if model is not None and persistence is not None:
+            model_sum[target] += model
+            persist_sum[target] += persistence
+            counted[target] += 1
+    for target in engine.targets:
+        n = counted[target]
+        SCOPE_RMSE.labels(target=target, forecaster="model").set(model_sum[target] / n if n else float("nan"))
+        SCOPE_RMSE.labels(target=target, forecaster="persistence").set(
+            persist_sum[target] / n if n else float("nan")
+        )
+        for status, count in statuses[target].items():
+            SCOPE_DEVICES.labels(target=target, status=status).set(count)
+        fleet = engine.serving.get(target)
+        SERVING_VERSION.labels(target=target).set(_version_number(fleet.model.label) if fleet else 0)
+        DEVICE_MODELS.labels(target=target).set(
+            sum(
+                1
+                for scope in engine.serving
+                if parse_scope(scope)[0] == target and parse_scope(scope)[1] is not None
+            )
+        )
+
+
+GAUGE_STATUSES = ("healthy", "drifting", "retraining", "probation", "rolled_back", "demoted")
+
+
+def _version_number(label: str) -> int:
+    try:
+        return parse_label(label)[1]
+    except ValueError:
+        return 0
