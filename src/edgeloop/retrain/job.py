@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from edgeloop.adapters.store import Series, Store
@@ -167,8 +168,9 @@ def run_retrain(
                         "kind": result.kind,
                         "lags": lags,
                         "policy": settings.drift.policy,
-                        "window_start": result.split.window_start,
-                        "window_end": result.split.window_end,
+                        # ISO-8601 UTC: people read these in the MLflow UI.
+                        "window_start": _iso(result.split.window_start),
+                        "window_end": _iso(result.split.window_end),
                         "n_samples": result.split.n_samples,
                         "data_hash": result.split.data_hash,
                     },
@@ -285,3 +287,9 @@ def _meta(
         },
         "data_hash": result.split.data_hash,
     }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
