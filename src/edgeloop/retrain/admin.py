@@ -131,7 +131,7 @@ def record_events(settings: Settings, events: list[Event], *, timeout: float = 3
 
     session = MqttSession(settings.broker, role="admin")
     try:
-        session.start(timeout=timeout)
+        session.start(timeout=timeout, wait=0)  # best effort: a command never waits for a broker
     except (EdgeloopError, OSError) as exc:
         log.warning("%d event(s) stored but not published: %s", len(events), exc)
         return False
