@@ -25,5 +25,6 @@ def test_gauges_summarise_the_fleet_per_target() -> None:
         for m in REGISTRY.collect()
         if m.name in ("edgeloop_devices", "edgeloop_rolling_rmse", "edgeloop_serving_version")
         for s in m.samples
+        if s.labels.get("target") == "voc_ppb"
     ]
     assert len(series) <= 2 + 6 + 1  # no per-device series

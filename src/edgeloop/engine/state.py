@@ -179,7 +179,9 @@ def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = No
             f"this edge uses lags={engine.lags}, window={engine.window}"
         )
     try:
-        tracks = list(state["tracks"])
+        if not isinstance(state["tracks"], list):
+            raise TypeError(f"tracks is a {type(state['tracks']).__name__}, not a list")
+        tracks = state["tracks"]
         counts = {str(k): int(v) for k, v in dict(state["samples_per_target"]).items()}
         thresholds = {str(k): int(v) for k, v in dict(state["initial_threshold"]).items()}
         stream_ts = _finite(state["stream_ts"])
