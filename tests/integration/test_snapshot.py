@@ -12,7 +12,8 @@ from tests.integration.conftest import Collector, wait_until
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
-from edgeloop.adapters.snapshot import SnapshotWriter, read_snapshot, write_atomic
+from edgeloop.adapters.snapshot import SnapshotWriter, read_snapshot
+from edgeloop.atomic import write_atomic
 from edgeloop.config import Settings
 from edgeloop.service.edge import EdgeService
 

@@ -9,46 +9,20 @@ ignored with one warning: the edge then starts as it always did, from nothing bu
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from edgeloop.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 ERROR_LOG_INTERVAL = 60.0  # seconds between two log lines about failing snapshots
-
-
-def write_atomic(path: Path, data: bytes | Sequence[bytes]) -> None:
-    """Replace ``path`` with ``data`` (or its parts, in order) so that a reader or a crash sees the old
-    or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            if isinstance(data, bytes):
-                fh.write(data)
-            else:
-                fh.writelines(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    # The rename itself is durable only once the directory entry is on disk.
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_snapshot(path: Path) -> Any | None:

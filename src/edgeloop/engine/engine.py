@@ -33,7 +33,6 @@ import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -46,7 +45,7 @@ from edgeloop.engine.monitor import RollingRmse, RunningMean
 from edgeloop.engine.rows import SampleRow, ServedModel, StatusRow
 from edgeloop.lifecycle.floor import Floor
 from edgeloop.scopes import parse_scope, scope_of
-from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
+from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -881,6 +880,6 @@ def _iso(ts: float | None) -> str:
     if ts is None:
         return "an unknown time"
     try:
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return format_ts(ts)
     except (OverflowError, OSError, ValueError):
         return f"ts {ts}"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeloop.atomic import write_atomic
 from edgeloop.errors import ModelFileError
 from edgeloop.models.modelfile import META_FILE, MODEL_FILE, LoadedModel, load_model, read_meta
 from edgeloop.registry.lock import LOCK_TIMEOUT, FileLock
@@ -36,7 +37,6 @@ from edgeloop.registry.pointer import (
     CHAMPION_FILE,
     JOURNAL_FILE,
     ChampionPointer,
-    atomic_write,
     read_journal,
     read_pointer,
     stat_key,
@@ -189,7 +189,7 @@ class LocalRegistry:
             except (FileNotFoundError, ValueError):
                 last = 0
             version = max(last, max(self.versions(scope), default=0)) + 1
-            atomic_write(d / COUNTER_FILE, str(version).encode())
+            write_atomic(d / COUNTER_FILE, str(version).encode())
             self._sweep(d)
             return version
 
@@ -197,7 +197,7 @@ class LocalRegistry:
         d = self.scope_dir(scope)
         d.mkdir(parents=True, exist_ok=True)
         if is_hashed_dirname(d.name) and not (d / SCOPE_FILE).exists():
-            atomic_write(d / SCOPE_FILE, scope.encode("utf-8", "surrogatepass"))
+            write_atomic(d / SCOPE_FILE, scope.encode("utf-8", "surrogatepass"))
         return d
 
     def _sweep(self, d: Path) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeloop.atomic import write_atomic
 from edgeloop.errors import ModelFileError
 
 CHAMPION_FILE = "champion.json"
@@ -88,24 +88,11 @@ def read_journal(scope_dir: Path) -> ChampionPointer | None:
 
 def write_pointer(scope_dir: Path, pointer: ChampionPointer) -> None:
     body = orjson.dumps(pointer.model_dump())
-    atomic_write(scope_dir / CHAMPION_FILE, body)
+    write_atomic(scope_dir / CHAMPION_FILE, body)
     with open(scope_dir / JOURNAL_FILE, "ab") as fh:
         fh.write(body + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def stat_key(path: Path) -> tuple[int, ...] | None:

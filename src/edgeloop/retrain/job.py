@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from edgeloop.adapters.store import Series, Store
@@ -24,7 +23,7 @@ from edgeloop.models.modelfile import LoadedModel, save_model
 from edgeloop.models.training import NotEnoughData, TrainResult, train_candidates
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.scopes import parse_scope, version_label
-from edgeloop.telemetry.schema import Event
+from edgeloop.telemetry.schema import Event, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +168,8 @@ def run_retrain(
                         "lags": lags,
                         "policy": settings.drift.policy,
                         # ISO-8601 UTC: people read these in the MLflow UI.
-                        "window_start": _iso(result.split.window_start),
-                        "window_end": _iso(result.split.window_end),
+                        "window_start": format_ts(result.split.window_start),
+                        "window_end": format_ts(result.split.window_end),
                         "n_samples": result.split.n_samples,
                         "data_hash": result.split.data_hash,
                     },
@@ -287,9 +286,3 @@ def _meta(
         },
         "data_hash": result.split.data_hash,
     }
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

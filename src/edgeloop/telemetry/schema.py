@@ -41,7 +41,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -225,8 +225,6 @@ def parse_ts(value: Any) -> float:
             parsed = datetime.fromisoformat(text)
             if parsed.tzinfo is None:
                 # Naive ISO timestamps are taken as UTC, never as the edge's local time.
-                from datetime import UTC
-
                 parsed = parsed.replace(tzinfo=UTC)
             ts = parsed.timestamp()
     else:
@@ -234,6 +232,15 @@ def parse_ts(value: Any) -> float:
     if not math.isfinite(ts) or ts < 0 or ts > 1e11:
         raise ValueError("timestamp out of range")
     return ts
+
+
+def format_ts(ts: float) -> str:
+    """Epoch seconds as ISO-8601 UTC to the second, for what people read (reasons, MLflow params).
+
+    >>> format_ts(1704067200.0)
+    '2024-01-01T00:00:00Z'
+    """
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class TelemetryParser:
