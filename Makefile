@@ -4,12 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DURATION ?= 180
 DEMO_ARGS ?=
+DEPLOY_TOOLS ?= $(VENV)/deploy-tools
 
-.PHONY: demo test lint typecheck unit integration e2e faults bench evaluate clean help
+.PHONY: demo test deploy-check lint typecheck unit integration e2e faults bench evaluate clean help
 
 help:
 	@echo "make demo      run the whole loop on embedded defaults (DURATION=$(DURATION) s; DEMO_ARGS=...)"
-	@echo "make test      lint, type check and the whole test suite"
+	@echo "make test      lint, type check, deploy-check and the whole test suite"
+	@echo "make deploy-check  validate compose, Kubernetes, Ansible, Dockerfile, alerts, CI with the real tools"
 	@echo "make faults    the fault suite on real components; prints the Reliability table"
 	@echo "make evaluate  replay real recordings and simulator scenarios through the engine (build/eval)"
 	@echo "make bench     end-to-end throughput and latency through a private broker (build/bench.json)"
@@ -26,14 +28,18 @@ demo: $(VENV)/.installed
 	$(BIN)/edgeloop demo --duration $(DURATION) $(DEMO_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks deploy/check.py
+	$(BIN)/ruff format --check src tests benchmarks deploy/check.py
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck deploy-check
 	$(BIN)/pytest -q
+
+# Installs its validators into $(DEPLOY_TOOLS) (cached there) and fails when one cannot run.
+deploy-check: $(VENV)/.installed
+	$(BIN)/python deploy/check.py --tools $(DEPLOY_TOOLS)
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q tests/unit src

@@ -13,6 +13,9 @@ from edgeloop.adapters.broker import find_free_port
 from edgeloop.dashboard.launch import run_dashboard, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Outside CI a developer without Chromium may skip the browser tests; in CI (CI set, as GitHub Actions,
+# .ci/run's runner and the Jenkinsfile do) a missing browser fails them instead of skipping silently.
+SKIP_WITHOUT_CHROMIUM = not CHROMIUM.exists() and not os.environ.get("CI")
 BUILD = Path(__file__).resolve().parents[2] / "build"
 
 

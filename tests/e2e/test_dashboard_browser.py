@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.e2e.browser import BUILD, CHROMIUM, chromium, serving
+from tests.e2e.browser import BUILD, SKIP_WITHOUT_CHROMIUM, chromium, serving
 
 from edgeloop.adapters.store import SampleRow, StatusRow, Store
 from edgeloop.telemetry.schema import Event
@@ -34,7 +34,7 @@ ROW_PX = 35  # st.dataframe's header and row height
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
+    pytest.mark.skipif(SKIP_WITHOUT_CHROMIUM, reason="needs /usr/bin/chromium (apt-get install -y chromium)"),
 ]
 
 

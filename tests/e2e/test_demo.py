@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.e2e.browser import BUILD, CHROMIUM, chromium, serving
+from tests.e2e.browser import BUILD, SKIP_WITHOUT_CHROMIUM, chromium, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ def test_demo_heals_the_drifted_device_only(demo_run: tuple[Path, dict, str]) ->
     assert report["devices"]["dev-002/voc_ppb"].startswith("voc_ppb:v")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(SKIP_WITHOUT_CHROMIUM, reason="needs /usr/bin/chromium (apt-get install -y chromium)")
 def test_dashboard_over_the_demo_store(demo_run: tuple[Path, dict, str], tmp_path: Path) -> None:
     from playwright.sync_api import expect
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -71,8 +74,6 @@ def test_a_busy_metrics_port_is_a_clear_error(make_settings: Callable[..., Setti
 
 
 def test_a_stalled_loop_fails_liveness(make_settings: Callable[..., Settings]) -> None:
-    import time
-
     from edgeloop.service.edge import LOOP_STALL
 
     edge = EdgeService(make_settings())
@@ -83,3 +84,43 @@ def test_a_stalled_loop_fails_liveness(make_settings: Callable[..., Settings]) -
     assert edge.liveness()["loop"] is False
     assert edge.readiness()["alive"] is False
     edge.dispatcher.close()
+
+
+def loop_age(port: int) -> float:
+    body = get(port, "/metrics")[1].decode()
+    match = re.search(r"^edgeloop_loop_last_pass_age_seconds (\S+)$", body, re.M)
+    assert match, "the loop-age gauge is not exported"
+    return float(match.group(1))
+
+
+def test_a_stuck_loop_shows_in_the_loop_age_gauge(
+    make_settings: Callable[..., Settings], run_edge: Callable[[Settings], EdgeService]
+) -> None:
+    # The alert EdgeloopNoPredictions reads this gauge: counters the stuck loop increments stop moving
+    # with it, but the gauge is computed by the HTTP thread at scrape time and keeps growing.
+    port = free_port()
+    edge = run_edge(make_settings(**{"edge.metrics_port": port}))
+    assert wait_for(lambda: loop_age(port) < 2.0)
+    release = threading.Event()
+    original = edge._handle_control
+
+    def stuck() -> None:  # the loop calls this on every pass: it hangs here as on a blocking call
+        release.wait(60)
+        original()
+
+    edge._handle_control = stuck  # type: ignore[method-assign]
+    try:
+        assert wait_for(lambda: loop_age(port) > 3.0)
+        assert get(port, "/metrics")[0] == 200  # still scraped: up stays 1, the gauge tells
+    finally:
+        release.set()
+    assert wait_for(lambda: loop_age(port) < 2.0)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False

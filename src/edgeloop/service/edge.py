@@ -179,6 +179,7 @@ class EdgeService:
         self.subscribed = False
         self.registry_read = False
         self.loop_beat: float | None = None  # monotonic time of the message loop's last pass
+        metrics.LOOP_AGE.set_function(self.loop_age)
         self.models = ModelSync(self.registry, self.engine, settings.model.lags, self._emit, self._swapped)
 
     def _swapped(self) -> None:
@@ -334,6 +335,11 @@ class EdgeService:
             return self.registry.load(scope, version, lags=self.settings.model.lags)
         except (ModelFileError, OSError, ValueError):
             return None
+
+    def loop_age(self) -> float:
+        """Seconds since the message loop's last pass; 0 before it starts (waiting for the broker)."""
+        beat = self.loop_beat
+        return 0.0 if beat is None else time.monotonic() - beat
 
     def liveness(self) -> dict[str, object]:
         """/healthz: the loop and the store writer are alive (and not stalled)."""

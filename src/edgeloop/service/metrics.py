@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 from edgeloop.scopes import parse_label, parse_scope
+from edgeloop.telemetry.schema import EVENT_KINDS, REJECT_REASONS
 
 if TYPE_CHECKING:
     from edgeloop.engine.engine import Engine
@@ -24,6 +25,12 @@ PUBLISH_FAILURES = Counter(
     "edgeloop_publish_failures_total", "Prediction publishes the MQTT client refused (retried at QoS>0)"
 )
 EVENTS = Counter("edgeloop_events_total", "Drift and model events", ["kind"])
+# A labelled series is born at its first increment, and increase() cannot see that first step: an alert
+# on "3 rollbacks in 6 h" would fire at the fourth. Every known label value is exported at 0 from the start.
+for _kind in EVENT_KINDS:
+    EVENTS.labels(kind=_kind)
+for _reason in (*REJECT_REASONS, "duplicate"):
+    DROPPED.labels(reason=_reason)
 RETRAINS = Counter("edgeloop_retrains_requested_total", "Retrains requested", ["trigger"])
 SWAPS = Counter("edgeloop_model_swaps_total", "Models hot-swapped into service")
 MODEL_LOAD_FAILURES = Counter("edgeloop_model_load_failures_total", "Model versions refused at load")
@@ -32,6 +39,12 @@ STORE_ROWS_DROPPED = Counter(
     "edgeloop_store_rows_dropped_total", "Rows dropped because the store could not keep up or write"
 )
 SNAPSHOT_ERRORS = Counter("edgeloop_snapshot_errors_total", "State snapshots that could not be written")
+# Read at scrape time from the message loop's heartbeat, by the HTTP thread: a stuck loop cannot stop it
+# growing, unlike the counters the loop itself increments (received, predictions).
+LOOP_AGE = Gauge(
+    "edgeloop_loop_last_pass_age_seconds",
+    "Seconds since the message loop's last pass (0 until the loop starts); grows while the loop is stuck",
+)
 BATCH_SECONDS = Histogram(
     "edgeloop_batch_seconds",
     "Engine time per batch",
