@@ -6,7 +6,7 @@ DURATION ?= 180
 DEMO_ARGS ?=
 DEPLOY_TOOLS ?= $(VENV)/deploy-tools
 
-.PHONY: demo test deploy-check lint typecheck unit integration e2e faults bench evaluate clean help
+.PHONY: demo test deploy-check lint typecheck unit integration e2e faults bench evaluate lock clean help
 
 help:
 	@echo "make demo      run the whole loop on embedded defaults (DURATION=$(DURATION) s; DEMO_ARGS=...)"
@@ -59,6 +59,13 @@ evaluate: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/edgeloop bench --out build/bench.json
+
+# Pinned, hashed requirements for the images (deploy/docker/Dockerfile): the full set from pyproject and
+# the edge's subset (requirements/edge.in), for every platform the image is built for.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 --no-header
+lock: $(VENV)/.installed
+	$(UV_COMPILE) pyproject.toml -o requirements/full.lock
+	$(UV_COMPILE) requirements/edge.in -o requirements/edge.lock
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache edgeloop-data

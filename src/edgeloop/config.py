@@ -523,9 +523,35 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
                 settings = _override(settings, key, value)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source)) from exc
-    if settings.broker.password_file is not None and not os.access(settings.broker.password_file, os.R_OK):
-        raise ConfigError(f"broker.password_file: cannot read {settings.broker.password_file}")
+    if settings.broker.password_file is not None:
+        check_readable("broker.password_file", settings.broker.password_file)
     return settings
+
+
+def check_readable(key: str, path: Path) -> None:
+    """Raise one-line :class:`ConfigError` naming ``key``, the file, its mode and owner if we cannot read it.
+
+    A secret mounted into a container keeps the host file's owner and mode, so the usual failure is a
+    file made with ``umask 077`` by another user: saying whose it is, its mode and who we run as points
+    at the fix (``chown``/``chmod``, see deploy/docker/secrets/README.md).
+    """
+    try:
+        with path.open("rb"):
+            return
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{key}: cannot read {path}: it is a directory, not a file") from None
+    except OSError as exc:
+        try:
+            st = path.stat()
+            found = f"mode {st.st_mode & 0o7777:04o}, owner uid {st.st_uid} gid {st.st_gid}"
+        except OSError:
+            found = "its folder cannot be searched"
+        raise ConfigError(
+            f"{key}: cannot read {path} ({found}; this process runs as uid {os.getuid()} gid "
+            f"{os.getgid()}): {exc.strerror}"
+        ) from None
 
 
 def _override(settings: Settings, dotted: str, value: Any) -> Settings:

@@ -66,3 +66,14 @@ def test_password_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGELOOP_BROKER_PASSWORD_FILE", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="password_file"):
         load_settings()
+
+
+def test_password_file_that_is_a_directory_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a bind mount of a missing host file used to produce: a directory in its place.
+    (tmp_path / "broker_password").mkdir()
+    monkeypatch.setenv("EDGELOOP_BROKER_PASSWORD_FILE", str(tmp_path / "broker_password"))
+    with pytest.raises(ConfigError, match=r"broker\.password_file: .* it is a directory") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)

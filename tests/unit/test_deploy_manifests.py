@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -68,7 +69,7 @@ def find(kind: str, name: str) -> dict[str, Any]:
 
 def containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     for doc in k8s_objects():
-        if doc["kind"] == "Deployment":
+        if doc["kind"] in ("Deployment", "StatefulSet"):
             pod = doc["spec"]["template"]["spec"]
             for container in pod["containers"]:
                 yield doc["metadata"]["name"], pod, container
@@ -127,23 +128,27 @@ def test_kustomization_references_existing_files() -> None:
     assert "secrets.example.yaml" not in str(kustomization), "the Secret template must never be applied"
 
 
-def test_hpa_targets_the_edge_deployment() -> None:
-    hpa = find("HorizontalPodAutoscaler", "edgeloop-edge")
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    target = hpa["spec"]["scaleTargetRef"]
-    edge = find("Deployment", target["name"])
-    assert (target["kind"], target["apiVersion"]) == ("Deployment", "apps/v1")
-    assert edge["spec"]["template"]["spec"]["containers"][0]["args"][0] == "edge"
-    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
-    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+def test_edge_is_a_statefulset_with_stable_client_ids_and_no_autoscaler() -> None:
+    # Stable pod names = stable client ids (persistent sessions resume) and, on NATS, stable partition
+    # ownership; an HPA behind Mosquitto would split every device's stream between replicas.
+    assert not [d for d in k8s_objects() if d["kind"] == "HorizontalPodAutoscaler"]
+    edge = find("StatefulSet", "edgeloop-edge")
+    assert edge["spec"]["replicas"] == 1
+    service = find("Service", edge["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    container = edge["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "edge"
+    env = {e["name"]: e for e in container["env"]}
+    assert "EDGELOOP_BROKER_SESSION_EXPIRY" not in env  # 0 lost every reading sent during a restart
+    assert env["EDGELOOP_BROKER_CLIENT_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     pdb = find("PodDisruptionBudget", "edgeloop-edge")
     assert pdb["spec"]["selector"]["matchLabels"] == edge["spec"]["selector"]["matchLabels"]
 
 
 def test_edge_probes_and_annotations_use_the_metrics_port() -> None:
-    edge = find("Deployment", "edgeloop-edge")
+    edge = find("StatefulSet", "edgeloop-edge")
     container = edge["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     port = int(env["EDGELOOP_EDGE_METRICS_PORT"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == port
@@ -209,8 +214,12 @@ def test_compose_edge_has_a_healthcheck() -> None:
     "name", ["edgeloop-edge", "edgeloop-trainer", "edgeloop-dashboard", "edgeloop-mlflow"]
 )
 def test_deployment_env_names_are_settings_keys(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    container = find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    kind = "StatefulSet" if name == "edgeloop-edge" else "Deployment"
+    container = find(kind, name)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    for entry in container.get("env", []):
+        if "valueFrom" in entry:
+            settings_path(entry["name"])  # from the downward API or a Secret: still a settings key
     assert env["EDGELOOP_DATA_DIR"] == "/data"
     check_env(env, monkeypatch, yaml.safe_load((K8S / "base" / "edgeloop.yaml").read_text()))
 
@@ -251,6 +260,65 @@ def test_containers_are_locked_down_and_sized() -> None:
             continue  # the broker's own image
         assert pod["securityContext"]["runAsUser"] == 10001, name  # the image's user (Dockerfile)
     assert seen == 5
+    for doc in k8s_objects():
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            assert doc["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+        if doc["kind"] == "PersistentVolumeClaim":
+            assert doc["spec"]["accessModes"] == ["ReadWriteOnce"], doc["metadata"]["name"]
+
+
+def kubectl_binary() -> str:
+    """kubectl from the validators' venv that `make deploy-check` installs (run before the tests), or PATH."""
+    tools = REPO / ".venv" / "deploy-tools" / "bin" / "kubectl"
+    found = str(tools) if tools.exists() else shutil.which("kubectl")
+    assert found, "kubectl not found: run `make deploy-check` first (it installs it in .venv/deploy-tools)"
+    return found
+
+
+def test_kustomize_renders_the_base() -> None:
+    kubectl = kubectl_binary()
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "base")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout)]
+    assert kinds.count("Deployment") == 4 and kinds.count("StatefulSet") == 1
+    assert "HorizontalPodAutoscaler" not in kinds
+
+
+@pytest.mark.parametrize("overlay", ["nats", "fleet", "fleet-nats"])
+def test_kustomize_renders_the_overlays_without_shared_volumes(overlay: str) -> None:
+    kubectl = kubectl_binary()
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert "ReadWriteMany" not in out.stdout
+    workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    for name, workload in workloads.items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+    edge = workloads["edgeloop-edge"]
+    env = {e["name"]: e.get("value") for e in edge["spec"]["template"]["spec"]["containers"][0]["env"]}
+    if "nats" in overlay:
+        assert "edgeloop-mosquitto" not in workloads and "edgeloop-nats" in workloads
+        assert env["EDGELOOP_BROKER_URL"].startswith("nats://")
+        assert int(env["EDGELOOP_EDGE_REPLICAS"]) == edge["spec"]["replicas"] == 3
+    if "fleet" in overlay:
+        # Nothing shared: no data PVC, no one-node affinity, each edge its own RWO volume.
+        assert not [
+            d
+            for d in docs
+            if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "edgeloop-data"
+        ]
+        assert all("affinity" not in w["spec"]["template"]["spec"] for w in workloads.values())
+        assert edge["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert env["EDGELOOP_STORE_URL"].startswith("postgresql://")
 
 
 # -- configuration files and the broker ----------------------------------------------------------------
@@ -303,9 +371,12 @@ def test_mosquitto_check_can_fail() -> None:
 
 def test_dockerfile_is_multistage_non_root_and_secret_free() -> None:
     text = (DOCKER / "Dockerfile").read_text()
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3.11-slim@sha256:[0-9a-f]{64}$", text, re.M)
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2
-    assert "RUN pip install ." in text
+    assert {"edge", "full"} <= set(re.findall(r"^FROM \S+ AS (\S+)$", text, re.M))
+    for lock in ("requirements/edge.lock", "requirements/full.lock"):
+        assert f"--require-hashes --no-deps -r {lock}" in text, lock
+    assert 'ENTRYPOINT ["tini",' in text
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert re.search(r"^HEALTHCHECK ", text, re.M)
@@ -343,6 +414,45 @@ def test_compose_services_images_and_mounts() -> None:
     for secret in compose["secrets"].values():
         assert secret["file"].startswith("./secrets/")
     assert services["mosquitto"]["ports"] == ["127.0.0.1:1883:1883"]
+
+
+# Keys the scale and fleet profiles use that come with the NATS transport (issue 11) and the fleet
+# control plane (issue 12); once Settings has them they are checked like every other key.
+PENDING_KEYS = {
+    "EDGELOOP_EDGE_REPLICAS",
+    "EDGELOOP_EDGE_ORDINAL",
+    "EDGELOOP_STORE_URL",
+    "EDGELOOP_DISTRIBUTION_MODE",
+    "EDGELOOP_DISTRIBUTION_SIGNING_KEY_FILE",
+    "EDGELOOP_DISTRIBUTION_PUBLIC_KEY_FILE",
+}
+
+
+def test_compose_profiles_and_hardening() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert compose["name"] == "edgeloop"
+    assert all(s.get("init") is True for s in services.values()), "every service needs an init (SIGTERM)"
+    assert services["simulator"]["profiles"] == ["demo", "sim"]
+    scale = [n for n, s in services.items() if "scale" in s.get("profiles", [])]
+    edges = sorted(n for n in scale if services[n]["command"][0] == "edge")
+    assert len(edges) == 3 and "nats" in scale
+    assert sorted(services[n]["environment"]["EDGELOOP_EDGE_ORDINAL"] for n in edges) == ["0", "1", "2"]
+    assert {services[n]["environment"]["EDGELOOP_EDGE_REPLICAS"] for n in edges} == {"3"}
+    assert compose["configs"]["nats_conf"]["file"] == "../nats/nats-server.conf"
+    fleet = {n: s for n, s in services.items() if "fleet" in s.get("profiles", [])}
+    assert {"postgres", "mlflow-server"} <= fleet.keys()
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
+            # A short-syntax bind of a missing file creates a directory in its place.
+            assert not source.startswith((".", "/")), f"{name}: bind mount {source}: use configs/secrets"
+        env = service.get("environment", {})
+        for key in env:
+            if key.startswith("EDGELOOP_") and key not in PENDING_KEYS and key not in DASHBOARD_ENV:
+                settings_path(key)
+        if "EDGELOOP_DISTRIBUTION_SIGNING_KEY_FILE" in env:
+            assert service["command"][0] == "trainer", "only trainers hold the signing key"
 
 
 @pytest.mark.parametrize("service", ["edge", "trainer", "simulator", "dashboard", "mlflow"])
@@ -449,10 +559,11 @@ def test_prometheus_configs_load_the_rules() -> None:
             "/etc/prometheus/alerts.yml"
         ]
     compose = yaml.safe_load(COMPOSE.read_text())
-    assert (
-        "../observability/alerts.yml:/etc/prometheus/alerts.yml:ro"
-        in compose["services"]["prometheus"]["volumes"]
-    )
+    mounted = {
+        c["target"]: compose["configs"][c["source"]]["file"]
+        for c in compose["services"]["prometheus"]["configs"]
+    }
+    assert mounted["/etc/prometheus/alerts.yml"] == "../observability/alerts.yml"
 
 
 def test_filebeat_and_logstash_agree_on_the_service_field() -> None:
@@ -493,7 +604,9 @@ SECRET_ASSIGNMENT = re.compile(
         ["']? \s* (?:=>|:|=) [ \t]* (\S.*)?$"""
 )
 # Values that are not a secret: <placeholders>, ${VAR}, {{ jinja }}, $(command), file paths, YAML blocks.
-PLACEHOLDER = re.compile(r"""^["']?(<|\$\{|\{\{|\$\(|%d/|\.{0,2}/|\||>|\*+|CHANGE_?ME|null|["']?$)""", re.I)
+PLACEHOLDER = re.compile(
+    r"""^["']?(<|\$\{|\{\{|\$\(|\$[A-Z_]+\b|%d/|\.{0,2}/|\||>|\*+|CHANGE_?ME|null|false|true|["']?$)""", re.I
+)
 SECRET_SHAPES = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     re.compile(r"^\s*[\w.-]+:\$[67]\$\d+\$[A-Za-z0-9+/=]{8,}", re.M),  # a mosquitto_passwd hash line
@@ -537,3 +650,33 @@ def test_no_real_secrets_in_deploy_files(path: Path) -> None:
 def test_vault_password_files_are_git_ignored() -> None:
     ignored = (ANSIBLE / ".gitignore").read_text().splitlines()
     assert ".vault_pass*" in ignored and "*.vault-password" in ignored
+
+
+# -- lock files ----------------------------------------------------------------------------------------
+
+
+def _names(lines: list[str]) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]
+            out[re.sub(r"[-_.]+", "-", name).lower()] = line
+    return out
+
+
+def test_lock_files_follow_pyproject() -> None:
+    import tomllib
+
+    deps = _names(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    edge_in = _names((REPO / "requirements/edge.in").read_text().splitlines())
+    for name, spec in edge_in.items():
+        assert deps.get(name) == spec, (
+            f"requirements/edge.in {spec!r} differs from pyproject ({deps.get(name)!r})"
+        )
+    for lock, wanted in (("full.lock", deps), ("edge.lock", edge_in)):
+        text = (REPO / "requirements" / lock).read_text()
+        pinned = {re.sub(r"[-_.]+", "-", m).lower() for m in re.findall(r"^([A-Za-z0-9_.-]+)==", text, re.M)}
+        missing = set(wanted) - pinned
+        assert not missing, f"requirements/{lock} lacks {sorted(missing)}: run `make lock`"
+        assert "--hash=sha256:" in text
