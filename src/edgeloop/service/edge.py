@@ -204,7 +204,7 @@ class EdgeService:
                 return
             self._sync_models()
             self.registry_read = True
-            if self.state is not None and not self.transport.rebuilds_state:
+            if self.state is not None:
                 self.state.restore()  # after the models: the state says which model each device was on
             self.transport.subscribe()
             self.subscribed = True
@@ -273,7 +273,8 @@ class EdgeService:
             on_error=lambda op: metrics.STORE_ERRORS.labels(op=op).inc(),
             on_drop=metrics.STORE_ROWS_DROPPED.inc,
         )
-        if s.edge.snapshot_interval > 0:
+        # A transport that rebuilds device state from its stream (NATS) replaces the local snapshot.
+        if s.edge.snapshot_interval > 0 and not self.transport.rebuilds_state:
             self.state = StateKeeper(
                 self.engine,
                 self.snapshot_path,
