@@ -6,13 +6,14 @@ DURATION ?= 180
 DEMO_ARGS ?=
 DEPLOY_TOOLS ?= $(VENV)/deploy-tools
 
-.PHONY: demo test deploy-check lint typecheck unit integration e2e faults bench evaluate lock clean help
+.PHONY: demo test deploy-check lint typecheck unit integration e2e faults scale-test bench evaluate lock clean help
 
 help:
 	@echo "make demo      run the whole loop on embedded defaults (DURATION=$(DURATION) s; DEMO_ARGS=...)"
 	@echo "make test      lint, type check, deploy-check and the whole test suite"
 	@echo "make deploy-check  validate compose, Kubernetes, Ansible, Dockerfile, alerts, CI with the real tools"
 	@echo "make faults    the fault suite on real components; prints the Reliability table"
+	@echo "make scale-test  3 edges on a private NATS JetStream, 200 MQTT devices, kill -9 and 3 -> 2 replicas"
 	@echo "make evaluate  replay real recordings and simulator scenarios through the engine (build/eval)"
 	@echo "make bench     end-to-end throughput and latency through a private broker (build/bench.json)"
 
@@ -53,6 +54,10 @@ e2e: $(VENV)/.installed
 faults: $(VENV)/.installed
 	rm -f build/reliability.jsonl
 	$(BIN)/pytest -q tests/faults
+
+scale-test: $(VENV)/.installed
+	@rm -f build/scale-test.json
+	@$(BIN)/pytest -q -s tests/faults/test_scale_nats.py; status=$$?; cat build/scale-test.json 2>/dev/null; exit $$status
 
 evaluate: $(VENV)/.installed
 	$(BIN)/edgeloop evaluate --dataset all --out build/eval

@@ -14,6 +14,8 @@ environment variables with a single underscore after the section name, e.g.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -42,7 +44,9 @@ class _Section(BaseModel):
 
 class BrokerSettings(_Section):
     url: str = Field(
-        "mqtt://127.0.0.1:1883", description="Broker URL: mqtt://[user:pass@]host:port or mqtts://..."
+        "mqtt://127.0.0.1:1883",
+        description="Broker URL: mqtt://[user:pass@]host:port or mqtts://...; nats://host:4222 or tls://... "
+        "selects NATS JetStream",
     )
     username: str | None = Field(None, description="Username for broker auth (none: anonymous)")
     password: SecretStr | None = Field(None, description="Password for broker auth; prefer password_file")
@@ -53,6 +57,20 @@ class BrokerSettings(_Section):
     tls_cert_file: Path | None = Field(None, description="Client certificate for mutual TLS")
     tls_key_file: Path | None = Field(None, description="Client private key for mutual TLS")
     tls_insecure: bool = Field(False, description="Skip hostname verification (testing only)")
+    creds_file: Path | None = Field(None, description="NATS only: user credentials file (JWT and nkey seed)")
+    nkey_file: Path | None = Field(None, description="NATS only: file holding the user's nkey seed")
+    partitions: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="NATS only: device partitions P of the server's telemetry mapping (same on every edge)",
+    )
+    history: int = Field(
+        2000,
+        ge=10,
+        description="NATS only: readings per device the telemetry stream keeps; a new owner rebuilds a "
+        "device's state from them",
+    )
     client_id: str = Field("", description="MQTT client id; empty: derived from role, host and pid")
     keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
     qos: int = Field(1, ge=0, le=2, description="QoS for telemetry subscription and published predictions")
@@ -102,11 +120,24 @@ class BrokerSettings(_Section):
     @classmethod
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"scheme must be mqtt:// or mqtts://, got {value!r}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl", "nats", "tls"):
+            raise ValueError(f"scheme must be mqtt://, mqtts://, nats:// or tls://, got {value!r}")
         if not parts.hostname:
             raise ValueError(f"no host in {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_transport_keys(self) -> BrokerSettings:
+        if self.transport == "mqtt" and (self.creds_file is not None or self.nkey_file is not None):
+            raise ValueError("broker.creds_file and broker.nkey_file need a nats:// or tls:// broker.url")
+        if self.creds_file is not None and self.nkey_file is not None:
+            raise ValueError("set one of broker.creds_file and broker.nkey_file, not both")
+        return self
+
+    @property
+    def transport(self) -> Literal["mqtt", "nats"]:
+        """Which transport the URL selects: NATS JetStream for nats:// and tls://, else MQTT."""
+        return "nats" if urlsplit(self.url).scheme in ("nats", "tls") else "mqtt"
 
     @property
     def host(self) -> str:
@@ -114,12 +145,16 @@ class BrokerSettings(_Section):
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.tls_ca_file is not None
+        return urlsplit(self.url).scheme in ("mqtts", "ssl", "tls") or self.tls_ca_file is not None
 
     @property
     def port(self) -> int:
         parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+        if parts.port:
+            return parts.port
+        if self.transport == "nats":
+            return 4222
+        return 8883 if parts.scheme in ("mqtts", "ssl") else 1883
 
     def resolved_password(self) -> str | None:
         """The password from ``password_file`` if set, else ``password``."""
@@ -353,6 +388,42 @@ class EdgeSettings(_Section):
     retrain: Literal["local", "mqtt"] = Field(
         "local", description="Retrain in a local worker process, or ask a trainer service over MQTT"
     )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Edge replicas R sharing the site (NATS only): replica r owns partitions p, p mod R == r",
+    )
+    ordinal: int | None = Field(
+        None,
+        ge=0,
+        description="This replica's number r (0..R-1); null: the host name's trailing number (edge-2: 2)",
+    )
+
+    def resolved_ordinal(self, hostname: str | None = None) -> int:
+        """``ordinal``, else the trailing number of the host name (a StatefulSet pod ``edge-2`` is 2).
+
+        >>> EdgeSettings(replicas=3).resolved_ordinal("edge-2")
+        2
+        >>> EdgeSettings(replicas=3, ordinal=1).resolved_ordinal("edge-2")
+        1
+        >>> EdgeSettings().resolved_ordinal("edge-7")  # one replica
+        0
+        """
+        if self.ordinal is not None:
+            return self.ordinal
+        if self.replicas == 1:
+            return 0  # one replica owns every partition, whatever the host is called
+        name = socket.gethostname() if hostname is None else hostname
+        found = re.search(r"(\d+)$", name.split(".")[0])
+        if found:
+            return int(found.group(1))
+        if self.replicas > 1:
+            raise ValueError(
+                f"edge.ordinal is not set and the host name {name!r} has no trailing number; "
+                "set edge.ordinal (EDGELOOP_EDGE_ORDINAL) to this replica's number"
+            )
+        return 0
 
 
 class RetrainSettings(_Section):
@@ -435,12 +506,31 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Settings:
+        return self.check_cross_fields()
+
+    def check_cross_fields(self) -> Settings:
+        """Rules across sections; raises ValueError naming the keys."""
         if self.drift.policy == "rmse-threshold" and self.drift.threshold is None:
             raise ValueError("drift.threshold is required when drift.policy is rmse-threshold")
         if self.edge.inbox_max < self.broker.receive_maximum:
             # The broker's flow control must fill first; a full inbox stalls paho's network thread,
             # which would also hold back the acknowledgements of our own predictions.
             raise ValueError("edge.inbox_max must be at least broker.receive_maximum")
+        if self.broker.transport == "mqtt" and self.edge.replicas > 1:
+            # MQTT shared subscriptions hand a device's readings to every replica in turn.
+            raise ValueError(
+                "edge.replicas > 1 needs a NATS broker.url (nats:// or tls://): MQTT shared subscriptions "
+                "split each device's readings between the replicas"
+            )
+        if self.broker.transport == "nats":
+            if self.edge.retrain == "mqtt":
+                raise ValueError("edge.retrain: mqtt needs an MQTT broker.url; with NATS use local")
+            ordinal = self.edge.resolved_ordinal()
+            if ordinal >= self.edge.replicas:
+                raise ValueError(
+                    f"edge.ordinal {ordinal} must be below edge.replicas {self.edge.replicas}"
+                    + ("" if self.edge.ordinal is not None else " (taken from the host name)")
+                )
         return self
 
     @classmethod
@@ -521,8 +611,12 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         for key, value in overrides.items():
             if value is not None:
                 settings = _override(settings, key, value)
+        if overrides:
+            settings.check_cross_fields()  # the copies made by _override skip the model validator
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source)) from exc
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration ({source}): {exc}") from exc
     if settings.broker.password_file is not None:
         check_readable("broker.password_file", settings.broker.password_file)
     return settings

@@ -603,9 +603,11 @@ SECRET_ASSIGNMENT = re.compile(
         (password|passwd|token|api[_-]?key|client[_-]?secret|secret[_-]?key|private[_-]?key)
         ["']? \s* (?:=>|:|=) [ \t]* (\S.*)?$"""
 )
-# Values that are not a secret: <placeholders>, ${VAR}, {{ jinja }}, $(command), file paths, YAML blocks.
+# Values that are not a secret: <placeholders>, ${VAR}, $VAR (nats-server's environment references),
+# {{ jinja }}, $(command), file paths, YAML blocks.
 PLACEHOLDER = re.compile(
-    r"""^["']?(<|\$\{|\{\{|\$\(|\$[A-Z_]+\b|%d/|\.{0,2}/|\||>|\*+|CHANGE_?ME|null|false|true|["']?$)""", re.I
+    r"""^["']?(<|\$\{|(?-i:\$[A-Z_][A-Z0-9_]*$)|\{\{|\$\(|%d/|\.{0,2}/|\||>|\*+|CHANGE_?ME|null|false|true|["']?$)""",
+    re.I,
 )
 SECRET_SHAPES = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -627,6 +629,8 @@ def test_secret_scan_can_fail() -> None:
     assert secret_findings("broker_password: hunter2")
     assert secret_findings('ENV API_KEY="abc123"')
     assert secret_findings("edgeloop:$7$101$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNo")
+    assert secret_findings("password: $hunter2")
+    assert not secret_findings("password: $EDGELOOP_NATS_EDGE_PASSWORD")
     assert not secret_findings('  password: "<set with kubectl create secret>"\npassword_file: /run/x')
     assert not secret_findings("password_file: secrets/pw\nEDGELOOP_BROKER_PASSWORD_FILE=/run/pw")
 

@@ -10,17 +10,9 @@ recognises them.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from edgeloop.adapters.transport import Received
 
-
-class Received(NamedTuple):
-    """One message from paho's thread: what the loop needs to answer it and then acknowledge it."""
-
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    connection: int  # MqttSession.connection when it arrived; packet ids are per connection
+__all__ = ["AnsweredMemory", "Received"]
 
 
 class _Answered:

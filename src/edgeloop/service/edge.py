@@ -1,9 +1,10 @@
-"""The edge service: MQTT in, engine, predictions and events out, store and models around it.
+"""The edge service: telemetry in, engine, predictions and events out, store and models around it.
 
-Threads: paho's network thread only appends raw messages to a bounded inbox; one loop thread takes
-them in batches, runs the engine, publishes predictions on a second connection (the outbox), hands
-rows to the store writer thread, and between batches swaps models, dispatches retrains and writes
-status. Training runs in another process, so nothing here ever waits for it.
+Threads: the transport's thread (paho's network thread for MQTT, an asyncio loop for NATS, see
+:mod:`edgeloop.adapters.transport`) only appends raw messages to a bounded inbox; one loop thread
+takes them in batches, runs the engine, hands predictions to the transport, rows to the store writer
+thread, and between batches swaps models, dispatches retrains and writes status. Training runs in
+another process, so nothing here ever waits for it.
 
 Start-up order: the data dir is checked and the store opened first (a bad data dir is refused with
 one line before anything else starts), then the health endpoint, the broker (waited for up to
@@ -12,14 +13,19 @@ only then the subscriptions. Every ``edge.snapshot_interval`` seconds and at shu
 state is snapshotted; /healthz and /readyz report on the loop, the store writer, the connection and
 the subscriptions.
 
-Delivery is at-least-once end to end: a QoS 1 reading is acknowledged (paho's manual acks) only
-after its prediction was handed to paho and its row to the store writer; readings not answered at
-shutdown are left unacknowledged, so the broker delivers them to the next run; redelivered readings
-answered before are dropped as ``duplicate``. Backpressure: the broker should have at most
-``broker.receive_maximum`` unacknowledged readings with us (its flow control holds back the rest,
-and the producers with it); when the inbox fills anyway (QoS 0 has no flow control, and Mosquitto
-2.0.11 was seen to exceed the window) paho's input thread stops reading the socket until there is
-room. The loop takes no readings while the outbox has many predictions unacknowledged.
+Delivery is at-least-once end to end: a QoS 1 reading is acknowledged (paho's manual acks, a
+JetStream ack) only after its prediction was handed to the transport and its row to the store
+writer; readings not answered at shutdown are left unacknowledged, so the broker delivers them to
+the next run; redelivered readings answered before are dropped as ``duplicate``. Backpressure: the
+broker should have at most ``broker.receive_maximum`` unacknowledged readings with us (its flow
+control holds back the rest, and the producers with it); when the inbox fills anyway (QoS 0 has no
+flow control, and Mosquitto 2.0.11 was seen to exceed the window) paho's input thread stops reading
+the socket until there is room. The loop takes no readings while the outbox has many predictions
+unacknowledged.
+
+Readings the transport marks ``replay`` (NATS: a partition's history, when this replica takes it
+over) go through the engine only, to rebuild the devices' state; they are not answered again. A
+transport that rebuilds state that way replaces the local state snapshot.
 """
 
 from __future__ import annotations
@@ -36,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from paho.mqtt.client import error_string as mqtt_error_string
-from paho.mqtt.enums import MQTTErrorCode
 
-from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
+from edgeloop.adapters.mqtt import default_client_id, topic_for
+from edgeloop.adapters.mqtt_transport import MqttTransport
+from edgeloop.adapters.transport import Inbox, make_transport
 from edgeloop.adapters.writer import StoreWriter, check_data_dir
 from edgeloop.config import Settings, Span
 from edgeloop.drift import make_guarded
@@ -60,10 +66,8 @@ from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_
 log = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
-INBOX_FULL_PAUSE = 0.002  # seconds paho's thread sleeps before looking for room in a full inbox
 PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
 SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
-OUTGOING_HIGH_WATER = 2000  # predictions paho holds unacknowledged before the loop waits for the broker
 OUTBOX_BUSY_PAUSE = 0.005  # seconds the loop sleeps while the outbox is busy (it keeps ticking)
 LOOP_STALL = 60.0  # seconds without a pass of the message loop before /healthz fails
 WRITER_STALL = 120.0  # the same for the store writer (one commit may wait 30 s on a locked database)
@@ -102,6 +106,7 @@ class EdgeStats:
     predictions: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     publish_failures: int = 0
+    rebuilt: int = 0  # readings replayed into the engine to rebuild state (not answered again)
     swaps: int = 0
     retrains_requested: int = 0
     retrains_failed: int = 0
@@ -120,12 +125,8 @@ class EdgeService:
         self.engine = build_engine(settings)
         self.registry = LocalRegistry(settings.models_dir)
         self.stats = EdgeStats()
-        # A SimpleQueue bounded by a size check in _on_message: queue.Queue(maxsize) costs a lock
-        # round trip per reading on both threads.
-        self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
-        self._inbox_max = settings.edge.inbox_max
-        self._accepting = True  # False from shutdown on: new deliveries stay unacknowledged
-        self._left_at_shutdown = 0
+        self.inbox = Inbox(settings.edge.inbox_max)
+        self._inbox = self.inbox.queue
         # As many devices as the engine keeps state for: a reading of any other is refused anyway.
         self._answered = AnsweredMemory(settings.limits.max_devices)
         # Predictions paho refused, retried before the next batch; the batch they answer waits
@@ -142,33 +143,16 @@ class EdgeService:
         self._dropped_since_log: Counter[str] = Counter()
         self._protocol = protocol
         self.client_id = settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True)
-        self.session = MqttSession(
-            settings.broker,
-            role="edge",
-            client_id=self.client_id,
-            # Resume the broker's session (and the telemetry it queued while we were away) unless
-            # sessions are configured not to outlive a connection.
-            clean_start=settings.broker.session_expiry == 0,
-            session_expiry=settings.broker.session_expiry,
-            protocol=protocol,  # type: ignore[arg-type]
-            on_message=self._on_message,
-            manual_ack=True,
-        )
-        # Predictions leave on a connection of their own. When the inbox is full, paho's thread of the
-        # input connection stops (that is the backpressure); the acknowledgements of our predictions
-        # must keep arriving meanwhile, or paho's outgoing queue grows without bound.
-        self.outbox = MqttSession(
-            settings.broker,
-            role="edge-out",
-            client_id=f"{self.client_id}-out",
-            clean_start=settings.broker.session_expiry == 0,
-            session_expiry=settings.broker.session_expiry,
-            protocol=protocol,  # type: ignore[arg-type]
+        self.transport = make_transport(
+            settings, self.inbox, self._control.put, client_id=self.client_id, protocol=protocol
         )
         if dispatcher is not None:
             self.dispatcher: Dispatcher = dispatcher
         elif settings.edge.retrain == "mqtt":
-            self.dispatcher = MqttDispatcher(self.session, topic_for(settings.topics.retrain, site=self.site))
+            assert isinstance(self.transport, MqttTransport)  # the config refuses it with NATS
+            self.dispatcher = MqttDispatcher(
+                self.transport.session, topic_for(settings.topics.retrain, site=self.site)
+            )
         else:
             self.dispatcher = LocalDispatcher(settings)
         self.retrains = Retrains(RetryPolicy.from_settings(settings.retrain))
@@ -185,19 +169,10 @@ class EdgeService:
     def _swapped(self) -> None:
         self.stats.swaps += 1
 
-    # -- paho's thread: enqueue only --------------------------------------------------------------
-    def _on_message(self, message: Any) -> None:
-        connection = self.session.connection
-        if message.topic == self._events_topic:
-            self._control.put(message.payload)
-            self.session.ack(message.mid, message.qos, connection)
-            return
-        while self._inbox.qsize() >= self._inbox_max and self._accepting:
-            time.sleep(INBOX_FULL_PAUSE)  # not reading the socket: TCP and the broker hold back
-        if self._accepting:
-            self._inbox.put(Received(message.topic, message.payload, message.mid, message.qos, connection))
-        else:
-            self._left_at_shutdown += 1  # unacknowledged: the broker delivers it to the next run
+    @property
+    def session(self) -> Any:
+        """The MQTT input session (MQTT transport only; tests and the MQTT dispatcher use it)."""
+        return getattr(self.transport, "session", None)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> EdgeService:
@@ -207,8 +182,7 @@ class EdgeService:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        self.session.cancel()
-        self.outbox.cancel()
+        self.transport.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -233,22 +207,13 @@ class EdgeService:
             self.registry_read = True
             if self.state is not None:
                 self.state.restore()  # after the models: the state says which model each device was on
-            group = s.broker.shared_group if self._protocol == "5" else None
-            self.session.subscribe(
-                s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group
-            )
-            self.session.subscribe([self._events_topic], qos=1)
+            self.transport.subscribe()
             self.subscribed = True
         except BaseException:
             self._close_storage(final_snapshot=False)
             self.dispatcher.close()
             raise
-        log.info(
-            "edge up: site %s, targets %s, subscribed %s",
-            self.site,
-            s.model.targets,
-            s.topics.telemetry_filters(self.site),
-        )
+        log.info("edge up: site %s, targets %s, %s", self.site, s.model.targets, self.transport.describe())
         # Everything alive now lives as long as the service: keep it out of the cyclic collector,
         # whose full passes over it paused the loop 50-105 ms every few seconds (bench, 1,000 devices).
         gc.collect()
@@ -286,10 +251,9 @@ class EdgeService:
 
     # -- storage, state and health ----------------------------------------------------------------
     def _connect(self) -> bool:
-        """Connect both sessions; False if the edge was stopped while waiting for the broker."""
+        """Connect the transport; False if the edge was stopped while waiting for the broker."""
         try:
-            self.session.start()
-            self.outbox.start()
+            self.transport.start()
         except BrokerError:
             if self._stop.is_set():
                 log.info("edge stopped while waiting for the broker")
@@ -310,7 +274,8 @@ class EdgeService:
             on_error=lambda op: metrics.STORE_ERRORS.labels(op=op).inc(),
             on_drop=metrics.STORE_ROWS_DROPPED.inc,
         )
-        if s.edge.snapshot_interval > 0:
+        # A transport that rebuilds device state from its stream (NATS) replaces the local snapshot.
+        if s.edge.snapshot_interval > 0 and not self.transport.rebuilds_state:
             self.state = StateKeeper(
                 self.engine,
                 self.snapshot_path,
@@ -360,7 +325,7 @@ class EdgeService:
     def readiness(self) -> dict[str, object]:
         """/readyz: connected to the broker, subscribed, registry read, and alive."""
         return {
-            "connected": self.session.connected and self.outbox.connected,
+            "connected": self.transport.connected,
             "subscribed": self.subscribed,
             "registry_read": self.registry_read,
             "alive": all(v for k, v in self.liveness().items() if not k.startswith("_")),
@@ -370,16 +335,15 @@ class EdgeService:
         # Stop taking deliveries, answer and acknowledge what is in the inbox, then disconnect: paho
         # sends the predictions and acks before its DISCONNECT. Deliveries after this point stay
         # unacknowledged and come again to the next run (with a persistent session).
-        self._accepting = False
+        self.inbox.accepting = False
         deadline = time.monotonic() + SHUTDOWN_RETRY_S
         while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
             time.sleep(PUBLISH_RETRY_PAUSE)
-        if not self._unsent and self.outbox.connected:  # else predictions would die with paho's queue
+        if not self._unsent and self.transport.connected:  # else predictions would die in its queue
             self._drain(deadline)
         self.subscribed = False
-        self.outbox.close()  # waits until the last prediction is out
-        self.session.close()  # the acks queued above go out before its DISCONNECT
-        left = len(self._unacked) + self._inbox.qsize() + self._left_at_shutdown
+        self.transport.close()  # predictions first, then the acks queued above, then disconnect
+        left = len(self._unacked) + self._inbox.qsize() + self.inbox.left
         if left:
             log.warning("%d readings left unacknowledged at shutdown; the broker delivers them again", left)
         self._close_storage(final_snapshot=True)
@@ -419,6 +383,44 @@ class EdgeService:
 
     # -- the batch path ---------------------------------------------------------------------------
     def _handle(self, batch: list[Received]) -> None:
+        if any(item.replay for item in batch):
+            # A device's history always precedes its live readings in the inbox: rebuild in order.
+            start = 0
+            for end in range(1, len(batch) + 1):
+                if end == len(batch) or batch[end].replay != batch[start].replay:
+                    part = batch[start:end]
+                    if part[0].replay:
+                        self._rebuild(part)
+                    else:  # replay comes from NATS, whose publish never refuses: no _unsent to keep
+                        self._answer(part)
+                    start = end
+            return
+        self._answer(batch)
+
+    def _rebuild(self, history: list[Received]) -> None:
+        """Feed readings answered before (by any replica) to the engine: state only, nothing sent."""
+        readings: list[Telemetry] = []
+        seen = self._answered.seen
+        for item in history:
+            try:
+                reading = self.parser.parse(item.topic, item.payload)
+            except MessageError:
+                continue  # dropped when it was answered, too
+            if not seen(reading.device, reading.seq, reading.ts):
+                readings.append(reading)
+        if not readings:
+            return
+        out = self.engine.process(readings)
+        # Its predictions, rows and events went out when the readings were answered. Retrain requests
+        # are kept: the engine now waits for their answer, and a repeated retrain is harmless.
+        for request in out.retrains:
+            self.stats.retrains_requested += 1
+            self.retrains.add(request)
+        if out.retrains:
+            self._dispatch_due()
+        self.stats.rebuilt += len(readings)
+
+    def _answer(self, batch: list[Received]) -> None:
         readings: list[Telemetry] = []
         seen = self._answered.seen
         for item in batch:
@@ -463,44 +465,29 @@ class EdgeService:
         self._after_engine(out)
 
     def _outbox_busy(self) -> bool:
-        # Backpressure for our own output: while the broker has not acknowledged many predictions (or
-        # the outbox is disconnected), take no new readings, so their acks wait and the broker and
-        # the inbox bound hold the producers back instead of paho's queue growing. The outbox's
-        # thread never waits for this loop, so waiting cannot deadlock.
-        return not self.outbox.connected or self.outbox.outgoing > OUTGOING_HIGH_WATER
+        # Backpressure for our own output: see Transport.busy.
+        return self.transport.busy
 
     def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-        """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
-        qos = self.settings.broker.qos
-        publish = self.outbox.publish
-        refused: list[tuple[str, bytes]] = []
-        failed = 0
-        for topic, payload in messages:
-            rc = publish(topic, payload, qos=qos).rc
-            # At QoS>0 paho keeps a message published while disconnected and sends it on reconnect.
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
-                continue
-            failed += 1
-            if qos:
-                refused.append((topic, payload))
-            last_rc = rc
+        """Hand predictions to the transport; returns those it refused (kept for a retry at QoS>0)."""
+        refused, failed, why = self.transport.publish(messages)
         if failed:
-            self._publish_failed(failed, last_rc, retried=bool(qos))
+            self._publish_failed(failed, why, retried=bool(refused))
         sent = len(messages) - failed
         self.stats.predictions += sent
         metrics.PREDICTIONS.inc(sent)
         return refused
 
-    def _publish_failed(self, count: int, rc: MQTTErrorCode, *, retried: bool) -> None:
+    def _publish_failed(self, count: int, why: str, *, retried: bool) -> None:
         self.stats.publish_failures += count
         metrics.PUBLISH_FAILURES.inc(count)
         now = time.monotonic()
         if now - self._last_publish_log >= DROP_LOG_INTERVAL:
             self._last_publish_log = now
             log.warning(
-                "paho refused %d prediction(s) (%s); %s",
+                "the transport refused %d prediction(s) (%s); %s",
                 count,
-                mqtt_error_string(rc),
+                why,
                 "retrying; their readings stay unacknowledged meanwhile" if retried else "lost (QoS 0)",
             )
 
@@ -514,10 +501,7 @@ class EdgeService:
         return True
 
     def _ack(self, batch: list[Received]) -> None:
-        ack = self.session.ack
-        for item in batch:
-            if item.qos:
-                ack(item.mid, item.qos, item.connection)
+        self.transport.ack(batch)
 
     def _after_engine(self, out: EngineOutput) -> None:
         for request in out.retrains:
@@ -549,7 +533,7 @@ class EdgeService:
             self._last_drop_log = now
 
     def _emit(self, events: list[Event]) -> None:
-        alerts.offer(self, self.settings, events, self.session.publish)
+        alerts.offer(self, self.settings, events, self.transport.publish_alert)
         if not events:
             return
         assert self.writer is not None
@@ -558,7 +542,7 @@ class EdgeService:
             self.stats.events.append(event)
             metrics.EVENTS.labels(kind=event.kind).inc()
             log.info("event %s %s: %s", event.kind, event.scope, event.reason)
-            self.session.publish(self._events_topic, orjson.dumps(event.to_dict(self.site)), qos=1)
+            self.transport.publish_event(self._events_topic, orjson.dumps(event.to_dict(self.site)))
 
     # -- retrains: the bookkeeping decides, the dispatcher moves the attempts ----------------------
     def _dispatch_due(self) -> None:

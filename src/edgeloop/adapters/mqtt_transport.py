@@ -1,0 +1,138 @@
+"""The edge's MQTT transport: telemetry in on one paho connection, predictions out on another.
+
+paho's network thread of the input connection only appends messages to the edge's inbox; when the
+inbox is full it stops reading the socket until there is room (TCP and the broker's flow control
+hold the producers back). Predictions leave on a connection of their own: while the input thread
+waits, the acknowledgements of our predictions must keep arriving, or paho's outgoing queue grows
+without bound. QoS 1 readings are acknowledged with paho's manual acks, on the connection that
+delivered them (a packet id means nothing on a later one; the broker delivers those again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from paho.mqtt.client import error_string as mqtt_error_string
+from paho.mqtt.enums import MQTTErrorCode
+
+from edgeloop.adapters.mqtt import MqttSession, topic_for
+from edgeloop.adapters.transport import Inbox, Received
+from edgeloop.config import Settings
+
+OUTGOING_HIGH_WATER = 2000  # predictions paho holds unacknowledged before the loop waits for the broker
+
+
+class MqttTransport:
+    kind = "mqtt"
+    rebuilds_state = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        inbox: Inbox,
+        control: Callable[[bytes], None],
+        *,
+        client_id: str,
+        protocol: str = "5",
+    ) -> None:
+        self.settings = settings
+        self.inbox = inbox
+        self.control = control
+        self.protocol = protocol
+        self.events_topic = topic_for(settings.topics.events, site=settings.site)
+        broker = settings.broker
+        self.session = MqttSession(
+            broker,
+            role="edge",
+            client_id=client_id,
+            # Resume the broker's session (and the telemetry it queued while we were away) unless
+            # sessions are configured not to outlive a connection.
+            clean_start=broker.session_expiry == 0,
+            session_expiry=broker.session_expiry,
+            protocol=protocol,  # type: ignore[arg-type]
+            on_message=self._on_message,
+            manual_ack=True,
+        )
+        self.outbox = MqttSession(
+            broker,
+            role="edge-out",
+            client_id=f"{client_id}-out",
+            clean_start=broker.session_expiry == 0,
+            session_expiry=broker.session_expiry,
+            protocol=protocol,  # type: ignore[arg-type]
+        )
+
+    # -- paho's thread: enqueue only --------------------------------------------------------------
+    def _on_message(self, message: Any) -> None:
+        connection = self.session.connection
+        if message.topic == self.events_topic:
+            self.control(message.payload)
+            self.session.ack(message.mid, message.qos, connection)
+            return
+        self.inbox.put_waiting(Received(message.topic, message.payload, message.mid, message.qos, connection))
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected and self.outbox.connected
+
+    def start(self) -> None:
+        self.session.start()
+        self.outbox.start()
+
+    def cancel(self) -> None:
+        self.session.cancel()
+        self.outbox.cancel()
+
+    def subscribe(self) -> None:
+        s = self.settings
+        group = s.broker.shared_group if self.protocol == "5" else None
+        self.session.subscribe(s.topics.telemetry_filters(s.site), qos=s.broker.qos, shared_group=group)
+        self.session.subscribe([self.events_topic], qos=1)
+
+    def describe(self) -> str:
+        return f"MQTT {self.settings.broker.host}:{self.settings.broker.port}, subscribed " + ", ".join(
+            self.settings.topics.telemetry_filters(self.settings.site)
+        )
+
+    def ack(self, batch: Sequence[Received]) -> None:
+        ack = self.session.ack
+        for item in batch:
+            if item.qos:
+                ack(item.mid, item.qos, item.connection)
+
+    @property
+    def busy(self) -> bool:
+        # While the broker has not acknowledged many predictions (or the outbox is disconnected) the
+        # edge takes no new readings, so their acks wait and the broker and the inbox bound hold the
+        # producers back instead of paho's queue growing. The outbox's thread never waits for the
+        # edge, so waiting cannot deadlock.
+        return not self.outbox.connected or self.outbox.outgoing > OUTGOING_HIGH_WATER
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], int, str]:
+        """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
+        qos = self.settings.broker.qos
+        publish = self.outbox.publish
+        refused: list[tuple[str, bytes]] = []
+        failed = 0
+        last_rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        for topic, payload in messages:
+            rc = publish(topic, payload, qos=qos).rc
+            # At QoS>0 paho keeps a message published while disconnected and sends it on reconnect.
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+                continue
+            failed += 1
+            if qos:
+                refused.append((topic, payload))
+            last_rc = rc
+        return refused, failed, mqtt_error_string(last_rc) if failed else ""
+
+    def publish_event(self, topic: str, payload: bytes) -> None:
+        self.session.publish(topic, payload, qos=1)
+
+    def publish_alert(self, topic: str, payload: bytes) -> Any:
+        return self.session.publish(topic, payload)
+
+    def close(self) -> None:
+        self.outbox.close()  # waits until the last prediction is out
+        self.session.close()  # the acks queued before go out before its DISCONNECT

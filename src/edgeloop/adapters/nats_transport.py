@@ -1,0 +1,533 @@
+"""The edge's NATS JetStream transport: device partitions, durable pull consumers, state handed over.
+
+Subjects. Devices publish telemetry as MQTT to the NATS server's MQTT listener (topic
+``edgeloop/<site>/<device>/telemetry`` is subject ``edgeloop.<site>.<device>.telemetry``) or as NATS.
+The server's mapping (``deploy/nats/nats-server.conf``) moves it to
+``edgeloop.<site>.p.<partition>.<device>.telemetry`` with ``partition(P, <device>)``, so a device
+always lands in the same one of P partitions (``broker.partitions``). One JetStream stream per site
+holds them, keeping the last ``broker.history`` readings of each device (one subject per device).
+Predictions and events are published as core NATS on the MQTT topics with '/' turned into '.', so
+MQTT clients receive them on the documented topics.
+
+Ownership. With R replicas (``edge.replicas``), replica r (``edge.ordinal``) owns the partitions
+p with p mod R == r. It consumes each through a durable pull consumer ``edgeloop-<site>-p<p>``,
+and holds a lease on the partition in a JetStream key-value bucket (renewed every few seconds,
+expiring after :data:`LEASE_TTL` s), so two replicas never consume one partition at once, even while
+R changes in a rolling restart: a replica waits for a partition until its previous owner released
+it (at a clean stop) or its lease expired (kill -9, lost host).
+
+Handover (why forecasts equal a single edge's). A new owner has no state for the partition's
+devices. Before answering anything of it, it reads the durable consumer's ack floor (every reading
+up to there was answered: acknowledgements follow the predictions, in stream order), replays the
+partition's readings up to the floor from the stream into the engine (marked ``replay``: state only,
+not answered again), then recreates the durable consumer to start right after the floor, so the
+readings the previous owner received but did not acknowledge come at once rather than after
+the ack wait. The engine then holds, per device, the state it would hold in a single edge that saw
+the same readings: exactly so while the stream still has every reading of the device
+(``broker.history`` per device); beyond that, lag windows are exact and the slower statistics (error
+scale, drift detector, floor) are rebuilt from the last ``broker.history`` readings. The local state
+snapshot is not used with this transport (the stream is the shared state).
+
+At-least-once: a reading is acknowledged after its prediction was handed to the client on the same
+connection (the client sends in order); a reading answered but not yet acknowledged when its owner
+died is answered again by the next owner (counted as duplicated by the scale test).
+
+Threads: nats-py runs on an asyncio loop in a thread of its own; the edge's loop thread talks to it
+only through the inbox (readings in) and one operations queue (predictions, events, acks out, in
+order). Fetches ask for no more readings than the inbox has room for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from edgeloop.adapters.mqtt import jittered_backoff, topic_for
+from edgeloop.adapters.mqtt_client import _tls_context
+from edgeloop.adapters.transport import Inbox, Received
+from edgeloop.config import Settings
+from edgeloop.errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LEASE_TTL = 10.0  # seconds a partition lease lives without renewal (a dead owner's partitions wait this)
+LEASE_RENEW = 2.0  # seconds between renewals
+LEASE_RETRY = 1.0  # seconds between attempts to take a partition someone else holds
+FETCH_BATCH = 500  # most readings one fetch asks for
+FETCH_WAIT = 1.0  # seconds a fetch waits for readings when there are none
+ACK_WAIT = 60.0  # seconds before JetStream redelivers an unacknowledged reading to the same consumer
+OPS_HIGH_WATER = 200  # queued output operations (batches) before the edge waits
+ROOM_PAUSE = 0.002  # seconds a fetcher sleeps while the inbox is full
+API_TIMEOUT = 10.0  # seconds for a JetStream API request (a loaded machine answers slowly)
+
+
+def _name(site: str) -> str:
+    """A site id as stream, consumer and bucket names allow it (no '.', '*', '>' or spaces)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", site)
+
+
+class Subjects:
+    """The NATS subjects of a site, derived from the MQTT topic templates.
+
+    >>> s = Subjects("edgeloop/{site}/+/telemetry", "lab")
+    >>> s.partition(3), s.stream
+    ('edgeloop.lab.p.3.*.telemetry', 'edgeloop.lab.p.*.*.telemetry')
+    >>> s.topic("edgeloop.lab.p.3.dev-1.telemetry")
+    'edgeloop/lab/dev-1/telemetry'
+    >>> Subjects.of_topic("edgeloop/lab/dev-1/prediction")
+    'edgeloop.lab.dev-1.prediction'
+    """
+
+    def __init__(self, telemetry_filter: str, site: str) -> None:
+        levels = telemetry_filter.format(site=site).split("/")
+        if levels.count("+") != 1 or "#" in levels or any("." in level for level in levels):
+            raise ConfigError(
+                "topics.telemetry: with NATS it must be one filter with one '+' (the device level), "
+                f"no '#' and no '.', got {telemetry_filter!r}"
+            )
+        self.at = levels.index("+")
+        self.prefix = levels[: self.at]
+        self.suffix = levels[self.at + 1 :]
+        self.stream = self._join("*")
+
+    def _join(self, partition: str) -> str:
+        return ".".join([*self.prefix, "p", partition, "*", *self.suffix])
+
+    def partition(self, p: int) -> str:
+        return self._join(str(p))
+
+    def topic(self, subject: str) -> str:
+        tokens = subject.split(".")
+        del tokens[self.at : self.at + 2]  # the "p.<n>" the server's mapping inserted
+        return "/".join(tokens)
+
+    @staticmethod
+    def of_topic(topic: str) -> str:
+        return topic.replace("/", ".")
+
+
+class NatsTransport:
+    kind = "nats"
+    rebuilds_state = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        inbox: Inbox,
+        control: Callable[[bytes], None],
+        *,
+        client_id: str,
+    ) -> None:
+        if len(settings.topics.telemetry) != 1:
+            raise ConfigError("topics.telemetry: with NATS exactly one filter is supported")
+        self.settings = settings
+        self.broker = settings.broker
+        self.inbox = inbox
+        self.control = control
+        self.client_id = client_id
+        self.subjects = Subjects(settings.topics.telemetry[0], settings.site)
+        self.events_subject = Subjects.of_topic(topic_for(settings.topics.events, site=settings.site))
+        name = _name(settings.site)
+        self.stream = f"EDGELOOP_{name}"
+        self.bucket = f"edgeloop_leases_{name}"
+        self.durable_prefix = f"edgeloop-{name}-p"
+        replicas = settings.edge.replicas
+        self.ordinal = settings.edge.resolved_ordinal()
+        self.owned = [p for p in range(self.broker.partitions) if p % replicas == self.ordinal]
+        self.identity = f"{client_id}@{socket.gethostname()}:{os.getpid()}".encode()
+        self.taken: dict[int, int] = {}  # partition -> lease revision, while this replica owns it
+        self.replayed: dict[int, int] = {}  # partition -> readings replayed when it was taken over
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edgeloop-nats", daemon=True)
+        self._nc: Any = None
+        self._js: Any = None
+        self._kv: Any = None
+        self._pending: dict[int, Any] = {}  # handle -> JetStream message awaiting its ack
+        self._next_handle = 0
+        self._reserved = 0  # inbox room promised to fetches in flight
+        self._ops: asyncio.Queue[tuple[str, Any]] | None = None
+        self._queued = 0  # operations handed to the loop (edge thread) ...
+        self._done = 0  # ... and carried out (loop thread)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._cancel = threading.Event()
+        self._stopping = False
+
+    # -- the edge's thread ------------------------------------------------------------------------
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+        limit = self.broker.connect_wait
+        deadline = time.monotonic() + limit
+        attempt = 0
+        while True:
+            try:
+                self._call(self._connect())
+                return
+            except (TimeoutError, OSError, nats.errors.Error) as exc:
+                if "authorization" in str(exc).lower():
+                    raise BrokerError(
+                        f"NATS server {self.broker.host}:{self.broker.port} refused our credentials "
+                        "(broker.username/password, creds_file or nkey_file)"
+                    ) from exc
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerError(
+                        f"NATS server {self.broker.host}:{self.broker.port} unreachable: {exc!r}. "
+                        f"Waited {limit:g} s (broker.connect_wait)."
+                    ) from exc
+                attempt += 1
+                delay = min(jittered_backoff(attempt, self.broker.reconnect_max_delay), remaining)
+                log.warning("NATS server not reachable (%r); retrying in %.1f s", exc, delay)
+                if self._cancel.wait(delay):
+                    raise BrokerError("stopped while waiting for the broker") from exc
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def subscribe(self) -> None:
+        self._call(self._subscribe(), timeout=60)
+
+    def describe(self) -> str:
+        return (
+            f"NATS {self.broker.host}:{self.broker.port}, replica {self.ordinal} of "
+            f"{self.settings.edge.replicas}, partitions {self.owned} of {self.broker.partitions}"
+        )
+
+    def _submit(self, op: str, data: Any) -> None:
+        self._queued += 1
+        self._loop.call_soon_threadsafe(self._put_op, op, data)
+
+    def _put_op(self, op: str, data: Any) -> None:
+        if self._ops is not None:
+            self._ops.put_nowait((op, data))
+
+    def ack(self, batch: Sequence[Received]) -> None:
+        handles = [item.mid for item in batch if item.qos and not item.replay]
+        if handles:
+            self._submit("ack", handles)
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], int, str]:
+        # Never refused: while disconnected, the operation waits in order in front of the acks.
+        if messages:
+            self._submit("pub", [(Subjects.of_topic(t), p) for t, p in messages])
+        return [], 0, ""
+
+    def publish_event(self, topic: str, payload: bytes) -> None:
+        self._submit("pub", [(Subjects.of_topic(topic), payload)])
+
+    def publish_alert(self, topic: str, payload: bytes) -> None:
+        self.publish_event(topic, payload)
+
+    @property
+    def busy(self) -> bool:
+        return not self.connected or self._queued - self._done > OPS_HIGH_WATER
+
+    def close(self, drain_timeout: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            self._call(self._close(drain_timeout), timeout=drain_timeout + 15)
+        except Exception:  # closing must not raise over the edge's shutdown
+            log.exception("closing the NATS connection failed")
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+    # -- the loop's thread ------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        b = self.broker
+        options: dict[str, Any] = {
+            "servers": [b.url],
+            "name": self.client_id,
+            "connect_timeout": 5,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "ping_interval": b.keepalive,
+            "pending_size": 64 * 1024 * 1024,  # bytes buffered while reconnecting
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        password = b.resolved_password()
+        if b.username:
+            options["user"] = b.username
+            options["password"] = password
+        if b.creds_file is not None:
+            options["user_credentials"] = str(b.creds_file)
+        if b.nkey_file is not None:
+            options["nkeys_seed"] = str(b.nkey_file)
+        if b.tls:
+            options["tls"] = _tls_context(b)
+            options["tls_hostname"] = b.host
+        nc = await nats.connect(**options)
+        self._nc = nc
+        self._js = nc.jetstream(timeout=API_TIMEOUT)
+        self._ops = asyncio.Queue()
+        self._tasks.append(asyncio.create_task(self._work()))
+        log.info("connected to NATS %s:%d as %s", b.host, b.port, self.client_id)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS: %s", exc)
+
+    async def _on_disconnected(self) -> None:
+        if not self._stopping:
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS")
+
+    async def _subscribe(self) -> None:
+        js = self._js
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[self.subjects.stream],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=self.broker.history,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:  # exists with other settings (e.g. another history)
+            await js.update_stream(config)
+        self._kv = await js.create_key_value(KeyValueConfig(bucket=self.bucket, history=1, ttl=LEASE_TTL))
+
+        async def on_event(msg: Any) -> None:
+            self.control(msg.data)
+
+        await self._nc.subscribe(self.events_subject, cb=on_event)
+        for p in self.owned:
+            self._tasks.append(asyncio.create_task(self._own(p)))
+        self._tasks.append(asyncio.create_task(self._renew()))
+
+    async def _work(self) -> None:
+        """Carry out the edge's output operations, one at a time in order: predictions before acks."""
+        assert self._ops is not None
+        while True:
+            op, data = await self._ops.get()
+            while True:
+                try:
+                    if op == "pub":
+                        for subject, payload in data:
+                            await self._nc.publish(subject, payload)
+                    else:
+                        for handle in data:
+                            msg = self._pending.pop(handle, None)
+                            if msg is not None:
+                                await msg.ack()
+                    break
+                except (nats.errors.Error, OSError) as exc:  # buffer full while reconnecting: wait
+                    log.debug("output waits for the connection: %r", exc)
+                    await asyncio.sleep(0.1)
+            self._done += 1
+
+    async def _own(self, p: int) -> None:
+        """Take partition ``p`` (waiting for its lease), rebuild its devices' state, then consume it."""
+        key = f"p{p}"
+        waited = False
+        while not self._stopping:
+            revision = await self._acquire(key)
+            if revision is not None:
+                break
+            if not waited:
+                log.info("partition %d is held by another replica; waiting for its lease", p)
+                waited = True
+            await asyncio.sleep(LEASE_RETRY)
+        else:
+            return
+        self.taken[p] = revision
+        try:
+            await self._take_over(p)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("taking over partition %d failed; releasing it", p)
+            self.taken.pop(p, None)
+            with contextlib.suppress(Exception):
+                await self._kv.delete(key)
+
+    async def _acquire(self, key: str) -> int | None:
+        kv = self._kv
+        try:
+            return int(await kv.create(key, self.identity))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None  # expired or released meanwhile: the next attempt creates it
+        if entry.value == self.identity:  # ours (a lease renewal that timed out on our side)
+            return int(await kv.update(key, self.identity, last=entry.revision))
+        return None
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW)
+            for p, revision in list(self.taken.items()):
+                try:
+                    self.taken[p] = int(await self._kv.update(f"p{p}", self.identity, last=revision))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    log.error(
+                        "lost the lease on partition %d (not renewed within %g s); stopped consuming it",
+                        p,
+                        LEASE_TTL,
+                    )
+                    self.taken.pop(p, None)
+                except (TimeoutError, nats.errors.Error, OSError) as exc:
+                    log.warning("lease renewal of partition %d failed: %r", p, exc)
+
+    async def _take_over(self, p: int) -> None:
+        js = self._js
+        durable = f"{self.durable_prefix}{p}"
+        floor = 0
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            info = await js.consumer_info(self.stream, durable)
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            # Recreated below to start after the floor: the previous owner's unacknowledged
+            # deliveries come now, not after the ack wait.
+            await js.delete_consumer(self.stream, durable)
+        replayed = await self._replay(p, floor) if floor else 0
+        self.replayed[p] = replayed
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=self.subjects.partition(p),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT,
+            max_deliver=-1,
+            max_ack_pending=max(self.broker.receive_maximum, FETCH_BATCH),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
+            opt_start_seq=floor + 1 if floor else None,
+        )
+        await js.add_consumer(self.stream, config)
+        sub = await js.pull_subscribe_bind(durable=durable, stream=self.stream)
+        log.info(
+            "took over partition %d: replayed %d readings answered before (up to %d)", p, replayed, floor
+        )
+        await self._fetch(p, sub)
+
+    async def _replay(self, p: int, floor: int) -> int:
+        """Put the partition's readings up to stream sequence ``floor`` into the inbox as ``replay``."""
+        js = self._js
+        info = await js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                filter_subject=self.subjects.partition(p),
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.ALL,
+                inactive_threshold=60.0,
+            ),
+        )
+        count = 0
+        try:
+            if not info.num_pending:
+                return 0
+            sub = await js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+            topic = self.subjects.topic
+            while True:
+                room = await self._room()
+                try:
+                    msgs = await sub.fetch(min(FETCH_BATCH, room), timeout=FETCH_WAIT * 5)
+                finally:
+                    self._reserved -= room
+                done = False
+                for msg in msgs:
+                    meta = msg.metadata
+                    if meta.sequence.stream > floor:
+                        done = True
+                        break
+                    self.inbox.put(Received(topic(msg.subject), msg.data, 0, 0, 0, True))
+                    count += 1
+                    if meta.num_pending == 0:
+                        done = True
+                if done:
+                    break
+            await sub.unsubscribe()
+        finally:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(self.stream, info.name)
+        return count
+
+    async def _room(self) -> int:
+        """Wait for room in the inbox; reserve and return up to a fetch's worth of it."""
+        while True:
+            room = min(FETCH_BATCH, self.inbox.room() - self._reserved)
+            if room > 0:
+                self._reserved += room
+                return room
+            await asyncio.sleep(ROOM_PAUSE)
+
+    async def _fetch(self, p: int, sub: Any) -> None:
+        topic = self.subjects.topic
+        inbox = self.inbox
+        pending = self._pending
+        while not self._stopping and p in self.taken:
+            room = await self._room()
+            try:
+                msgs = await sub.fetch(room, timeout=FETCH_WAIT)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                log.debug("fetch on partition %d failed: %r", p, exc)
+                await asyncio.sleep(0.2)
+                continue
+            finally:
+                self._reserved -= room
+            for msg in msgs:
+                handle = self._next_handle = self._next_handle + 1
+                pending[handle] = msg
+                inbox.put(Received(topic(msg.subject), msg.data, handle, 1, 0))
+
+    async def _close(self, drain_timeout: float) -> None:
+        self._stopping = True
+        workers = self._tasks[:1]
+        for task in self._tasks[1:]:
+            task.cancel()
+        deadline = time.monotonic() + drain_timeout
+        while self._queued > self._done and time.monotonic() < deadline and self.connected:
+            await asyncio.sleep(0.01)
+        nc = self._nc
+        if nc is None:
+            return
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=5)
+        # A clean stop hands the partitions over at once; after kill -9 their leases expire instead.
+        for p in list(self.taken):
+            with contextlib.suppress(Exception):
+                await self._kv.delete(f"p{p}")
+        self.taken.clear()
+        for task in workers:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await nc.close()
