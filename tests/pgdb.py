@@ -43,10 +43,3 @@ def throwaway_db(prefix: str = "edgeloop_test") -> Iterator[str]:
                 (name,),
             )
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database of this test's own on the shared PostgreSQL."""
-    with throwaway_db() as url:
-        yield url

@@ -67,6 +67,7 @@ class IntervalCache:
     an interval changes slowly, and a fleet of thousands would otherwise cost a seek per device per
     refresh. One per browser session.
 
+    >>> import sqlite3
     >>> conn = sqlite3.connect(":memory:")
     >>> _ = conn.execute("CREATE TABLE samples (target, device, ts)")
     >>> _ = conn.executemany("INSERT INTO samples VALUES ('t', 'a', ?)", [(10.0 * i,) for i in range(5)])

@@ -41,7 +41,7 @@ BUCKET_SQL = (
     "SELECT MIN(ts) AS ts, AVG(value) AS value, AVG(forecast) AS forecast, AVG(persistence) AS persistence,"
     " MAX(model) AS model, AVG((value - forecast) * (value - forecast)) AS se_model,"
     " AVG((value - persistence) * (value - persistence)) AS se_persistence, COUNT(*) AS n,"
-    " SUM(forecast IS NOT NULL) AS n_model, SUM(persistence IS NOT NULL) AS n_persistence"
+    " COUNT(forecast) AS n_model, COUNT(persistence) AS n_persistence"
     " FROM samples WHERE target = ? AND device = ? AND ts >= ? AND ts <= ?"
     " GROUP BY CAST((ts - ?) / ? AS INTEGER) ORDER BY ts"
 )
