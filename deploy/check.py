@@ -148,7 +148,13 @@ def extract_debian_binary(package: str, binary: str, dest: Path) -> None:
 
 
 def kustomizations() -> list[Path]:
-    return sorted({p.parent for p in K8S.rglob("kustomization.y*ml")})
+    """Every kustomization that renders on its own; a `kind: Component` renders through the overlays."""
+    roots = set()
+    for path in K8S.rglob("kustomization.y*ml"):
+        doc = yaml.safe_load(path.read_text()) or {}
+        if doc.get("kind") != "Component":
+            roots.add(path.parent)
+    return sorted(roots)
 
 
 def jenkins_overlay(workdir: Path) -> Path:
