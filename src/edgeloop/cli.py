@@ -8,6 +8,7 @@ matplotlib) are imported inside the commands that need them, so ``edgeloop edge`
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -267,8 +268,13 @@ def mlflow(
     ]  # fmt: skip
     # MLflow 3 otherwise starts a huey job consumer (GenAI jobs) beside the UI; the UI does not need it.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    typer.echo(f"MLflow UI on http://{host}:{port} (tracking {settings.tracking_uri})")
-    run_child(cmd, env, "the MLflow server")
+    note = f"MLflow UI on http://{host}:{port} (tracking {settings.tracking_uri})"
+    if settings.log_json:  # container logs take stdout too: keep every line JSON
+        logging.getLogger("edgeloop.cli").info("%s", note)
+    else:
+        typer.echo(note)
+    # With log_json the server's gunicorn/uvicorn lines are relayed as JSON like everything else.
+    run_child(cmd, env, "the MLflow server", relay="edgeloop.mlflow_server" if settings.log_json else None)
 
 
 @app.command(epilog=examples("edgeloop dashboard", "edgeloop dashboard -c edge.yaml --port 8502"))
