@@ -7,6 +7,7 @@ real training in tests/integration/test_elk_documents.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,10 +42,8 @@ def test_mlflow_launcher_writes_only_json_lines(tmp_path: Path) -> None:
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=120)
-        try:  # a request the server logs as an error line of its own
+        with contextlib.suppress(urllib.error.HTTPError):  # a request the server logs on its own
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/no-such-endpoint", timeout=10)
-        except urllib.error.HTTPError:
-            pass
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
