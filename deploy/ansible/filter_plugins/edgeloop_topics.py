@@ -35,7 +35,9 @@ def filters_overlap(first: str, second: str) -> bool:
     return longer[min(len(a), len(b))] == "#"
 
 
-def topic_conflicts(hosts: Iterable[str], hostvars: Mapping[str, Any], default_topics: Any = None) -> list[str]:
+def topic_conflicts(
+    hosts: Iterable[str], hostvars: Mapping[str, Any], default_topics: Any = None
+) -> list[str]:
     """Pairs of MQTT edges on one broker whose telemetry filters overlap, as readable lines."""
     edges = []
     for host in hosts:
