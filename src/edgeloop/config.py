@@ -366,6 +366,12 @@ class RetrainSettings(_Section):
         30.0, gt=0, description="Seconds before retrying a failed attempt; doubles per failure"
     )
     backoff_max: float = Field(600.0, gt=0, description="Cap of the retry backoff (s)")
+    trainer_session_expiry: int = Field(
+        0,
+        ge=0,
+        description="Seconds the broker keeps a trainer's session (queueing its share of requests) after "
+        "it disconnects; 0: none, so a dead member of a trainer pool holds no requests",
+    )
 
 
 class MlflowSettings(_Section):

@@ -8,11 +8,24 @@ data dir (store and models) or, at scale, a database and a models volume.
 
 Every event about a request carries its ``request_id``: ``retrain_started`` when the training begins,
 then the verdict (``model_promoted``/``model_rejected``, or ``retrain_finished`` without metrics when
-there was not enough data), or ``retrain_failed`` when the training raised. A request is acknowledged
-to the broker only once answered, so one that a killed trainer never finished is delivered again when
-it comes back (persistent session); the edge's ``retrain.timeout`` re-request covers the rest. A
-request id already answered is answered again from memory instead of training twice. No request,
-however malformed, stops the trainer.
+there was not enough data), or ``retrain_failed`` when the training raised. No request, however
+malformed, stops the trainer.
+
+**A pool of trainers** trains each request once:
+
+- Requests are handed out one by one (the shared subscription) and acknowledged only once answered.
+  By default a trainer's session ends with its connection (``retrain.trainer_session_expiry: 0``):
+  Mosquitto keeps handing shared-subscription messages to the persistent session of a member that is
+  gone, so a dead trainer with a persistent session would swallow its share of the requests until it
+  came back. A request a killed trainer held is sent again by its edge after ``retrain.timeout``
+  (:mod:`edgeloop.lifecycle.retrains`), and reaches a live trainer.
+- Every trainer announces itself on ``edgeloop/<site>/trainers/<client id>`` (retained JSON
+  ``{"state": "online", "job": <request id or null>}``; the broker publishes ``offline`` as its last
+  will when the connection drops, kill -9 included) and listens to the events topic. A re-sent
+  request whose answer any trainer already published is answered again from memory; one that a live
+  trainer is still working on waits (unacknowledged) for that trainer's answer, and is trained only if
+  that trainer goes offline first. So a slow training that outlived the edge's timeout is not trained
+  a second time, and a dead trainer's request is.
 """
 
 from __future__ import annotations
@@ -20,9 +33,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -41,6 +56,25 @@ log = logging.getLogger(__name__)
 TRAINER_GROUP = "edgeloop-trainers"
 ANSWERS_KEPT = 256  # request ids whose answer is repeated, not retrained, when they come again
 PUBLISH_WAIT = 5.0  # seconds to wait for the answer to leave before the request is acknowledged
+PRESENCE_TOPIC = "edgeloop/{site}/trainers"
+FINAL_KINDS = ("model_promoted", "model_rejected", "retrain_finished")  # a verdict: the request is done
+
+
+def presence_topic(site: str, client_id: str | None = None) -> str:
+    """``edgeloop/<site>/trainers`` and, with a client id, one trainer's retained presence topic."""
+    root = PRESENCE_TOPIC.format(site=site)
+    if client_id is None:
+        return root
+    return f"{root}/{re.sub(r'[^A-Za-z0-9_.@-]', '_', client_id)}"
+
+
+@dataclass
+class _Parked:
+    """A request another live trainer is working on: answered when its verdict arrives."""
+
+    message: Any
+    attempt: Attempt
+    holder: str
 
 
 class TrainerService:
@@ -54,49 +88,157 @@ class TrainerService:
         self.ready = threading.Event()
         self._protocol = protocol
         self._events_topic = topic_for(settings.topics.events, site=settings.site)
+        self._request_topic = topic_for(settings.topics.retrain, site=settings.site)
+        self.client_id = settings.broker.client_id or default_client_id(
+            f"trainer-{settings.site}", stable=True
+        )
+        self._presence_root = presence_topic(settings.site)
+        self._presence_topic = presence_topic(settings.site, self.client_id)
+        expiry = settings.retrain.trainer_session_expiry
         self.session = MqttSession(
             settings.broker,
             role="trainer",
-            # A persistent session: requests sent while no trainer runs wait for it at the broker.
-            client_id=settings.broker.client_id or default_client_id(f"trainer-{settings.site}", stable=True),
-            clean_start=False,
-            session_expiry=settings.broker.session_expiry,
+            client_id=self.client_id,
+            clean_start=expiry == 0,
+            session_expiry=expiry or None,
             protocol=protocol,  # type: ignore[arg-type]
             on_message=self._requests.put,
         )
-        # Acknowledge a request only once it is answered: a trainer killed mid-training gets it again.
+        # Acknowledge a request only once it is answered: unacknowledged, it is not lost with us.
         self.session.client.manual_ack_set(True)
+        # The broker tells the pool when we are gone, kill -9 included (the socket closes).
+        self.session.client.will_set(self._presence_topic, self._presence("offline"), qos=1, retain=True)
+        self._live: dict[str, str | None] = {}  # other trainers online -> the request id they work on
+        self._parked: list[_Parked] = []
+        self._announced = -1  # the connection our presence was last published on
         self.tracker = Tracker.from_settings(settings)
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
-        s = self.settings
-        request_topic = topic_for(s.topics.retrain, site=s.site)
         self.session.start()
+        # Other trainers and their answers first, so a request delivered at once is judged with them.
+        self.session.subscribe([f"{self._presence_root}/+", self._events_topic], qos=1)
+        self._announce(None)
         self.session.subscribe(
-            [request_topic], qos=1, shared_group=TRAINER_GROUP if self._protocol == "5" else None
+            [self._request_topic], qos=1, shared_group=TRAINER_GROUP if self._protocol == "5" else None
         )
-        log.info("trainer up: waiting for requests on %s", request_topic)
+        log.info("trainer up (%s): waiting for requests on %s", self.client_id, self._request_topic)
         self.ready.set()
         try:
             while not self._stop.is_set():
+                if self._announced != self.session.connection and self.session.connected:
+                    self._announce(None)  # after a reconnect the broker may have published our will
                 try:
                     message = self._requests.get(timeout=0.2)
                 except queue.Empty:
+                    self._unpark()
                     continue
-                try:
-                    self.handle(bytes(message.payload))
-                except Exception:  # the trainer survives any one request
-                    self.handled["failed"] += 1
-                    log.exception("retrain request failed unexpectedly; taking the next one")
-                finally:
-                    if message.qos > 0:
-                        with contextlib.suppress(Exception):
-                            self.session.client.ack(message.mid, message.qos)
+                if message.topic == self._request_topic:
+                    self._take(message)
+                else:
+                    self._observe(message)
+                    self._ack(message)
+                self._unpark()
         finally:
+            with contextlib.suppress(Exception):
+                # A clean stop: the will is not sent, so say it ourselves.
+                self.session.publish(self._presence_topic, self._presence("offline"), qos=1, retain=True)
             self.session.close()
+
+    # -- the pool ---------------------------------------------------------------------------------
+    def _presence(self, state: str, job: str | None = None) -> bytes:
+        return orjson.dumps({"state": state, "job": job, "trainer": self.client_id, "ts": time.time()})
+
+    def _announce(self, job: str | None) -> None:
+        info = self.session.publish(self._presence_topic, self._presence("online", job), qos=1, retain=True)
+        self._announced = self.session.connection
+        if job is not None:
+            # Others must know we hold the request before it can reach them again.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(PUBLISH_WAIT)
+
+    def _ack(self, message: Any) -> None:
+        if message.qos > 0:
+            with contextlib.suppress(Exception):
+                self.session.client.ack(message.mid, message.qos)
+
+    def _observe(self, message: Any) -> None:
+        """Another trainer's presence, or an event: remember who works on what, and every verdict."""
+        topic = str(message.topic)
+        try:
+            data = orjson.loads(message.payload) if message.payload else {}
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict):
+            return
+        if topic.startswith(self._presence_root + "/"):
+            if topic == self._presence_topic:
+                return
+            if data.get("state") == "online":
+                job = data.get("job")
+                self._live[topic] = job if isinstance(job, str) else None
+            else:
+                self._live.pop(topic, None)
+            return
+        rid = data.get("request_id")
+        if (
+            isinstance(rid, str)
+            and rid
+            and data.get("kind") in FINAL_KINDS
+            and not (data.get("kind") == "retrain_finished" and data.get("metrics"))
+        ):
+            # A verdict (a retrain_finished with metrics is followed by the promoted/rejected one).
+            answers = self._answers.setdefault(rid, [])
+            if data not in answers:
+                answers.append(data)
+            self._answers.move_to_end(rid)
+            while len(self._answers) > ANSWERS_KEPT:
+                self._answers.popitem(last=False)
+
+    def _holder(self, rid: str) -> str | None:
+        """The presence topic of another live trainer working on ``rid``, if any."""
+        for topic, job in self._live.items():
+            if job == rid:
+                return topic
+        return None
+
+    def _take(self, message: Any) -> None:
+        payload = bytes(message.payload)
+        with contextlib.suppress(ValueError):
+            attempt = request_from_json(payload)
+            holder = self._holder(attempt.request_id) if attempt.request_id else None
+            if holder is not None and attempt.request_id not in self._answers:
+                log.info(
+                    "request %s (%s) is being trained by %s: waiting for its answer",
+                    attempt.request_id,
+                    attempt.scope,
+                    holder.rsplit("/", 1)[-1],
+                )
+                self.handled["waited"] += 1
+                self._parked.append(_Parked(message, attempt, holder))
+                return
+        self._answer(message)
+
+    def _unpark(self) -> None:
+        for parked in list(self._parked):
+            rid = parked.attempt.request_id
+            if rid in self._answers or self._live.get(parked.holder, "") != rid:
+                # Answered by its holder (repeated from memory), or the holder is gone: ours now.
+                self._parked.remove(parked)
+                if rid not in self._answers:
+                    log.warning("trainer %s left request %s unanswered: training it", parked.holder, rid)
+                self._answer(parked.message)
+
+    def _answer(self, message: Any) -> None:
+        try:
+            self.handle(bytes(message.payload))
+        except Exception:  # the trainer survives any one request
+            self.handled["failed"] += 1
+            log.exception("retrain request failed unexpectedly; taking the next one")
+        finally:
+            self._ack(message)
 
     def handle(self, payload: bytes) -> None:
         """Answer one request (its events published and stored); never raises for a bad request."""
@@ -114,6 +256,17 @@ class TrainerService:
             log.info("request %s (%s) was answered already: sending the answer again", rid, scope)
             self._send(self._answers[rid], store=False)
             return
+        if rid:
+            self._announce(rid)
+        try:
+            self._train(attempt)
+        finally:
+            if rid:
+                self._announce(None)
+
+    def _train(self, attempt: Attempt) -> None:
+        rid = attempt.request_id
+        scope = attempt.scope
         ts = attempt.request.requested_ts or time.time()
         self._send([self._event("retrain_started", attempt, ts, f"{attempt.request.trigger}: trainer")])
         log.info(
