@@ -374,6 +374,20 @@ class RetrainSettings(_Section):
     )
 
 
+class DistributionSettings(_Section):
+    mode: Literal["files", "bus"] = Field(
+        "files",
+        description="How champions reach edges: the shared models folder (files), or signed retained "
+        "messages on edgeloop/<site>/models/<scope> (bus)",
+    )
+    signing_key_file: Path | None = Field(
+        None, description="Trainer: Ed25519 private key (PEM) that signs published champions (bus mode)"
+    )
+    public_key_file: Path | None = Field(
+        None, description="Edge: Ed25519 public key (PEM) a champion's signature must verify against"
+    )
+
+
 class MlflowSettings(_Section):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in <data_dir>")
     experiment: str = Field("edgeloop", description="MLflow experiment name")
@@ -436,6 +450,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     edge: EdgeSettings = EdgeSettings()
     retrain: RetrainSettings = RetrainSettings()
+    distribution: DistributionSettings = DistributionSettings()
     mlflow: MlflowSettings = MlflowSettings()
     alerts: AlertSettings = AlertSettings()
 

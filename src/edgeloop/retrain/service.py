@@ -46,6 +46,15 @@ from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.store import Store
 from edgeloop.config import Settings
 from edgeloop.lifecycle.retrains import Attempt
+from edgeloop.registry.bus import (
+    BundleRefused,
+    install_bundle,
+    make_bundle,
+    models_topic,
+    open_bundle,
+    trainer_keys,
+)
+from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.tracking import Tracker
 from edgeloop.retrain.dispatch import request_from_json
 from edgeloop.retrain.job import RetrainOutcome, run_retrain
@@ -111,6 +120,11 @@ class TrainerService:
         self._live: dict[str, str | None] = {}  # other trainers online -> the request id they work on
         self._parked: list[_Parked] = []
         self._announced = -1  # the connection our presence was last published on
+        # distribution.mode bus: champions we promote go out signed; other trainers' come in verified,
+        # so every trainer judges challengers against the fleet's champion and numbers versions after it.
+        self.keys = trainer_keys(settings)
+        self._models_prefix = models_topic(settings.site) + "/"
+        self.registry = LocalRegistry(settings.models_dir)
         self.tracker = Tracker.from_settings(settings)
 
     def stop(self) -> None:
@@ -120,6 +134,8 @@ class TrainerService:
         self.session.start()
         # Other trainers and their answers first, so a request delivered at once is judged with them.
         self.session.subscribe([f"{self._presence_root}/+", self._events_topic], qos=1)
+        if self.keys is not None:
+            self.session.subscribe([self._models_prefix + "+"], qos=1)
         self._announce(None)
         self.session.subscribe(
             [self._request_topic], qos=1, shared_group=TRAINER_GROUP if self._protocol == "5" else None
@@ -167,6 +183,9 @@ class TrainerService:
     def _observe(self, message: Any) -> None:
         """Another trainer's presence, or an event: remember who works on what, and every verdict."""
         topic = str(message.topic)
+        if topic.startswith(self._models_prefix):
+            self._receive_model(topic, bytes(message.payload))
+            return
         try:
             data = orjson.loads(message.payload) if message.payload else {}
         except orjson.JSONDecodeError:
@@ -283,6 +302,8 @@ class TrainerService:
             return
         self.handled["trained"] += 1
         self.outcomes.append(outcome)
+        if outcome.decision == "promoted" and outcome.version is not None:
+            self._publish_model(outcome.scope, outcome.version)
         events = [
             {**e, "request_id": rid} if rid else e for e in outcome.events if e["kind"] != "retrain_started"
         ]
@@ -292,6 +313,28 @@ class TrainerService:
                 self._answers.popitem(last=False)
         self._send(events)
         log.info("%s: %s (%s)", scope, outcome.decision, outcome.reason)
+
+    def _publish_model(self, scope: str, version: int) -> None:
+        """The new champion, signed, as the retained message of its scope (bus mode), before its event."""
+        if self.keys is None:
+            return
+        _, payload = make_bundle(self.keys[0], self.registry.version_dir(scope, version))
+        info = self.session.publish(models_topic(self.settings.site, scope), payload, qos=1, retain=True)
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(PUBLISH_WAIT)
+        log.info("published %s (%d bytes, key %s)", f"{scope}:v{version}", len(payload), self.keys[0].key_id)
+
+    def _receive_model(self, topic: str, payload: bytes) -> None:
+        if self.keys is None or not payload:
+            return
+        try:
+            bundle = open_bundle(payload, self.keys[1], topic_name=topic[len(self._models_prefix) :])
+            result = install_bundle(self.registry, bundle, lags=self.settings.model.lags)
+        except (BundleRefused, OSError) as exc:
+            log.warning("refused the model message on %s: %s", topic, exc)
+            return
+        if result == "installed":
+            log.info("installed %s from the bus (key %s)", bundle.label, bundle.key_id)
 
     def _retrain(self, attempt: Attempt) -> RetrainOutcome:
         r = attempt.request

@@ -47,6 +47,7 @@ from edgeloop.engine.engine import Engine, EngineOutput, Rollback
 from edgeloop.engine.rows import ServedModel
 from edgeloop.errors import BrokerError, MessageError, ModelFileError
 from edgeloop.lifecycle.retrains import Failure, Retrains, RetryPolicy
+from edgeloop.registry.bus import BundleRefused, edge_verifier, install_bundle, models_topic, open_bundle
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
@@ -133,6 +134,10 @@ class EdgeService:
         self._unsent: list[tuple[str, bytes]] = []
         self._unacked: list[Received] = []
         self._control: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        # distribution.mode bus: signed champions arrive on the models topics (None: files mode).
+        self.model_verifier = edge_verifier(settings)
+        self._models_prefix = models_topic(settings.site) + "/"
+        self._model_messages: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events_topic = topic_for(settings.topics.events, site=self.site)
@@ -191,6 +196,10 @@ class EdgeService:
             self._control.put(message.payload)
             self.session.ack(message.mid, message.qos, connection)
             return
+        if message.topic.startswith(self._models_prefix):
+            self._model_messages.put((message.topic, message.payload))
+            self.session.ack(message.mid, message.qos, connection)
+            return
         while self._inbox.qsize() >= self._inbox_max and self._accepting:
             time.sleep(INBOX_FULL_PAUSE)  # not reading the socket: TCP and the broker hold back
         if self._accepting:
@@ -237,6 +246,9 @@ class EdgeService:
                 s.topics.telemetry_filters(self.site), qos=s.broker.qos, shared_group=group
             )
             self.session.subscribe([self._events_topic], qos=1)
+            if self.model_verifier is not None:
+                # Retained: the current champion of every scope arrives now, then each new one.
+                self.session.subscribe([self._models_prefix + "+"], qos=1)
             self.subscribed = True
         except BaseException:
             self._close_storage(final_snapshot=False)
@@ -613,6 +625,7 @@ class EdgeService:
         Answers carrying a request id settle that request; the edge's own events come back here
         too and change nothing (their request is already settled, or the attempt is not in flight).
         """
+        self._receive_models()  # first: a trainer publishes the model before the event promoting it
         while True:
             try:
                 payload = self._control.get_nowait()
@@ -642,7 +655,8 @@ class EdgeService:
                     continue
                 serving = self.engine.serving.get(scope)
                 installed = serving is not None and serving.model.label == event.version
-                if not installed:
+                if not installed and self.model_verifier is None:
+                    # (bus mode: only a signed model message installs anything)
                     installed = self._install(scope, version)
                 self._retrain_answered(rid, scope, installed=installed)
             elif event.kind == "model_rejected" or (event.kind == "retrain_finished" and not event.metrics):
@@ -651,6 +665,32 @@ class EdgeService:
                 self._sync_models()
 
     # -- models -----------------------------------------------------------------------------------
+    def _receive_models(self) -> None:
+        """Verify, cache and serve signed champions from the bus; refuse and report anything else."""
+        verifier = self.model_verifier
+        while verifier is not None:
+            try:
+                topic, payload = self._model_messages.get_nowait()
+            except queue.Empty:
+                return
+            if not payload:
+                continue  # a retained message cleared
+            name = topic[len(self._models_prefix) :]
+            try:
+                bundle = open_bundle(payload, verifier, topic_name=name)
+                result = install_bundle(self.registry, bundle, lags=self.settings.model.lags)
+            except BundleRefused as exc:
+                self.models.refuse(exc.scope or name, exc.label, f"model message on {topic}", exc.reason)
+                continue
+            except OSError as exc:  # the cache cannot be written: nothing installed, the old one serves
+                self.models.refuse(name, None, f"model message on {topic}", f"cannot cache it: {exc}")
+                continue
+            if result == "installed":
+                log.info("verified %s (key %s) from the bus", bundle.label, bundle.key_id)
+                self.models.install(bundle.scope, bundle.version)
+            else:
+                log.debug("%s from the bus: %s in the local cache", bundle.label, result)
+
     def _install(self, scope: str, version: int) -> bool:
         return self.models.install(scope, version)
 
