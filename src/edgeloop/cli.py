@@ -208,13 +208,14 @@ def train(
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
 ) -> None:
     """Train candidates on the stored readings; report them beside the naive baselines; promote if better."""
+    from edgeloop.adapters.store import store_exists
     from edgeloop.registry.tracking import Tracker
     from edgeloop.retrain.admin import record_events
     from edgeloop.retrain.job import run_retrain
     from edgeloop.telemetry.schema import Event
 
     settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
-    if not settings.store_path.exists():
+    if not store_exists(settings.store_location):
         fail(f"no store at {settings.store_path}: run `edgeloop edge` (or the demo) first")
     tracker = Tracker.from_settings(settings, enabled=not no_mlflow)
     failed = False

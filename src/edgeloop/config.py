@@ -329,11 +329,25 @@ class DriftSettings(_Section):
 
 class StoreSettings(_Section):
     path: Path | None = Field(None, description="SQLite file; default <data_dir>/edgeloop.db")
+    url: str | None = Field(
+        None,
+        description="PostgreSQL store shared by several edges (postgresql://user@host:5432/db); "
+        "null: the SQLite file",
+    )
     retention_rows: int = Field(2_000_000, ge=1000, description="Sample rows kept; older rows are pruned")
     flush_interval: float = Field(0.25, gt=0, description="Seconds between batched store commits")
     max_buffer_rows: int = Field(
         200_000, ge=1000, description="Rows held while the store cannot write; beyond, the oldest are dropped"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (or unset for the SQLite file)")
+        return value
 
 
 class EdgeSettings(_Section):
@@ -481,6 +495,11 @@ class Settings(BaseSettings):
         return self.store.path or self.data_dir / "edgeloop.db"
 
     @property
+    def store_location(self) -> Path | str:
+        """Where the store is: ``store.url`` when set, else the SQLite file :attr:`store_path`."""
+        return self.store.url or self.store_path
+
+    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
@@ -495,10 +514,11 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         if data["broker"].get("password"):
             data["broker"]["password"] = SECRET_MASK
-        uri = data["mlflow"].get("tracking_uri")
-        if uri and "@" in uri:
-            scheme, rest = uri.split("://", 1)
-            data["mlflow"]["tracking_uri"] = f"{scheme}://{SECRET_MASK}@{rest.split('@', 1)[1]}"
+        for section, key in (("store", "url"), ("mlflow", "tracking_uri")):
+            url = data[section].get(key)
+            if url and "://" in url and "@" in url:  # user and password, as the URL carries them
+                scheme, rest = url.split("://", 1)
+                data[section][key] = f"{scheme}://{SECRET_MASK}@{rest.split('@', 1)[1]}"
         if data["alerts"].get("webhook_url"):
             # A webhook URL often carries its token (Slack, Teams): show where it goes, not the path.
             scheme, _, rest = data["alerts"]["webhook_url"].partition("://")

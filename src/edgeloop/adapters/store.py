@@ -1,4 +1,9 @@
-"""The embedded store: SQLite in WAL mode, written in batches, read by the trainer and the dashboard.
+"""The store: every reading, event, status row and model version, read by the trainer and the dashboard.
+
+Two implementations share one interface (:class:`BaseStore`), so callers never branch on the backend:
+:class:`Store`, the embedded default (SQLite in WAL mode, one file in the data dir), and
+:class:`~edgeloop.adapters.store_pg.PgStore` (PostgreSQL, ``store.url``), which several edges on
+several hosts write at once. :func:`open_store` picks one from a path or a ``postgresql://`` URL.
 
 Tables (one row per reading and target in ``samples``; everything else is small):
 
@@ -10,18 +15,24 @@ Tables (one row per reading and target in ``samples``; everything else is small)
                    rate, rolling RMSE, threshold, baselines, serving version, status
 ``model_versions`` every trained version: scores, window, decision and reason, MLflow run id
 
-Several processes share the file (edge, trainer, dashboard): WAL lets readers run beside the one
-writer, and ``busy_timeout`` makes a second writer wait instead of failing.
+Several processes share the SQLite file (edge, trainer, dashboard): WAL lets readers run beside the
+one writer, and ``busy_timeout`` makes a second writer wait instead of failing.
+
+Queries are written once, in SQLite's dialect with ``?`` placeholders; the PostgreSQL connection
+translates the few spellings that differ (:func:`edgeloop.adapters.store_pg.pg_sql`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import orjson
@@ -107,6 +118,79 @@ class Series:
     values: np.ndarray
 
 
+class Cursor(Protocol):
+    """What the store's readers use of a DB-API cursor (sqlite3's and psycopg's both fit)."""
+
+    @property
+    def description(self) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class StoreConnection(Protocol):
+    """A connection the dashboard's queries run on: ``sqlite3.Connection`` or :class:`PgConnection`.
+
+    ``with conn:`` is one transaction, committed at the end or rolled back on an error.
+    """
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+
+# What a failed read of either backend raises (PgConnection re-raises psycopg's errors as StoreError).
+STORE_READ_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, StoreError)
+
+
+def is_store_url(location: Path | str) -> bool:
+    """Whether ``location`` names a PostgreSQL server rather than a SQLite file.
+
+    >>> is_store_url("postgresql://edge@db:5432/edgeloop"), is_store_url("/var/lib/edgeloop/edgeloop.db")
+    (True, False)
+    """
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def describe(location: Path | str) -> str:
+    """``location`` as it may be shown or logged: a URL without its password.
+
+    >>> describe("postgresql://edge:s3cret@db.lan:5432/edgeloop"), describe(Path("/data/edgeloop.db"))
+    ('postgresql://edge:***@db.lan:5432/edgeloop', '/data/edgeloop.db')
+    """
+    if not is_store_url(location):
+        return str(location)
+    parts = urlsplit(str(location))
+    if parts.password is None:
+        return str(location)
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_store(location: Path | str, *, retention_rows: int = 2_000_000, readonly: bool = False) -> BaseStore:
+    """The store at ``location``: a SQLite file path or a ``postgresql://`` URL (``store.url``).
+
+    Raises :class:`StoreError` with one line naming the store and what to check when it cannot be opened.
+    """
+    if is_store_url(location):
+        from edgeloop.adapters.store_pg import PgStore  # psycopg is only imported when used
+
+        return PgStore(str(location), retention_rows=retention_rows, readonly=readonly)
+    return Store(location, retention_rows=retention_rows, readonly=readonly)
+
+
+def store_exists(location: Path | str) -> bool:
+    """Whether an edge has created the store yet (a server is asked when the store is opened)."""
+    return is_store_url(location) or Path(location).exists()
+
+
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the store (creating the schema unless ``readonly``)."""
     path = Path(path)
@@ -127,18 +211,21 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-class Store:
-    """Reads and writes of the store; one instance per thread that uses it."""
+class BaseStore(ABC):
+    """Reads and writes of the store; one instance per thread that uses it.
 
-    def __init__(self, path: Path | str, *, retention_rows: int = 2_000_000, readonly: bool = False) -> None:
-        self.path = Path(path)
-        self.retention_rows = retention_rows
-        self.conn = connect(self.path, readonly=readonly)
+    The reads are shared SQL on :attr:`conn`; each backend writes in its own way (batched inserts on
+    SQLite, ``COPY`` on PostgreSQL) and recovers from a failed write in its own way.
+    """
+
+    conn: StoreConnection
+    retention_rows: int
 
     def close(self) -> None:
         self.conn.close()
 
     # -- writes -----------------------------------------------------------------------------------
+    @abstractmethod
     def write(
         self,
         samples: Sequence[SampleRow] = (),
@@ -146,53 +233,18 @@ class Store:
         status: Sequence[StatusRow] = (),
     ) -> None:
         """Write one batch in one transaction: all of it lands or none does."""
-        with self.conn:
-            if samples:
-                self.conn.executemany(
-                    "INSERT INTO samples (device, target, ts, seq, value, forecast, persistence, prediction,"
-                    " model) VALUES (?,?,?,?,?,?,?,?,?)",
-                    samples,
-                )
-            if events:
-                self.conn.executemany(
-                    "INSERT INTO events (ts, kind, scope, reason, version, previous_version, metrics)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    [
-                        (
-                            e.ts,
-                            e.kind,
-                            e.scope,
-                            e.reason,
-                            e.version,
-                            e.previous_version,
-                            orjson.dumps(e.metrics).decode(),
-                        )
-                        for e in events
-                    ],
-                )
-            if status:
-                self.conn.executemany(
-                    "INSERT OR REPLACE INTO scope_status VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", status
-                )
 
+    @abstractmethod
     def prune(self) -> int:
         """Delete the oldest samples beyond the retention bound; returns rows deleted."""
-        row = self.conn.execute("SELECT max(id) FROM samples").fetchone()
-        if not row or row[0] is None:
-            return 0
-        cutoff = int(row[0]) - self.retention_rows
-        if cutoff <= 0:
-            return 0
-        with self.conn:
-            cur = self.conn.execute("DELETE FROM samples WHERE id <= ?", (cutoff,))
-        return cur.rowcount
 
+    @abstractmethod
     def record_model_version(self, **fields: Any) -> None:
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        values = [orjson.dumps(v).decode() if isinstance(v, dict | list) else v for v in fields.values()]
-        with self.conn:
-            self.conn.execute(f"INSERT OR REPLACE INTO model_versions ({cols}) VALUES ({marks})", values)
+        """Insert or replace one row of ``model_versions``."""
+
+    @abstractmethod
+    def recover(self) -> None:
+        """Make the store usable again after a failed write (roll back, reconnect); never raises."""
 
     def update_model_decision(self, scope: str, version: int, decision: str, reason: str) -> None:
         with self.conn:
@@ -200,6 +252,17 @@ class Store:
                 "UPDATE model_versions SET decision=?, reason=? WHERE scope=? AND version=?",
                 (decision, reason, scope, version),
             )
+
+    @staticmethod
+    def _event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+        return [
+            (e.ts, e.kind, e.scope, e.reason, e.version, e.previous_version, orjson.dumps(e.metrics).decode())
+            for e in events
+        ]
+
+    @staticmethod
+    def _version_values(fields: dict[str, Any]) -> list[Any]:
+        return [orjson.dumps(v).decode() if isinstance(v, dict | list) else v for v in fields.values()]
 
     # -- reads ------------------------------------------------------------------------------------
     def series(
@@ -217,12 +280,14 @@ class Store:
             else [
                 r[0]
                 for r in self.conn.execute(
-                    "SELECT DISTINCT device FROM scope_status WHERE target=?", (target,)
+                    "SELECT DISTINCT device FROM scope_status WHERE target=? ORDER BY device", (target,)
                 )
             ]
             or [
                 r[0]
-                for r in self.conn.execute("SELECT DISTINCT device FROM samples WHERE target=?", (target,))
+                for r in self.conn.execute(
+                    "SELECT DISTINCT device FROM samples WHERE target=? ORDER BY device", (target,)
+                )
             ]
         )
         out = []
@@ -274,3 +339,61 @@ class Store:
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+class Store(BaseStore):
+    """The embedded store: one SQLite file (``store.path``, default ``<data_dir>/edgeloop.db``)."""
+
+    def __init__(self, path: Path | str, *, retention_rows: int = 2_000_000, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.retention_rows = retention_rows
+        self.conn: sqlite3.Connection = connect(self.path, readonly=readonly)
+
+    def write(
+        self,
+        samples: Sequence[SampleRow] = (),
+        events: Sequence[Event] = (),
+        status: Sequence[StatusRow] = (),
+    ) -> None:
+        with self.conn:
+            if samples:
+                self.conn.executemany(
+                    "INSERT INTO samples (device, target, ts, seq, value, forecast, persistence, prediction,"
+                    " model) VALUES (?,?,?,?,?,?,?,?,?)",
+                    samples,
+                )
+            if events:
+                self.conn.executemany(
+                    "INSERT INTO events (ts, kind, scope, reason, version, previous_version, metrics)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    self._event_rows(events),
+                )
+            if status:
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO scope_status VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", status
+                )
+
+    def prune(self) -> int:
+        row = self.conn.execute("SELECT max(id) FROM samples").fetchone()
+        if not row or row[0] is None:
+            return 0
+        cutoff = int(row[0]) - self.retention_rows
+        if cutoff <= 0:
+            return 0
+        with self.conn:
+            cur = self.conn.execute("DELETE FROM samples WHERE id <= ?", (cutoff,))
+        return cur.rowcount
+
+    def record_model_version(self, **fields: Any) -> None:
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        with self.conn:
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO model_versions ({cols}) VALUES ({marks})",
+                self._version_values(fields),
+            )
+
+    def recover(self) -> None:
+        # A failed commit can leave a transaction open; roll it back so the retry starts clean.
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.rollback()

@@ -18,13 +18,12 @@ import errno
 import logging
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from edgeloop.adapters.store import Store
+from edgeloop.adapters.store import open_store
 from edgeloop.engine.rows import SampleRow, StatusRow
 from edgeloop.errors import StoreError
 from edgeloop.telemetry.schema import Event
@@ -74,6 +73,7 @@ def check_data_dir(path: Path) -> None:
 class StoreWriter:
     """A background thread that commits batches of rows every ``flush_interval`` seconds.
 
+    ``location`` is a SQLite file or a ``postgresql://`` URL (:func:`~edgeloop.adapters.store.open_store`).
     ``put`` is cheap and thread-safe. The store is opened in the constructor (a store that cannot be
     opened raises :class:`StoreError` there, not later in the thread). ``close`` flushes what is left,
     trying for at most ``close_timeout`` seconds.
@@ -81,7 +81,7 @@ class StoreWriter:
 
     def __init__(
         self,
-        path: Path | str,
+        location: Path | str,
         *,
         retention_rows: int,
         flush_interval: float = 0.25,
@@ -89,12 +89,11 @@ class StoreWriter:
         on_error: Callable[[str], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        self._path = Path(path)
         self._interval = flush_interval
         self.max_buffer_rows = max_buffer_rows
         self._on_error = on_error
         self._on_drop = on_drop
-        self._store = Store(self._path, retention_rows=retention_rows)
+        self._store = open_store(location, retention_rows=retention_rows)
         self._lock = threading.Lock()
         self._samples: list[SampleRow] = []
         self._events: list[Event] = []
@@ -219,8 +218,7 @@ class StoreWriter:
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-        if isinstance(exc, sqlite3.Error):
-            self._recover()
+        self._store.recover()
         if now - self._last_error_log >= ERROR_LOG_INTERVAL:
             self._last_error_log = now
             log.error(
@@ -231,11 +229,6 @@ class StoreWriter:
                 self.buffered,
                 self.rows_dropped,
             )
-
-    def _recover(self) -> None:
-        # A failed commit can leave a transaction open; roll it back so the retry starts clean.
-        with contextlib.suppress(sqlite3.Error):
-            self._store.conn.rollback()
 
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()

@@ -21,11 +21,11 @@ have no key in :class:`Settings`, so they are environment variables (or flags af
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 
 import streamlit as st
 
+from edgeloop.adapters.store import STORE_READ_ERRORS, describe
 from edgeloop.config import load_settings
 from edgeloop.dashboard import queries as q
 from edgeloop.dashboard.access import login_by_proxy, login_gate, page_icon, redact_url
@@ -55,7 +55,7 @@ def main() -> None:
         try:
             with store(settings, quiet=True) as conn:
                 known = q.targets(conn) if conn is not None else []
-        except sqlite3.Error:
+        except STORE_READ_ERRORS:
             known = []  # the open view reports it
         choices = list(dict.fromkeys([*settings.model.targets, *known]))
         target = st.selectbox("Target", choices, key="target", bind="query-params") or choices[0]
@@ -63,7 +63,7 @@ def main() -> None:
         st.divider()
         st.caption(
             f"**Site** {settings.site}  \n**Broker** {redact_url(settings.broker.url)}  \n"
-            f"**Store** `{settings.store_path}`  \n**Drift** {settings.drift.policy}, window "
+            f"**Store** `{describe(settings.store_location)}`  \n**Drift** {settings.drift.policy}, window "
             f"{settings.drift.window}  \n**First training after** {settings.model.min_train_samples} samples"
         )
 

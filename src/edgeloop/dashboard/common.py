@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from edgeloop.adapters.store import STORE_READ_ERRORS, StoreConnection, describe
 from edgeloop.config import Settings
 from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard import queries as q
@@ -120,12 +120,12 @@ class Context:
 
 
 @contextmanager
-def store(settings: Settings, *, quiet: bool = False) -> Iterator[sqlite3.Connection | None]:
+def store(settings: Settings, *, quiet: bool = False) -> Iterator[StoreConnection | None]:
     """A fresh read-only connection per refresh: cheap, and never shared between sessions' threads.
 
     ``None`` while the store does not exist (the views then show their empty state)."""
     try:
-        conn = q.open_store(settings.store_path)
+        conn = q.open_store(settings.store_location)
     except StoreError as exc:
         if not quiet:
             st.error(f"Cannot open the store: {exc}")
@@ -148,7 +148,7 @@ def no_data(ctx: Context) -> None:
     broker = redact_url(ctx.settings.broker.url)
     st.info(
         f"**No data yet: is a publisher running on {broker} topic {filters}?**\n\n"
-        f"The dashboard reads `{ctx.settings.store_path}`, which the edge service fills "
+        f"The dashboard reads `{describe(ctx.settings.store_location)}`, which the edge service fills "
         f"(`edgeloop edge` or `edgeloop demo`). This page refreshes by itself.",
         icon=":material/inbox:",
     )
@@ -165,7 +165,7 @@ def no_model(ctx: Context, device: str | None = None, count: int | None = None) 
 
 
 # -- fleet ---------------------------------------------------------------------------------------
-def fleet_of(conn: sqlite3.Connection, ctx: Context) -> pd.DataFrame:
+def fleet_of(conn: StoreConnection, ctx: Context) -> pd.DataFrame:
     """The fleet table, silence judged against each device's own reporting interval (cached per session)."""
     cache = st.session_state.setdefault("_intervals", fd.IntervalCache())
     now = time.time()
@@ -224,8 +224,11 @@ def guarded(view: Callable[[Context], None]) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         try:
             view(ctx)
-        except sqlite3.Error as exc:
-            st.error(f"Cannot read the store `{ctx.settings.store_path}`: {exc}", icon=":material/error:")
+        except STORE_READ_ERRORS as exc:
+            st.error(
+                f"Cannot read the store `{describe(ctx.settings.store_location)}`: {exc}",
+                icon=":material/error:",
+            )
             refreshed_caption(ctx)
 
     return run

@@ -22,13 +22,13 @@ silent when that exceeds ``k`` of its own reporting intervals, learned from its 
 from __future__ import annotations
 
 import itertools
-import sqlite3
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 
+from edgeloop.adapters.store import StoreConnection
 from edgeloop.dashboard.queries import _frame, _to_time
 
 # Statuses as the edge writes them, plus ``silent`` which only the dashboard derives.
@@ -51,7 +51,7 @@ FLEET_SQL = (
 INTERVAL_SQL = "SELECT ts FROM samples WHERE target = ? AND device = ? ORDER BY ts DESC LIMIT ?"
 
 
-def reporting_interval(conn: sqlite3.Connection, target: str, device: str, *, gaps: int = 32) -> float | None:
+def reporting_interval(conn: StoreConnection, target: str, device: str, *, gaps: int = 32) -> float | None:
     """The device's usual gap between readings: the median of its newest ``gaps`` gaps, in reading
     time (a seek of ``samples_scope_ts``, ``gaps + 1`` rows); ``None`` before two distinct readings.
 
@@ -67,6 +67,7 @@ class IntervalCache:
     an interval changes slowly, and a fleet of thousands would otherwise cost a seek per device per
     refresh. One per browser session.
 
+    >>> import sqlite3
     >>> conn = sqlite3.connect(":memory:")
     >>> _ = conn.execute("CREATE TABLE samples (target, device, ts)")
     >>> _ = conn.executemany("INSERT INTO samples VALUES ('t', 'a', ?)", [(10.0 * i,) for i in range(5)])
@@ -80,7 +81,7 @@ class IntervalCache:
         self._known: dict[tuple[str, str], tuple[float | None, float]] = {}
 
     def intervals(
-        self, conn: sqlite3.Connection, target: str, devices: list[str], now: float
+        self, conn: StoreConnection, target: str, devices: list[str], now: float
     ) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for device in devices:
@@ -93,7 +94,7 @@ class IntervalCache:
 
 
 def fleet(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     target: str,
     *,
     now: float,

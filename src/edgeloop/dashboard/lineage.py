@@ -18,12 +18,12 @@ promotes or rolls back: the loop, ``edgeloop train``, ``edgeloop models``) and t
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from edgeloop.adapters.store import StoreConnection
 from edgeloop.errors import ModelFileError
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.pointer import ChampionPointer, read_journal, read_pointer
@@ -53,7 +53,7 @@ def pointers(models_dir: Path, scopes: Iterable[str]) -> dict[str, ChampionPoint
     return out
 
 
-def lineage_events(conn: sqlite3.Connection, scopes: Iterable[str]) -> pd.DataFrame:
+def lineage_events(conn: StoreConnection, scopes: Iterable[str]) -> pd.DataFrame:
     """Promotions, rejections and rollbacks of ``scopes``, oldest first (``events_scope_ts``, one
     query per 500 scopes)."""
     names = list(scopes)
@@ -65,7 +65,7 @@ def lineage_events(conn: sqlite3.Connection, scopes: Iterable[str]) -> pd.DataFr
     return df.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
-def serving(conn: sqlite3.Connection, target: str) -> dict[str, list[str]]:
+def serving(conn: StoreConnection, target: str) -> dict[str, list[str]]:
     """Devices per serving version label, from the status rows."""
     out: dict[str, list[str]] = {}
     for model, device in conn.execute(SERVING_SQL, (target,)):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from edgeloop.adapters.store import connect
+from edgeloop.adapters.store import StoreConnection, connect, is_store_url
 from edgeloop.telemetry.schema import EVENT_KINDS, PERSISTENCE_VERSION
 
 DEVICE_STATUS_SQL = (
@@ -102,12 +101,17 @@ def mlflow_run_url(base_url: str, run_id: str | None) -> str | None:
     return f"{base_url.rstrip('/')}/#/runs/{run_id}"
 
 
-def open_store(path: Path | str) -> sqlite3.Connection | None:
-    """A read-only connection to the store, or ``None`` while the file does not exist yet.
+def open_store(location: Path | str) -> StoreConnection | None:
+    """A read-only connection to the store (a SQLite file or a ``postgresql://`` URL), or ``None``
+    while no edge has created it yet.
 
     The dashboard never creates the store: an empty state explains that no edge has written yet.
     """
-    path = Path(path)
+    if is_store_url(location):
+        from edgeloop.adapters.store_pg import open_reader
+
+        return open_reader(str(location))
+    path = Path(location)
     if not path.is_file():
         return None
     return connect(path, readonly=True)
@@ -119,7 +123,7 @@ _TEXT_COLUMNS = frozenset(
 )  # fmt: skip
 
 
-def _frame(conn: sqlite3.Connection, sql: str, params: Any = ()) -> pd.DataFrame:
+def _frame(conn: StoreConnection, sql: str, params: Any = ()) -> pd.DataFrame:
     """Rows of ``sql`` as a DataFrame (without pandas' SQL layer: less overhead, sqlite3 errors).
 
     Every non-text column is float, so a column of NULLs is NaN, not ``None`` objects.
@@ -138,17 +142,17 @@ def _to_time(seconds: pd.Series) -> pd.Series:
 
 
 # -- fleet ---------------------------------------------------------------------------------------
-def targets(conn: sqlite3.Connection) -> list[str]:
+def targets(conn: StoreConnection) -> list[str]:
     """Targets that have a status row, in name order."""
     return [r[0] for r in conn.execute("SELECT DISTINCT target FROM scope_status ORDER BY target")]
 
 
-def has_samples(conn: sqlite3.Connection) -> bool:
+def has_samples(conn: StoreConnection) -> bool:
     """Whether any reading was stored (reads one row, never counts)."""
     return conn.execute("SELECT EXISTS (SELECT 1 FROM samples)").fetchone()[0] == 1
 
 
-def device_status(conn: sqlite3.Connection, target: str, device: str) -> dict[str, Any]:
+def device_status(conn: StoreConnection, target: str, device: str) -> dict[str, Any]:
     """The device view's extra figures: readings so far and the naive baselines (one primary-key row)."""
     cur = conn.execute(DEVICE_STATUS_SQL, (device, target))
     row = cur.fetchone()
@@ -158,7 +162,7 @@ def device_status(conn: sqlite3.Connection, target: str, device: str) -> dict[st
 
 # -- device view ---------------------------------------------------------------------------------
 def device_series(
-    conn: sqlite3.Connection, target: str, device: str, *, points: int = 500, window: int = 100
+    conn: StoreConnection, target: str, device: str, *, points: int = 500, window: int = 100
 ) -> pd.DataFrame:
     """The newest ``points`` readings of one device, oldest first, with rolling RMSEs.
 
@@ -186,7 +190,7 @@ def device_series(
 
 
 def device_events(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     target: str,
     device: str,
     *,
@@ -207,9 +211,7 @@ def device_events(
     return df
 
 
-def recent_device_events(
-    conn: sqlite3.Connection, target: str, device: str, *, limit: int = 20
-) -> pd.DataFrame:
+def recent_device_events(conn: StoreConnection, target: str, device: str, *, limit: int = 20) -> pd.DataFrame:
     """The newest events of the device's scope and the fleet scope, newest first, at any time."""
     df = _frame(conn, RECENT_DEVICE_EVENTS_SQL, (scope_name(target, device), scope_name(target), limit))
     return _event_frame(df)
@@ -222,7 +224,7 @@ def _target_scope_clause(target: str) -> tuple[str, tuple[str, ...]]:
     return "(scope = ? OR (scope >= ? AND scope < ?))", (target, f"{target}@", f"{target}A")
 
 
-def model_scopes(conn: sqlite3.Connection, target: str) -> list[str]:
+def model_scopes(conn: StoreConnection, target: str) -> list[str]:
     """Scopes of ``target`` that have at least one trained version, the fleet scope first."""
     clause, args = _target_scope_clause(target)
     sql = f"SELECT DISTINCT scope FROM model_versions WHERE {clause} ORDER BY scope"
@@ -230,7 +232,7 @@ def model_scopes(conn: sqlite3.Connection, target: str) -> list[str]:
 
 
 def model_versions(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     target: str,
     *,
     scope: str | None = None,
@@ -303,7 +305,7 @@ def _event_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def events(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     *,
     kinds: list[str] | None = None,
     scope_contains: str = "",
@@ -332,7 +334,7 @@ def events(
 
 
 # -- diagnostics ---------------------------------------------------------------------------------
-def query_plan(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...] = ()) -> str:
+def query_plan(conn: StoreConnection, sql: str, args: tuple[Any, ...] = ()) -> str:
     """SQLite's plan for ``sql``, one step per line (what the benchmark and tests check)."""
     return "\n".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
 

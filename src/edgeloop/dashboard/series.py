@@ -9,11 +9,11 @@ thinning never hides an error spike inside a bucket.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 import pandas as pd
 
+from edgeloop.adapters.store import StoreConnection
 from edgeloop.dashboard import fleetdata as fd
 from edgeloop.dashboard import queries as q
 
@@ -41,7 +41,7 @@ BUCKET_SQL = (
     "SELECT MIN(ts) AS ts, AVG(value) AS value, AVG(forecast) AS forecast, AVG(persistence) AS persistence,"
     " MAX(model) AS model, AVG((value - forecast) * (value - forecast)) AS se_model,"
     " AVG((value - persistence) * (value - persistence)) AS se_persistence, COUNT(*) AS n,"
-    " SUM(forecast IS NOT NULL) AS n_model, SUM(persistence IS NOT NULL) AS n_persistence"
+    " COUNT(forecast) AS n_model, COUNT(persistence) AS n_persistence"
     " FROM samples WHERE target = ? AND device = ? AND ts >= ? AND ts <= ?"
     " GROUP BY CAST((ts - ?) / ? AS INTEGER) ORDER BY ts"
 )
@@ -62,7 +62,7 @@ class Window:
     capped: bool = False
 
 
-def span_of(conn: sqlite3.Connection, target: str, device: str) -> tuple[float, float] | None:
+def span_of(conn: StoreConnection, target: str, device: str) -> tuple[float, float] | None:
     """The device's oldest and newest reading time (two index seeks), or ``None`` without readings."""
     args = (target, device)
     newest = conn.execute(NEWEST_SQL.format(order="DESC"), args).fetchone()
@@ -72,7 +72,7 @@ def span_of(conn: sqlite3.Connection, target: str, device: str) -> tuple[float, 
     return float(oldest[0]), float(newest[0])
 
 
-def auto_start(conn: sqlite3.Connection, target: str, device: str, *, points: int, end: float) -> float:
+def auto_start(conn: StoreConnection, target: str, device: str, *, points: int, end: float) -> float:
     """The start of the ``auto`` range: the newest ``points`` readings, or from a little before the
     device's last drift or model event when that is older, so its markers are in view."""
     row = conn.execute(q.SERIES_SQL, (target, device, points)).fetchall()
@@ -84,7 +84,7 @@ def auto_start(conn: sqlite3.Connection, target: str, device: str, *, points: in
 
 
 def window_for(
-    conn: sqlite3.Connection, target: str, device: str, choice: str, *, points: int, max_scan: int = MAX_SCAN
+    conn: StoreConnection, target: str, device: str, choice: str, *, points: int, max_scan: int = MAX_SCAN
 ) -> Window | None:
     """The time window of ``choice`` (a key of :data:`RANGES` or :data:`AUTO`), or ``None`` without data.
 
@@ -109,7 +109,7 @@ def window_for(
 
 
 def range_series(
-    conn: sqlite3.Connection, target: str, device: str, window: Window, *, rolling: int = 100
+    conn: StoreConnection, target: str, device: str, window: Window, *, rolling: int = 100
 ) -> pd.DataFrame:
     """Readings of ``window`` oldest first with the columns of :func:`queries.device_series`, plus
     ``n`` (readings per point). ``rolling`` is the drift window in readings; for buckets it becomes

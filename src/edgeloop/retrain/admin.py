@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from edgeloop.adapters.store import Store
+from edgeloop.adapters.store import open_store, store_exists
 from edgeloop.config import Settings
 from edgeloop.errors import EdgeloopError, ModelFileError
 from edgeloop.lifecycle.promotion import judge_on_holdout
@@ -40,9 +40,9 @@ def _known_versions(registry: LocalRegistry, scope: str) -> str:
 
 def _decisions(settings: Settings) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """The store's row per version label, and the labels a rollback took out of service."""
-    if not settings.store_path.exists():
+    if not store_exists(settings.store_location):
         return {}, set()
-    store = Store(settings.store_path, retention_rows=settings.store.retention_rows, readonly=True)
+    store = open_store(settings.store_location, retention_rows=settings.store.retention_rows, readonly=True)
     try:
         rows = {row["label"]: row for row in store.model_versions()}
         rolled = {
@@ -120,7 +120,7 @@ def record_events(settings: Settings, events: list[Event], *, timeout: float = 3
     """
     if not events:
         return True
-    store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
+    store = open_store(settings.store_location, retention_rows=settings.store.retention_rows)
     try:
         store.write(events=events)
     finally:
@@ -145,7 +145,7 @@ def record_events(settings: Settings, events: list[Event], *, timeout: float = 3
 
 
 def _mlflow_run(settings: Settings, scope: str, version: int) -> str | None:
-    store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
+    store = open_store(settings.store_location, retention_rows=settings.store.retention_rows)
     try:
         for row in store.model_versions(scope):
             if row["version"] == version:
@@ -177,7 +177,7 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
     if current is not None and current.label == label:
         return True, f"{label} is already the champion"
     target, device = parse_scope(scope)
-    store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
+    store = open_store(settings.store_location, retention_rows=settings.store.retention_rows)
     try:
         series = store.series(target, device=device, limit=settings.model.train_window)
     finally:

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeloop.adapters.store import Series, Store
+from edgeloop.adapters.store import BaseStore, Series, open_store
 from edgeloop.config import Settings
 from edgeloop.errors import ModelFileError
 from edgeloop.lifecycle.promotion import judge
@@ -50,7 +50,7 @@ class RetrainOutcome:
         return cls(**data)
 
 
-def _series_for(store: Store, settings: Settings, scope: str, since_ts: float | None) -> list[Series]:
+def _series_for(store: BaseStore, settings: Settings, scope: str, since_ts: float | None) -> list[Series]:
     target, device = parse_scope(scope)
     window = settings.model.train_window
     if device is None:
@@ -133,7 +133,7 @@ def run_retrain(
     ]
     registry = LocalRegistry(settings.models_dir)
     lags = settings.model.lags
-    store = Store(settings.store_path, retention_rows=settings.store.retention_rows)
+    store = open_store(settings.store_location, retention_rows=settings.store.retention_rows)
     try:
         series = _series_for(store, settings, scope, since_ts)
         try:

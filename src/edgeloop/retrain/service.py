@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
-from edgeloop.adapters.store import Store
+from edgeloop.adapters.store import open_store
 from edgeloop.config import Settings
 from edgeloop.lifecycle.retrains import Attempt
 from edgeloop.registry.bus import (
@@ -385,7 +385,9 @@ class TrainerService:
                 info.wait_for_publish(PUBLISH_WAIT)
         if store and events:
             try:
-                db = Store(self.settings.store_path, retention_rows=self.settings.store.retention_rows)
+                db = open_store(
+                    self.settings.store_location, retention_rows=self.settings.store.retention_rows
+                )
                 try:
                     db.write(events=[Event.from_dict(e) for e in events])
                 finally:

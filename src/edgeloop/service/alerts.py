@@ -228,10 +228,10 @@ class SilenceWatch:
         return newly
 
 
-def _device_counts(store_path: Path) -> dict[str, int]:
-    from edgeloop.adapters.store import Store
+def _device_counts(location: Path | str) -> dict[str, int]:
+    from edgeloop.adapters.store import open_store
 
-    store = Store(store_path, readonly=True)
+    store = open_store(location, readonly=True)
     try:
         rows = store.conn.execute("SELECT device, MAX(count) FROM scope_status GROUP BY device").fetchall()
     finally:
@@ -245,7 +245,7 @@ def _watch_silence(alerter: Alerter, settings: Settings, owner: weakref.ref[Any]
     while owner() is not None:
         time.sleep(period)
         try:
-            counts = _device_counts(settings.store_path)
+            counts = _device_counts(settings.store_location)
         except Exception as exc:  # the store may not exist yet or be busy: try again next round
             log.debug("silence check skipped: %s", exc)
             continue

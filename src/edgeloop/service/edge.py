@@ -311,10 +311,10 @@ class EdgeService:
     def _open_storage(self) -> None:
         s = self.settings
         check_data_dir(s.data_dir)
-        if s.store_path.parent.resolve() != s.data_dir.resolve():
+        if s.store.url is None and s.store_path.parent.resolve() != s.data_dir.resolve():
             check_data_dir(s.store_path.parent)
         self.writer = StoreWriter(
-            s.store_path,
+            s.store_location,
             retention_rows=s.store.retention_rows,
             flush_interval=s.store.flush_interval,
             max_buffer_rows=s.store.max_buffer_rows,
