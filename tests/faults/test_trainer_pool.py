@@ -26,6 +26,8 @@ from tests.integration.conftest import Collector, wait_until
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.registry.local import LocalRegistry
+from edgeloop.registry.signing import PRIVATE_KEY_FILE, Signer
 
 
 @pytest.fixture
@@ -147,6 +149,54 @@ def test_a_request_sent_again_while_one_trainer_works_on_it_waits_for_that_answe
         assert {e["request_id"] for e in promoted} == {"r-pool-1"}
         assert len({e["version"] for e in promoted}) == 1
         assert all(t.alive() for t in pool)
+    finally:
+        for t in pool:
+            t.stop()
+        sender.close()
+        events.close()
+
+
+def test_two_requests_for_one_scope_are_trained_one_after_the_other_with_distinct_versions(
+    mosquitto: MosquittoBroker, tmp_path: Path, site: str
+) -> None:
+    """Trainers with data dirs of their own (bus mode): one scope's versions never collide."""
+    keys = tmp_path / "keys"
+    Signer.generate().write(keys)
+    pool = []
+    for name in ("a", "b"):
+        data = tmp_path / name
+        data.mkdir()
+        _seed_store(data / "edgeloop.db", ["dev-000", "dev-001"])
+        env = {
+            **base_env(mosquitto, data, site),
+            "EDGELOOP_BROKER_CLIENT_ID": f"trainer-{name}-{site}",
+            "EDGELOOP_DISTRIBUTION_MODE": "bus",
+            "EDGELOOP_DISTRIBUTION_SIGNING_KEY_FILE": str(keys / PRIVATE_KEY_FILE),
+        }
+        pool.append(TrainerProcess(env, tmp_path / f"trainer-{name}.log").start())
+    events = Collector(mosquitto, f"edgeloop/{site}/events")
+    sender = MqttSession(mosquitto.settings(), role="requests").start()
+    try:
+        for rid in ("r-edge-1", "r-edge-2"):  # two edges ask for the fleet model at once
+            request = {"scope": "voc_ppb", "trigger": "initial", "request_id": rid}
+            sender.publish(f"edgeloop/{site}/control/retrain", orjson.dumps(request), qos=1)
+        verdicts = ("model_promoted", "model_rejected")
+
+        def answered() -> set[str]:
+            return {e["request_id"] for e in events.payloads() if e["kind"] in verdicts}
+
+        wait_until(lambda: answered() == {"r-edge-1", "r-edge-2"}, 60, "both requests answered")
+        assert trainings(pool, "voc_ppb") == 2
+        assert sum(t.log().count("its scope is being trained by") for t in pool) == 1
+        versions = [e["version"] for e in events.payloads() if e["kind"] in verdicts]
+        assert sorted(versions) == ["voc_ppb:v1", "voc_ppb:v2"]
+        for t in pool:
+            assert "refused the model message" not in t.log(), t.log()[-2000:]
+        # Both trainers hold the champion, whichever of them trained it.
+        champion = events_of(events, "model_promoted", "voc_ppb")[-1]["version"]
+        v = int(champion.rsplit("v", 1)[1])
+        for name in ("a", "b"):
+            assert LocalRegistry(tmp_path / name / "models").champion("voc_ppb") == v
     finally:
         for t in pool:
             t.stop()

@@ -20,12 +20,17 @@ malformed, stops the trainer.
   came back. A request a killed trainer held is sent again by its edge after ``retrain.timeout``
   (:mod:`edgeloop.lifecycle.retrains`), and reaches a live trainer.
 - Every trainer announces itself on ``edgeloop/<site>/trainers/<client id>`` (retained JSON
-  ``{"state": "online", "job": <request id or null>}``; the broker publishes ``offline`` as its last
+  ``{"state": "online", "job": <request id or null>, "scope": ...}``; the broker publishes ``offline`` as its last
   will when the connection drops, kill -9 included) and listens to the events topic. A re-sent
   request whose answer any trainer already published is answered again from memory; one that a live
   trainer is still working on waits (unacknowledged) for that trainer's answer, and is trained only if
   that trainer goes offline first. So a slow training that outlived the edge's timeout is not trained
   a second time, and a dead trainer's request is.
+- One scope is trained by one trainer at a time (a request for a scope another trainer is training
+  waits for it), so the next training compares against the champion just made and numbers its
+  version after it, whichever trainer takes it (with ``distribution.mode: bus`` every trainer installs
+  the champions the others publish). A claim is first when no other claim reached the trainer before
+  the broker echoed its own (the broker forwards presence messages in the order it got them).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import queue
 import re
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +123,10 @@ class TrainerService:
         self.session.client.manual_ack_set(True)
         # The broker tells the pool when we are gone, kill -9 included (the socket closes).
         self.session.client.will_set(self._presence_topic, self._presence("offline"), qos=1, retain=True)
-        self._live: dict[str, str | None] = {}  # other trainers online -> the request id they work on
+        # Other trainers online (presence topic) -> the request id and scope they work on.
+        self._live: dict[str, tuple[str | None, str | None]] = {}
+        self._claimed: str | None = None  # the request id our presence names
+        self._echo: str | None = None  # nonce of our last presence, until the broker sends it back
         self._parked: list[_Parked] = []
         self._announced = -1  # the connection our presence was last published on
         # distribution.mode bus: champions we promote go out signed; other trainers' come in verified,
@@ -164,16 +173,56 @@ class TrainerService:
             self.session.close()
 
     # -- the pool ---------------------------------------------------------------------------------
-    def _presence(self, state: str, job: str | None = None) -> bytes:
-        return orjson.dumps({"state": state, "job": job, "trainer": self.client_id, "ts": time.time()})
+    def _presence(self, state: str, job: str | None = None, scope: str | None = None) -> bytes:
+        self._echo = uuid.uuid4().hex
+        return orjson.dumps(
+            {
+                "state": state,
+                "job": job,
+                "scope": scope,
+                "trainer": self.client_id,
+                "ts": time.time(),
+                "nonce": self._echo,
+            }
+        )
 
-    def _announce(self, job: str | None) -> None:
-        info = self.session.publish(self._presence_topic, self._presence("online", job), qos=1, retain=True)
+    def _announce(self, job: str | None, scope: str | None = None) -> None:
+        payload = self._presence("online", job, scope)
+        info = self.session.publish(self._presence_topic, payload, qos=1, retain=True)
         self._announced = self.session.connection
+        self._claimed = job
         if job is not None:
             # Others must know we hold the request before it can reach them again.
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(PUBLISH_WAIT)
+
+    def _claim(self, attempt: Attempt) -> str | None:
+        """Claim ``attempt`` for us; the presence topic of a trainer that claimed it (or its scope) first.
+
+        Our claim is first if no other claim reached us before the broker sent ours back: the broker
+        delivers every presence in the order it received them, so a trainer claiming later sees ours
+        before its own and backs off. Two trainings of one scope at once would both number their
+        version after the same champion.
+        """
+        self._announce(attempt.request_id, attempt.scope)
+        deadline = time.monotonic() + PUBLISH_WAIT
+        held: list[Any] = []
+        while self._echo is not None and time.monotonic() < deadline:
+            try:
+                message = self._requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if message.topic == self._request_topic:
+                held.append(message)  # taken in turn after this one
+            else:
+                self._observe(message)
+                self._ack(message)
+        for message in held:
+            self._requests.put(message)
+        holder = self._holder(attempt)
+        if holder is not None:
+            self._announce(None)
+        return holder
 
     def _ack(self, message: Any) -> None:
         if message.qos > 0:
@@ -194,10 +243,15 @@ class TrainerService:
             return
         if topic.startswith(self._presence_root + "/"):
             if topic == self._presence_topic:
+                if data.get("nonce") == self._echo:
+                    self._echo = None
                 return
             if data.get("state") == "online":
-                job = data.get("job")
-                self._live[topic] = job if isinstance(job, str) else None
+                job, scope = data.get("job"), data.get("scope")
+                self._live[topic] = (
+                    job if isinstance(job, str) else None,
+                    scope if isinstance(scope, str) else None,
+                )
             else:
                 self._live.pop(topic, None)
             return
@@ -216,23 +270,34 @@ class TrainerService:
             while len(self._answers) > ANSWERS_KEPT:
                 self._answers.popitem(last=False)
 
-    def _holder(self, rid: str) -> str | None:
-        """The presence topic of another live trainer working on ``rid``, if any."""
-        for topic, job in self._live.items():
-            if job == rid:
+    def _holds(self, holder: str, attempt: Attempt) -> bool:
+        job, scope = self._live.get(holder, (None, None))
+        return (bool(attempt.request_id) and job == attempt.request_id) or (
+            job is not None and scope == attempt.scope
+        )
+
+    def _holder(self, attempt: Attempt) -> str | None:
+        """The presence topic of another live trainer working on ``attempt`` or on its scope, if any."""
+        for topic in self._live:
+            if self._holds(topic, attempt):
                 return topic
         return None
 
     def _take(self, message: Any) -> None:
-        payload = bytes(message.payload)
-        with contextlib.suppress(ValueError):
-            attempt = request_from_json(payload)
-            holder = self._holder(attempt.request_id) if attempt.request_id else None
-            if holder is not None and attempt.request_id not in self._answers:
+        try:
+            attempt = request_from_json(bytes(message.payload))
+        except ValueError:
+            self._answer(message)  # refused, with the reason
+            return
+        if attempt.request_id not in self._answers:
+            holder = self._holder(attempt) or self._claim(attempt)
+            if holder is not None:
+                same = self._live.get(holder, (None, None))[0] == attempt.request_id
                 log.info(
-                    "request %s (%s) is being trained by %s: waiting for its answer",
+                    "request %s (%s): %s is being trained by %s; waiting for it",
                     attempt.request_id,
                     attempt.scope,
+                    "it" if same else "its scope",
                     holder.rsplit("/", 1)[-1],
                 )
                 self.handled["waited"] += 1
@@ -242,13 +307,11 @@ class TrainerService:
 
     def _unpark(self) -> None:
         for parked in list(self._parked):
-            rid = parked.attempt.request_id
-            if rid in self._answers or self._live.get(parked.holder, "") != rid:
-                # Answered by its holder (repeated from memory), or the holder is gone: ours now.
-                self._parked.remove(parked)
-                if rid not in self._answers:
-                    log.warning("trainer %s left request %s unanswered: training it", parked.holder, rid)
-                self._answer(parked.message)
+            if self._holds(parked.holder, parked.attempt) and parked.attempt.request_id not in self._answers:
+                continue
+            # Answered (repeated from memory), its holder done with the scope, or gone: ours now.
+            self._parked.remove(parked)
+            self._answer(parked.message)
 
     def _answer(self, message: Any) -> None:
         try:
@@ -275,8 +338,8 @@ class TrainerService:
             log.info("request %s (%s) was answered already: sending the answer again", rid, scope)
             self._send(self._answers[rid], store=False)
             return
-        if rid:
-            self._announce(rid)
+        if rid and self._claimed != rid:
+            self._announce(rid, scope)
         try:
             self._train(attempt)
         finally:
