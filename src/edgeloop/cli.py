@@ -8,7 +8,6 @@ matplotlib) are imported inside the commands that need them, so ``edgeloop edge`
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -275,28 +274,63 @@ def trainer(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: Broke
         fail(str(exc), 1)
 
 
-@app.command(epilog=examples("edgeloop mlflow", "edgeloop mlflow --port 5001 --data-dir /var/lib/edgeloop"))
+@app.command(
+    epilog=examples(
+        "edgeloop mlflow",
+        "edgeloop mlflow --port 5001 --data-dir /var/lib/edgeloop",
+        "edgeloop mlflow --host 0.0.0.0 --backend-store-uri postgresql://mlflow@db:5432/mlflow"
+        " --artifacts-destination /srv/mlartifacts",
+    )
+)
 def mlflow(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="Tracking and registry database, e.g. postgresql://mlflow@db:5432/mlflow (the fleet's"
+            " registry). Default: the embedded <data_dir>/mlflow.db."
+        ),
+    ] = None,
+    artifacts_destination: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the server keeps artifacts it receives (a directory, s3://...); trainers write"
+            " through the server. Default: <data_dir>/mlartifacts."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(help="Host headers the server accepts, comma-separated (MLflow allows private IPs)."),
+    ] = None,
 ) -> None:
-    """Start the MLflow UI on the embedded tracking store (one worker, no job runner)."""
-    import os
+    """Start the MLflow server: the UI on the embedded tracking store, or a fleet's registry.
+
+    With --backend-store-uri it is the tracking server of a fleet: trainers on any host set
+    mlflow.tracking_uri: http://<host>:<port>, log runs and register models through it, and it keeps
+    their artifacts in --artifacts-destination. MLflow's usage telemetry is off unless
+    MLFLOW_DISABLE_TELEMETRY=false is set.
+    """
+    from edgeloop.registry.mlflow_server import ARTIFACTS_DIR, server_command
 
     settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)})
-    artifacts = (settings.data_dir / "mlartifacts").resolve()
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", settings.tracking_uri,
-        "--default-artifact-root", artifacts.as_uri(),
-        "--host", host, "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    # MLflow 3 otherwise starts a huey job consumer (GenAI jobs) beside the UI; the UI does not need it.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    typer.echo(f"MLflow UI on http://{host}:{port} (tracking {settings.tracking_uri})")
+    if backend_store_uri is None and settings.tracking_uri.startswith(("http://", "https://")):
+        fail(
+            f"mlflow.tracking_uri is the server {settings.tracking_uri}: give this server its own"
+            " --backend-store-uri (e.g. postgresql://mlflow@db:5432/mlflow)"
+        )
+    cmd, env, what = server_command(
+        backend=backend_store_uri or settings.tracking_uri,
+        artifacts=artifacts_destination or str(settings.data_dir / ARTIFACTS_DIR),
+        host=host,
+        port=port,
+        workers=workers,
+        allowed_hosts=allowed_hosts,
+    )
+    typer.echo(f"MLflow on http://{host}:{port} ({what})")
     run_child(cmd, env, "the MLflow server")
 
 

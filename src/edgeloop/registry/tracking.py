@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop.registry.mlflow_server import ARTIFACTS_DIR, embedded_db, quiet_telemetry, rebase_artifacts
 from edgeloop.scopes import encode_scope
 
 if TYPE_CHECKING:
@@ -53,20 +55,24 @@ class Tracker:
         return cls(settings.tracking_uri, m.experiment, m.model_prefix, enabled=m.enabled and enabled)
 
     def _mlflow(self) -> Any:
+        quiet_telemetry(os.environ)  # before MLflow is imported: it starts its telemetry client then
         import mlflow
 
         if self._client is None:
+            db = embedded_db(self.tracking_uri)
+            if db is not None:
+                # A data dir that was copied or moved still finds its runs' artifacts.
+                try:
+                    rebase_artifacts(db, db.parent / ARTIFACTS_DIR)
+                except sqlite3.Error as exc:
+                    log.warning("could not re-root MLflow artifact locations in %s: %s", db, exc)
             # The artifact store sits beside a sqlite tracking DB unless the server decides.
-            if self.tracking_uri.startswith("sqlite:///"):
-                db = Path(self.tracking_uri.removeprefix("sqlite:///"))
-                os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(db.parent / "mlartifacts"))
+            if db is not None:
+                os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(db.parent / ARTIFACTS_DIR))
             mlflow.set_tracking_uri(self.tracking_uri)
             if mlflow.get_experiment_by_name(self.experiment) is None:
-                artifacts = None
-                if self.tracking_uri.startswith("sqlite:///"):
-                    artifacts = (
-                        Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-                    ).as_uri()
+                # A server (http://) decides where artifacts go: the root it serves.
+                artifacts = (db.parent / ARTIFACTS_DIR).as_uri() if db is not None else None
                 mlflow.create_experiment(self.experiment, artifact_location=artifacts)
             mlflow.set_experiment(self.experiment)
             self._client = mlflow.MlflowClient()
