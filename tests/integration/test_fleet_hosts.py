@@ -290,9 +290,6 @@ def test_three_hosts_pool_signed_distribution_and_exactly_once(
     py = [sys.executable]
     env = {
         "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     }
     host_dir = {h: tmp_path / f"host{h.upper()}" for h in ADDR}
@@ -319,14 +316,15 @@ def test_three_hosts_pool_signed_distribution_and_exactly_once(
         hosts.call("a", *as_pg, "psql", "-h", ADDR["a"], "-U", "postgres", "-c", f"CREATE DATABASE {db}")
     store_url = f"postgresql://postgres@{ADDR['a']}:5432/edgeloop"
 
-    # -- host C: MLflow server (slow to start: started first), keys ------------------------------
+    # -- host C: the MLflow server (edgeloop mlflow; slow to start: started first), keys -------------
     mlflow = hosts.start(
         "c",
         "mlflow",
         [
-            *py, "-m", "mlflow", "server", "--host", ADDR["c"], "--port", "5000", "--workers", "1",
-            "--backend-store-uri", f"postgresql+psycopg://postgres@{ADDR['a']}:5432/mlflow",
-            "--artifacts-destination", str(host_dir["c"] / "mlflow-artifacts"),
+            *py, "-m", "edgeloop", "mlflow", "--host", ADDR["c"], "--port", "5000",
+            "--data-dir", str(host_dir["c"] / "mlflow"),
+            "--backend-store-uri", f"postgresql://postgres@{ADDR['a']}:5432/mlflow",
+            "--artifacts-destination", str(host_dir["c"] / "mlflow" / "artifacts"),
             "--allowed-hosts", f"{ADDR['c']}:5000,{ADDR['c']}",
         ],
         env,
@@ -418,13 +416,30 @@ def test_three_hosts_pool_signed_distribution_and_exactly_once(
     )  # fmt: skip
     figures: dict[str, float] = {}
 
-    # 1. The fleet model (one request per edge, the pool trains them one after the other).
-    fleet = wait_for(lambda: recording.events("model_promoted", "voc_ppb"), 60, "the fleet model")[0]
-    for name, devs in owned.items():
-        at = wait_for(
-            lambda d=devs: recording.first_prediction(d, fleet["version"]), 20, f"{name} serving it"
-        )
-        figures[f"fleet_promotion_to_serving_{name}_s"] = at - fleet["_t"]
+    # 1. The fleet model: one request per edge, the pool trains them one after the other. The devices
+    #    pause meanwhile (SIGSTOP), so the new champion's error scale is calibrated before the drift
+    #    whatever this machine's speed; the probe's clock of the day is the readings, not the wall.
+    def fleet_requests() -> set[str]:
+        return {e["request_id"] for e in recording.events("retrain_requested", "voc_ppb")}
+
+    wait_for(lambda: len(fleet_requests()) == 2, 60, "both edges to ask for the fleet model")
+    os.kill(devices.proc.pid, signal.SIGSTOP)
+    verdicts = ("model_promoted", "model_rejected")
+    wait_for(
+        lambda: (
+            fleet_requests() <= {e["request_id"] for k in verdicts for e in recording.events(k, "voc_ppb")}
+        ),
+        90,
+        "both fleet requests answered",
+    )
+    for fleet in recording.events("model_promoted", "voc_ppb"):
+        for name, edge in edges.items():
+            line = f"now serving {fleet['version']}"
+            edge.wait_log(line, 20)
+            served_at = edge.log_time(line)
+            assert served_at is not None
+            figures[f"fleet_{fleet['version'][-2:]}_promotion_to_serving_{name}_s"] = served_at - fleet["_t"]
+    os.kill(devices.proc.pid, signal.SIGCONT)
 
     # 2. dev-001 drifts; kill -9 the trainer that takes its retrain, mid-training.
     def holder() -> str | None:
