@@ -20,8 +20,9 @@ malformed, stops the trainer.
   came back. A request a killed trainer held is sent again by its edge after ``retrain.timeout``
   (:mod:`edgeloop.lifecycle.retrains`), and reaches a live trainer.
 - Every trainer announces itself on ``edgeloop/<site>/trainers/<client id>`` (retained JSON
-  ``{"state": "online", "job": <request id or null>, "scope": ...}``; the broker publishes ``offline`` as its last
-  will when the connection drops, kill -9 included) and listens to the events topic. A re-sent
+  ``{"state": "online", "job": <request id or null>, "scope": ...}``; the broker publishes
+  ``offline`` as its last will when the connection drops, kill -9 included) and listens to the
+  events topic. A re-sent
   request whose answer any trainer already published is answered again from memory; one that a live
   trainer is still working on waits (unacknowledged) for that trainer's answer, and is trained only if
   that trainer goes offline first. So a slow training that outlived the edge's timeout is not trained
