@@ -42,6 +42,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="Keys that sign champions distributed over the bus.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()
@@ -229,6 +231,32 @@ def train(
             typer.echo(f"  {'(mean)':<12} validation RMSE {m['mean_rmse']:.4g}")
         failed |= outcome.decision == "failed"
     raise typer.Exit(1 if failed else 0)
+
+
+@keys_app.command(
+    "generate",
+    epilog=examples(
+        "edgeloop keys generate --out /etc/edgeloop/keys",
+        "edgeloop keys generate --out ./keys --force   # replace an existing pair",
+    ),
+)
+def keys_generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder that receives the key pair.", file_okay=False)],
+    force: Annotated[bool, typer.Option(help="Replace a key pair already in the folder.")] = False,
+) -> None:
+    """Write a new Ed25519 key pair: model-signing.key (private, mode 0600, for trainers only) and
+    model-signing.pub (public, for edges). Point distribution.signing_key_file and
+    distribution.public_key_file at them."""
+    from edgeloop.registry.signing import Signer
+
+    signer = Signer.generate()
+    try:
+        private, public = signer.write(out, force=force)
+    except OSError as exc:
+        fail(str(exc), 1)
+    typer.echo(f"key id {signer.key_id}")
+    typer.echo(f"  private: {private}  (trainers: distribution.signing_key_file; keep it secret)")
+    typer.echo(f"  public:  {public}  (edges: distribution.public_key_file)")
 
 
 @app.command(epilog=examples("edgeloop trainer -c trainer.yaml"))

@@ -451,6 +451,26 @@ class RetrainSettings(_Section):
         30.0, gt=0, description="Seconds before retrying a failed attempt; doubles per failure"
     )
     backoff_max: float = Field(600.0, gt=0, description="Cap of the retry backoff (s)")
+    trainer_session_expiry: int = Field(
+        0,
+        ge=0,
+        description="Seconds the broker keeps a trainer's session (queueing its share of requests) after "
+        "it disconnects; 0: none, so a dead member of a trainer pool holds no requests",
+    )
+
+
+class DistributionSettings(_Section):
+    mode: Literal["files", "bus"] = Field(
+        "files",
+        description="How champions reach edges: the shared models folder (files), or signed retained "
+        "messages on edgeloop/<site>/models/<scope> (bus)",
+    )
+    signing_key_file: Path | None = Field(
+        None, description="Trainer: Ed25519 private key (PEM) that signs published champions (bus mode)"
+    )
+    public_key_file: Path | None = Field(
+        None, description="Edge: Ed25519 public key (PEM) a champion's signature must verify against"
+    )
 
 
 class MlflowSettings(_Section):
@@ -515,6 +535,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     edge: EdgeSettings = EdgeSettings()
     retrain: RetrainSettings = RetrainSettings()
+    distribution: DistributionSettings = DistributionSettings()
     mlflow: MlflowSettings = MlflowSettings()
     alerts: AlertSettings = AlertSettings()
 
@@ -539,6 +560,8 @@ class Settings(BaseSettings):
         if self.broker.transport == "nats":
             if self.edge.retrain == "mqtt":
                 raise ValueError("edge.retrain: mqtt needs an MQTT broker.url; with NATS use local")
+            if self.distribution.mode == "bus":
+                raise ValueError("distribution.mode: bus needs an MQTT broker.url; with NATS use files")
             ordinal = self.edge.resolved_ordinal()
             if ordinal >= self.edge.replicas:
                 raise ValueError(

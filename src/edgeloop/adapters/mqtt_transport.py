@@ -19,6 +19,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from edgeloop.adapters.mqtt import MqttSession, topic_for
 from edgeloop.adapters.transport import Inbox, Received
 from edgeloop.config import Settings
+from edgeloop.registry.bus import models_topic
 
 OUTGOING_HIGH_WATER = 2000  # predictions paho holds unacknowledged before the loop waits for the broker
 
@@ -35,8 +36,11 @@ class MqttTransport:
         *,
         client_id: str,
         protocol: str = "5",
+        models: Callable[[tuple[str, bytes]], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.models = models
+        self.models_prefix = models_topic(settings.site) + "/"
         self.inbox = inbox
         self.control = control
         self.protocol = protocol
@@ -70,6 +74,10 @@ class MqttTransport:
             self.control(message.payload)
             self.session.ack(message.mid, message.qos, connection)
             return
+        if self.models is not None and message.topic.startswith(self.models_prefix):
+            self.models((message.topic, message.payload))
+            self.session.ack(message.mid, message.qos, connection)
+            return
         self.inbox.put_waiting(Received(message.topic, message.payload, message.mid, message.qos, connection))
 
     @property
@@ -89,6 +97,8 @@ class MqttTransport:
         group = s.broker.shared_group if self.protocol == "5" else None
         self.session.subscribe(s.topics.telemetry_filters(s.site), qos=s.broker.qos, shared_group=group)
         self.session.subscribe([self.events_topic], qos=1)
+        if self.models is not None:
+            self.session.subscribe([self.models_prefix + "+"], qos=1)
 
     def describe(self) -> str:
         return f"MQTT {self.settings.broker.host}:{self.settings.broker.port}, subscribed " + ", ".join(

@@ -117,12 +117,17 @@ def make_transport(
     *,
     client_id: str,
     protocol: str = "5",
+    models: Callable[[tuple[str, bytes]], None] | None = None,
 ) -> Transport:
-    """The transport ``broker.url`` selects (imported lazily: a MQTT edge needs no nats-py)."""
+    """The transport ``broker.url`` selects (imported lazily: a MQTT edge needs no nats-py).
+
+    ``models`` receives the signed champions published on the models topics (distribution.mode bus,
+    MQTT only: the config refuses it with NATS).
+    """
     if settings.broker.transport == "nats":
         from edgeloop.adapters.nats_transport import NatsTransport
 
         return NatsTransport(settings, inbox, control, client_id=client_id)
     from edgeloop.adapters.mqtt_transport import MqttTransport
 
-    return MqttTransport(settings, inbox, control, client_id=client_id, protocol=protocol)
+    return MqttTransport(settings, inbox, control, client_id=client_id, protocol=protocol, models=models)

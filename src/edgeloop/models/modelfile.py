@@ -136,9 +136,6 @@ def _fsync_write(path: Path, data: bytes) -> None:
 def save_model(version_dir: Path, forecaster: Forecaster, meta: dict[str, Any]) -> Path:
     """Write ``forecaster`` and ``meta`` atomically into ``version_dir`` (which must not exist)."""
     version_dir = Path(version_dir)
-    if version_dir.exists():
-        raise ModelFileError(f"{version_dir} already exists; versions are immutable")
-    version_dir.parent.mkdir(parents=True, exist_ok=True)
     body = forecaster.to_text().encode()
     full = {
         **meta,
@@ -150,10 +147,27 @@ def save_model(version_dir: Path, forecaster: Forecaster, meta: dict[str, Any]) 
         "sha256": sha256_bytes(body),
     }
     check_meta(full, version_dir / META_FILE)  # never write what a reader would refuse
+    return write_version(version_dir, body, orjson.dumps(full, option=orjson.OPT_INDENT_2))
+
+
+def write_version(
+    version_dir: Path, model_body: bytes, meta_body: bytes, *, verify: dict[str, Any] | None = None
+) -> Path:
+    """Write a version's two files atomically into ``version_dir`` (which must not exist).
+
+    With ``verify`` (the keyword arguments of :func:`load_model`), the files are loaded and verified
+    in the temporary folder first, and nothing is renamed into place unless they pass.
+    """
+    version_dir = Path(version_dir)
+    if version_dir.exists():
+        raise ModelFileError(f"{version_dir} already exists; versions are immutable")
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version_dir.name}-", dir=version_dir.parent))
     try:
-        _fsync_write(tmp / MODEL_FILE, body)
-        _fsync_write(tmp / META_FILE, orjson.dumps(full, option=orjson.OPT_INDENT_2))
+        _fsync_write(tmp / MODEL_FILE, model_body)
+        _fsync_write(tmp / META_FILE, meta_body)
+        if verify is not None:
+            load_model(tmp, **verify)
         try:
             os.rename(tmp, version_dir)
         except OSError as exc:

@@ -8,11 +8,30 @@ data dir (store and models) or, at scale, a database and a models volume.
 
 Every event about a request carries its ``request_id``: ``retrain_started`` when the training begins,
 then the verdict (``model_promoted``/``model_rejected``, or ``retrain_finished`` without metrics when
-there was not enough data), or ``retrain_failed`` when the training raised. A request is acknowledged
-to the broker only once answered, so one that a killed trainer never finished is delivered again when
-it comes back (persistent session); the edge's ``retrain.timeout`` re-request covers the rest. A
-request id already answered is answered again from memory instead of training twice. No request,
-however malformed, stops the trainer.
+there was not enough data), or ``retrain_failed`` when the training raised. No request, however
+malformed, stops the trainer.
+
+**A pool of trainers** trains each request once:
+
+- Requests are handed out one by one (the shared subscription) and acknowledged only once answered.
+  By default a trainer's session ends with its connection (``retrain.trainer_session_expiry: 0``):
+  Mosquitto keeps handing shared-subscription messages to the persistent session of a member that is
+  gone, so a dead trainer with a persistent session would swallow its share of the requests until it
+  came back. A request a killed trainer held is sent again by its edge after ``retrain.timeout``
+  (:mod:`edgeloop.lifecycle.retrains`), and reaches a live trainer.
+- Every trainer announces itself on ``edgeloop/<site>/trainers/<client id>`` (retained JSON
+  ``{"state": "online", "job": <request id or null>, "scope": ...}``; the broker publishes
+  ``offline`` as its last will when the connection drops, kill -9 included) and listens to the
+  events topic. A re-sent
+  request whose answer any trainer already published is answered again from memory; one that a live
+  trainer is still working on waits (unacknowledged) for that trainer's answer, and is trained only if
+  that trainer goes offline first. So a slow training that outlived the edge's timeout is not trained
+  a second time, and a dead trainer's request is.
+- One scope is trained by one trainer at a time (a request for a scope another trainer is training
+  waits for it), so the next training compares against the champion just made and numbers its
+  version after it, whichever trainer takes it (with ``distribution.mode: bus`` every trainer installs
+  the champions the others publish). A claim is first when no other claim reached the trainer before
+  the broker echoed its own (the broker forwards presence messages in the order it got them).
 """
 
 from __future__ import annotations
@@ -20,9 +39,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,6 +53,15 @@ from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.store import open_store
 from edgeloop.config import Settings
 from edgeloop.lifecycle.retrains import Attempt
+from edgeloop.registry.bus import (
+    BundleRefused,
+    install_bundle,
+    make_bundle,
+    models_topic,
+    open_bundle,
+    trainer_keys,
+)
+from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.tracking import Tracker
 from edgeloop.retrain.dispatch import request_from_json
 from edgeloop.retrain.job import RetrainOutcome, run_retrain
@@ -41,6 +72,25 @@ log = logging.getLogger(__name__)
 TRAINER_GROUP = "edgeloop-trainers"
 ANSWERS_KEPT = 256  # request ids whose answer is repeated, not retrained, when they come again
 PUBLISH_WAIT = 5.0  # seconds to wait for the answer to leave before the request is acknowledged
+PRESENCE_TOPIC = "edgeloop/{site}/trainers"
+FINAL_KINDS = ("model_promoted", "model_rejected", "retrain_finished")  # a verdict: the request is done
+
+
+def presence_topic(site: str, client_id: str | None = None) -> str:
+    """``edgeloop/<site>/trainers`` and, with a client id, one trainer's retained presence topic."""
+    root = PRESENCE_TOPIC.format(site=site)
+    if client_id is None:
+        return root
+    return f"{root}/{re.sub(r'[^A-Za-z0-9_.@-]', '_', client_id)}"
+
+
+@dataclass
+class _Parked:
+    """A request another live trainer is working on: answered when its verdict arrives."""
+
+    message: Any
+    attempt: Attempt
+    holder: str
 
 
 class TrainerService:
@@ -54,49 +104,224 @@ class TrainerService:
         self.ready = threading.Event()
         self._protocol = protocol
         self._events_topic = topic_for(settings.topics.events, site=settings.site)
+        self._request_topic = topic_for(settings.topics.retrain, site=settings.site)
+        self.client_id = settings.broker.client_id or default_client_id(
+            f"trainer-{settings.site}", stable=True
+        )
+        self._presence_root = presence_topic(settings.site)
+        self._presence_topic = presence_topic(settings.site, self.client_id)
+        expiry = settings.retrain.trainer_session_expiry
         self.session = MqttSession(
             settings.broker,
             role="trainer",
-            # A persistent session: requests sent while no trainer runs wait for it at the broker.
-            client_id=settings.broker.client_id or default_client_id(f"trainer-{settings.site}", stable=True),
-            clean_start=False,
-            session_expiry=settings.broker.session_expiry,
+            client_id=self.client_id,
+            clean_start=expiry == 0,
+            session_expiry=expiry or None,
             protocol=protocol,  # type: ignore[arg-type]
             on_message=self._requests.put,
         )
-        # Acknowledge a request only once it is answered: a trainer killed mid-training gets it again.
+        # Acknowledge a request only once it is answered: unacknowledged, it is not lost with us.
         self.session.client.manual_ack_set(True)
+        # The broker tells the pool when we are gone, kill -9 included (the socket closes).
+        self.session.client.will_set(self._presence_topic, self._presence("offline"), qos=1, retain=True)
+        # Other trainers online (presence topic) -> the request id and scope they work on.
+        self._live: dict[str, tuple[str | None, str | None]] = {}
+        self._claimed: str | None = None  # the request id our presence names
+        self._echo: str | None = None  # nonce of our last presence, until the broker sends it back
+        self._parked: list[_Parked] = []
+        self._announced = -1  # the connection our presence was last published on
+        # distribution.mode bus: champions we promote go out signed; other trainers' come in verified,
+        # so every trainer judges challengers against the fleet's champion and numbers versions after it.
+        self.keys = trainer_keys(settings)
+        self._models_prefix = models_topic(settings.site) + "/"
+        self.registry = LocalRegistry(settings.models_dir)
         self.tracker = Tracker.from_settings(settings)
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
-        s = self.settings
-        request_topic = topic_for(s.topics.retrain, site=s.site)
         self.session.start()
+        # Other trainers and their answers first, so a request delivered at once is judged with them.
+        self.session.subscribe([f"{self._presence_root}/+", self._events_topic], qos=1)
+        if self.keys is not None:
+            self.session.subscribe([self._models_prefix + "+"], qos=1)
+        self._announce(None)
         self.session.subscribe(
-            [request_topic], qos=1, shared_group=TRAINER_GROUP if self._protocol == "5" else None
+            [self._request_topic], qos=1, shared_group=TRAINER_GROUP if self._protocol == "5" else None
         )
-        log.info("trainer up: waiting for requests on %s", request_topic)
+        log.info("trainer up (%s): waiting for requests on %s", self.client_id, self._request_topic)
         self.ready.set()
         try:
             while not self._stop.is_set():
+                if self._announced != self.session.connection and self.session.connected:
+                    self._announce(None)  # after a reconnect the broker may have published our will
                 try:
                     message = self._requests.get(timeout=0.2)
                 except queue.Empty:
+                    self._unpark()
                     continue
-                try:
-                    self.handle(bytes(message.payload))
-                except Exception:  # the trainer survives any one request
-                    self.handled["failed"] += 1
-                    log.exception("retrain request failed unexpectedly; taking the next one")
-                finally:
-                    if message.qos > 0:
-                        with contextlib.suppress(Exception):
-                            self.session.client.ack(message.mid, message.qos)
+                if message.topic == self._request_topic:
+                    self._take(message)
+                else:
+                    self._observe(message)
+                    self._ack(message)
+                self._unpark()
         finally:
+            with contextlib.suppress(Exception):
+                # A clean stop: the will is not sent, so say it ourselves.
+                self.session.publish(self._presence_topic, self._presence("offline"), qos=1, retain=True)
             self.session.close()
+
+    # -- the pool ---------------------------------------------------------------------------------
+    def _presence(self, state: str, job: str | None = None, scope: str | None = None) -> bytes:
+        self._echo = uuid.uuid4().hex
+        return orjson.dumps(
+            {
+                "state": state,
+                "job": job,
+                "scope": scope,
+                "trainer": self.client_id,
+                "ts": time.time(),
+                "nonce": self._echo,
+            }
+        )
+
+    def _announce(self, job: str | None, scope: str | None = None) -> None:
+        payload = self._presence("online", job, scope)
+        info = self.session.publish(self._presence_topic, payload, qos=1, retain=True)
+        self._announced = self.session.connection
+        self._claimed = job
+        if job is not None:
+            # Others must know we hold the request before it can reach them again.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(PUBLISH_WAIT)
+
+    def _claim(self, attempt: Attempt) -> str | None:
+        """Claim ``attempt`` for us; the presence topic of a trainer that claimed it (or its scope) first.
+
+        Our claim is first if no other claim reached us before the broker sent ours back: the broker
+        delivers every presence in the order it received them, so a trainer claiming later sees ours
+        before its own and backs off. Two trainings of one scope at once would both number their
+        version after the same champion.
+        """
+        self._announce(attempt.request_id, attempt.scope)
+        deadline = time.monotonic() + PUBLISH_WAIT
+        held: list[Any] = []
+        while self._echo is not None and time.monotonic() < deadline:
+            try:
+                message = self._requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if message.topic == self._request_topic:
+                held.append(message)  # taken in turn after this one
+            else:
+                self._observe(message)
+                self._ack(message)
+        for message in held:
+            self._requests.put(message)
+        holder = self._holder(attempt)
+        if holder is not None:
+            self._announce(None)
+        return holder
+
+    def _ack(self, message: Any) -> None:
+        if message.qos > 0:
+            with contextlib.suppress(Exception):
+                self.session.client.ack(message.mid, message.qos)
+
+    def _observe(self, message: Any) -> None:
+        """Another trainer's presence, or an event: remember who works on what, and every verdict."""
+        topic = str(message.topic)
+        if topic.startswith(self._models_prefix):
+            self._receive_model(topic, bytes(message.payload))
+            return
+        try:
+            data = orjson.loads(message.payload) if message.payload else {}
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict):
+            return
+        if topic.startswith(self._presence_root + "/"):
+            if topic == self._presence_topic:
+                if data.get("nonce") == self._echo:
+                    self._echo = None
+                return
+            if data.get("state") == "online":
+                job, scope = data.get("job"), data.get("scope")
+                self._live[topic] = (
+                    job if isinstance(job, str) else None,
+                    scope if isinstance(scope, str) else None,
+                )
+            else:
+                self._live.pop(topic, None)
+            return
+        rid = data.get("request_id")
+        if (
+            isinstance(rid, str)
+            and rid
+            and data.get("kind") in FINAL_KINDS
+            and not (data.get("kind") == "retrain_finished" and data.get("metrics"))
+        ):
+            # A verdict (a retrain_finished with metrics is followed by the promoted/rejected one).
+            answers = self._answers.setdefault(rid, [])
+            if data not in answers:
+                answers.append(data)
+            self._answers.move_to_end(rid)
+            while len(self._answers) > ANSWERS_KEPT:
+                self._answers.popitem(last=False)
+
+    def _holds(self, holder: str, attempt: Attempt) -> bool:
+        job, scope = self._live.get(holder, (None, None))
+        return (bool(attempt.request_id) and job == attempt.request_id) or (
+            job is not None and scope == attempt.scope
+        )
+
+    def _holder(self, attempt: Attempt) -> str | None:
+        """The presence topic of another live trainer working on ``attempt`` or on its scope, if any."""
+        for topic in self._live:
+            if self._holds(topic, attempt):
+                return topic
+        return None
+
+    def _take(self, message: Any) -> None:
+        try:
+            attempt = request_from_json(bytes(message.payload))
+        except ValueError:
+            self._answer(message)  # refused, with the reason
+            return
+        if attempt.request_id not in self._answers:
+            holder = self._holder(attempt) or self._claim(attempt)
+            if holder is not None:
+                same = self._live.get(holder, (None, None))[0] == attempt.request_id
+                log.info(
+                    "request %s (%s): %s is being trained by %s; waiting for it",
+                    attempt.request_id,
+                    attempt.scope,
+                    "it" if same else "its scope",
+                    holder.rsplit("/", 1)[-1],
+                )
+                self.handled["waited"] += 1
+                self._parked.append(_Parked(message, attempt, holder))
+                return
+        self._answer(message)
+
+    def _unpark(self) -> None:
+        for parked in list(self._parked):
+            if self._holds(parked.holder, parked.attempt) and parked.attempt.request_id not in self._answers:
+                continue
+            # Answered (repeated from memory), its holder done with the scope, or gone: ours now.
+            self._parked.remove(parked)
+            self._answer(parked.message)
+
+    def _answer(self, message: Any) -> None:
+        try:
+            self.handle(bytes(message.payload))
+        except Exception:  # the trainer survives any one request
+            self.handled["failed"] += 1
+            log.exception("retrain request failed unexpectedly; taking the next one")
+        finally:
+            self._ack(message)
 
     def handle(self, payload: bytes) -> None:
         """Answer one request (its events published and stored); never raises for a bad request."""
@@ -114,6 +339,17 @@ class TrainerService:
             log.info("request %s (%s) was answered already: sending the answer again", rid, scope)
             self._send(self._answers[rid], store=False)
             return
+        if rid and self._claimed != rid:
+            self._announce(rid, scope)
+        try:
+            self._train(attempt)
+        finally:
+            if rid:
+                self._announce(None)
+
+    def _train(self, attempt: Attempt) -> None:
+        rid = attempt.request_id
+        scope = attempt.scope
         ts = attempt.request.requested_ts or time.time()
         self._send([self._event("retrain_started", attempt, ts, f"{attempt.request.trigger}: trainer")])
         log.info(
@@ -130,6 +366,8 @@ class TrainerService:
             return
         self.handled["trained"] += 1
         self.outcomes.append(outcome)
+        if outcome.decision == "promoted" and outcome.version is not None:
+            self._publish_model(outcome.scope, outcome.version)
         events = [
             {**e, "request_id": rid} if rid else e for e in outcome.events if e["kind"] != "retrain_started"
         ]
@@ -139,6 +377,28 @@ class TrainerService:
                 self._answers.popitem(last=False)
         self._send(events)
         log.info("%s: %s (%s)", scope, outcome.decision, outcome.reason)
+
+    def _publish_model(self, scope: str, version: int) -> None:
+        """The new champion, signed, as the retained message of its scope (bus mode), before its event."""
+        if self.keys is None:
+            return
+        _, payload = make_bundle(self.keys[0], self.registry.version_dir(scope, version))
+        info = self.session.publish(models_topic(self.settings.site, scope), payload, qos=1, retain=True)
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(PUBLISH_WAIT)
+        log.info("published %s (%d bytes, key %s)", f"{scope}:v{version}", len(payload), self.keys[0].key_id)
+
+    def _receive_model(self, topic: str, payload: bytes) -> None:
+        if self.keys is None or not payload:
+            return
+        try:
+            bundle = open_bundle(payload, self.keys[1], topic_name=topic[len(self._models_prefix) :])
+            result = install_bundle(self.registry, bundle, lags=self.settings.model.lags)
+        except (BundleRefused, OSError) as exc:
+            log.warning("refused the model message on %s: %s", topic, exc)
+            return
+        if result == "installed":
+            log.info("installed %s from the bus (key %s)", bundle.label, bundle.key_id)
 
     def _retrain(self, attempt: Attempt) -> RetrainOutcome:
         r = attempt.request

@@ -53,6 +53,7 @@ from edgeloop.engine.engine import Engine, EngineOutput, Rollback
 from edgeloop.engine.rows import ServedModel
 from edgeloop.errors import BrokerError, MessageError, ModelFileError
 from edgeloop.lifecycle.retrains import Failure, Retrains, RetryPolicy
+from edgeloop.registry.bus import BundleRefused, edge_verifier, install_bundle, models_topic, open_bundle
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
 from edgeloop.retrain.job import RetrainOutcome
@@ -134,6 +135,10 @@ class EdgeService:
         self._unsent: list[tuple[str, bytes]] = []
         self._unacked: list[Received] = []
         self._control: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        # distribution.mode bus: signed champions arrive on the models topics (None: files mode).
+        self.model_verifier = edge_verifier(settings)
+        self._models_prefix = models_topic(settings.site) + "/"
+        self._model_messages: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events_topic = topic_for(settings.topics.events, site=self.site)
@@ -144,7 +149,13 @@ class EdgeService:
         self._protocol = protocol
         self.client_id = settings.broker.client_id or default_client_id(f"edge-{self.site}", stable=True)
         self.transport = make_transport(
-            settings, self.inbox, self._control.put, client_id=self.client_id, protocol=protocol
+            settings,
+            self.inbox,
+            self._control.put,
+            client_id=self.client_id,
+            protocol=protocol,
+            # Retained: the current champion of every scope arrives at subscribe, then each new one.
+            models=self._model_messages.put if self.model_verifier is not None else None,
         )
         if dispatcher is not None:
             self.dispatcher: Dispatcher = dispatcher
@@ -603,6 +614,7 @@ class EdgeService:
         Answers carrying a request id settle that request; the edge's own events come back here
         too and change nothing (their request is already settled, or the attempt is not in flight).
         """
+        self._receive_models()  # first: a trainer publishes the model before the event promoting it
         while True:
             try:
                 payload = self._control.get_nowait()
@@ -632,7 +644,8 @@ class EdgeService:
                     continue
                 serving = self.engine.serving.get(scope)
                 installed = serving is not None and serving.model.label == event.version
-                if not installed:
+                if not installed and self.model_verifier is None:
+                    # (bus mode: only a signed model message installs anything)
                     installed = self._install(scope, version)
                 self._retrain_answered(rid, scope, installed=installed)
             elif event.kind == "model_rejected" or (event.kind == "retrain_finished" and not event.metrics):
@@ -641,6 +654,32 @@ class EdgeService:
                 self._sync_models()
 
     # -- models -----------------------------------------------------------------------------------
+    def _receive_models(self) -> None:
+        """Verify, cache and serve signed champions from the bus; refuse and report anything else."""
+        verifier = self.model_verifier
+        while verifier is not None:
+            try:
+                topic, payload = self._model_messages.get_nowait()
+            except queue.Empty:
+                return
+            if not payload:
+                continue  # a retained message cleared
+            name = topic[len(self._models_prefix) :]
+            try:
+                bundle = open_bundle(payload, verifier, topic_name=name)
+                result = install_bundle(self.registry, bundle, lags=self.settings.model.lags)
+            except BundleRefused as exc:
+                self.models.refuse(exc.scope or name, exc.label, f"model message on {topic}", exc.reason)
+                continue
+            except OSError as exc:  # the cache cannot be written: nothing installed, the old one serves
+                self.models.refuse(name, None, f"model message on {topic}", f"cannot cache it: {exc}")
+                continue
+            if result == "installed":
+                log.info("verified %s (key %s) from the bus", bundle.label, bundle.key_id)
+                self.models.install(bundle.scope, bundle.version)
+            else:
+                log.debug("%s from the bus: %s in the local cache", bundle.label, result)
+
     def _install(self, scope: str, version: int) -> bool:
         return self.models.install(scope, version)
 

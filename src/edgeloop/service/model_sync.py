@@ -85,6 +85,10 @@ class ModelSync:
         self._serve(scope, model)
         return True
 
+    def refuse(self, scope: str, label: str | None, what: str, reason: str) -> None:
+        """Report a model that came from elsewhere (the bus) and was refused; what serves stays."""
+        self._report(scope, [Refusal(label, what, reason)], None)
+
     def record_rollback(self, rollback: Rollback) -> None:
         """Move the champion pointer off a version the engine rolled back on probation."""
         try:

@@ -1,0 +1,204 @@
+"""A pool of two trainers shares retrain requests: each trained once, a killed trainer's job finished.
+
+Real ``edgeloop trainer`` and ``edgeloop edge`` processes against a private Mosquitto; the trainer
+holding the job is killed with SIGKILL; re-sent requests are answered, not trained again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from tests.faults.conftest import EdgeProcess, report
+from tests.faults.test_training_faults import (
+    Readings,
+    TrainerProcess,
+    _seed_store,
+    base_env,
+    events_of,
+    settle,
+)
+from tests.integration.conftest import Collector, wait_until
+
+from edgeloop.adapters.broker import MosquittoBroker
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.registry.local import LocalRegistry
+from edgeloop.registry.signing import PRIVATE_KEY_FILE, Signer
+
+
+@pytest.fixture
+def site(request: pytest.FixtureRequest) -> str:
+    return request.node.name[:24] + "-" + uuid.uuid4().hex[:6]
+
+
+def start_pool(env: dict[str, str], tmp_path: Path, site: str) -> list[TrainerProcess]:
+    pool = []
+    for name in ("a", "b"):
+        trainer_env = {
+            **env,
+            "EDGELOOP_BROKER_CLIENT_ID": f"trainer-{name}-{site}",
+            "EDGELOOP_MLFLOW_ENABLED": "true",  # seconds of MLflow set-up: a kill lands mid-training
+        }
+        pool.append(TrainerProcess(trainer_env, tmp_path / f"trainer-{name}.log").start())
+    return pool
+
+
+def trainings(pool: list[TrainerProcess], scope: str) -> int:
+    return sum(t.log().count(f"retraining {scope} (") for t in pool)
+
+
+def test_trainer_holding_the_job_killed_the_other_finishes_it_once(
+    mosquitto: MosquittoBroker, edge_process: Callable[..., EdgeProcess], tmp_path: Path, site: str
+) -> None:
+    env = base_env(
+        mosquitto,
+        tmp_path / "data",
+        site,
+        EDGELOOP_EDGE_RETRAIN="mqtt",
+        EDGELOOP_RETRAIN_TIMEOUT="6",
+        EDGELOOP_RETRAIN_MAX_ATTEMPTS="5",
+    )
+    pool = start_pool(env, tmp_path, site)
+    edge = edge_process(env)
+    events = Collector(mosquitto, f"edgeloop/{site}/events")
+    requests = Collector(mosquitto, f"edgeloop/{site}/control/retrain")
+    predictions = Collector(mosquitto, f"edgeloop/{site}/+/prediction")
+    readings = Readings(mosquitto, site).start()
+    try:
+        wait_until(lambda: trainings(pool, "voc_ppb") == 1, 40, "a trainer to take the request")
+        holder = next(t for t in pool if "retraining voc_ppb (" in t.log())
+        other = next(t for t in pool if t is not holder)
+        holder.kill9()
+        killed_at = time.monotonic()
+        wait_until(lambda: events_of(events, "model_promoted", "voc_ppb"), 50, "the fleet model")
+        recovery = time.monotonic() - killed_at
+        assert "retraining voc_ppb (" in other.log(), "the surviving trainer did not train the request"
+        (requested,) = events_of(events, "retrain_requested", "voc_ppb")
+        rid = requested["request_id"]
+        (promoted,) = events_of(events, "model_promoted", "voc_ppb")
+        assert promoted["request_id"] == rid
+        assert trainings(pool, "voc_ppb") == 2  # the killed attempt and the one that finished
+
+        # The edge's timeout fires late, or the broker hands the request out again: answered, not retrained.
+        sent = [r for r in requests.payloads() if r["request_id"] == rid]
+        resend = MqttSession(mosquitto.settings(), role="resend").start()
+        resend.publish(f"edgeloop/{site}/control/retrain", orjson.dumps({**sent[-1], "attempt": 9}), qos=1)
+        other.wait_log("was answered already", 20)
+        resend.close()
+        time.sleep(1.0)
+        assert trainings(pool, "voc_ppb") == 2, "a finished request was trained again"
+        assert {e["version"] for e in events_of(events, "model_promoted", "voc_ppb")} == {promoted["version"]}
+
+        published, answered, lost, duplicated = settle(readings, predictions)
+        assert edge.alive() and other.alive(), edge.log()[-3000:]
+        assert lost == 0 and duplicated == 0
+        label = promoted["version"]
+        wait_until(lambda: f"now serving {label}" in edge.log(), 10, "the edge to serve the model")
+        report(
+            "trainer pool: kill -9 of the trainer holding the job",
+            published=published,
+            answered=answered,
+            lost=lost,
+            duplicated=duplicated,
+            recovery_s=recovery,
+            note="edge re-requested after retrain.timeout; the other pool member trained it once",
+        )
+    finally:
+        for t in pool:
+            t.stop()
+        readings.close()
+        events.close()
+        requests.close()
+        predictions.close()
+
+
+def test_a_request_sent_again_while_one_trainer_works_on_it_waits_for_that_answer(
+    mosquitto: MosquittoBroker, tmp_path: Path, site: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _seed_store(data / "edgeloop.db", ["dev-000", "dev-001"])
+    env = base_env(mosquitto, data, site)
+    pool = start_pool(env, tmp_path, site)
+    events = Collector(mosquitto, f"edgeloop/{site}/events")
+    sender = MqttSession(mosquitto.settings(), role="requests").start()
+    topic = f"edgeloop/{site}/control/retrain"
+    request = {"scope": "voc_ppb", "trigger": "manual", "request_id": "r-pool-1", "attempt": 1}
+    try:
+        sender.publish(topic, orjson.dumps(request), qos=1)
+        wait_until(lambda: trainings(pool, "voc_ppb") == 1, 30, "a trainer to take the request")
+        # Sent again twice while the first trainer works: the shared subscription hands one to the other.
+        for attempt in (2, 3):
+            sender.publish(topic, orjson.dumps({**request, "attempt": attempt}), qos=1)
+        wait_until(
+            lambda: len(events_of(events, "model_promoted", "voc_ppb")) >= 3,
+            60,
+            "three answers (one trained)",
+        )
+        time.sleep(1.0)
+        assert trainings(pool, "voc_ppb") == 1, "the request was trained more than once"
+        waited = sum(t.log().count("is being trained by") for t in pool)
+        repeated = sum(t.log().count("was answered already") for t in pool)
+        assert waited >= 1, "no trainer waited for the one holding the request"
+        assert repeated == 2
+        promoted = events_of(events, "model_promoted", "voc_ppb")
+        assert {e["request_id"] for e in promoted} == {"r-pool-1"}
+        assert len({e["version"] for e in promoted}) == 1
+        assert all(t.alive() for t in pool)
+    finally:
+        for t in pool:
+            t.stop()
+        sender.close()
+        events.close()
+
+
+def test_two_requests_for_one_scope_are_trained_one_after_the_other_with_distinct_versions(
+    mosquitto: MosquittoBroker, tmp_path: Path, site: str
+) -> None:
+    """Trainers with data dirs of their own (bus mode): one scope's versions never collide."""
+    keys = tmp_path / "keys"
+    Signer.generate().write(keys)
+    pool = []
+    for name in ("a", "b"):
+        data = tmp_path / name
+        data.mkdir()
+        _seed_store(data / "edgeloop.db", ["dev-000", "dev-001"])
+        env = {
+            **base_env(mosquitto, data, site),
+            "EDGELOOP_BROKER_CLIENT_ID": f"trainer-{name}-{site}",
+            "EDGELOOP_DISTRIBUTION_MODE": "bus",
+            "EDGELOOP_DISTRIBUTION_SIGNING_KEY_FILE": str(keys / PRIVATE_KEY_FILE),
+        }
+        pool.append(TrainerProcess(env, tmp_path / f"trainer-{name}.log").start())
+    events = Collector(mosquitto, f"edgeloop/{site}/events")
+    sender = MqttSession(mosquitto.settings(), role="requests").start()
+    try:
+        for rid in ("r-edge-1", "r-edge-2"):  # two edges ask for the fleet model at once
+            request = {"scope": "voc_ppb", "trigger": "initial", "request_id": rid}
+            sender.publish(f"edgeloop/{site}/control/retrain", orjson.dumps(request), qos=1)
+        verdicts = ("model_promoted", "model_rejected")
+
+        def answered() -> set[str]:
+            return {e["request_id"] for e in events.payloads() if e["kind"] in verdicts}
+
+        wait_until(lambda: answered() == {"r-edge-1", "r-edge-2"}, 60, "both requests answered")
+        assert trainings(pool, "voc_ppb") == 2
+        assert sum(t.log().count("its scope is being trained by") for t in pool) == 1
+        versions = [e["version"] for e in events.payloads() if e["kind"] in verdicts]
+        assert sorted(versions) == ["voc_ppb:v1", "voc_ppb:v2"]
+        for t in pool:
+            assert "refused the model message" not in t.log(), t.log()[-2000:]
+        # Both trainers hold the champion, whichever of them trained it.
+        champion = events_of(events, "model_promoted", "voc_ppb")[-1]["version"]
+        v = int(champion.rsplit("v", 1)[1])
+        for name in ("a", "b"):
+            assert LocalRegistry(tmp_path / name / "models").champion("voc_ppb") == v
+    finally:
+        for t in pool:
+            t.stop()
+        sender.close()
+        events.close()
