@@ -344,7 +344,8 @@ def kubernetes_sd_problems(job: str, sd: dict[str, Any]) -> list[str]:
 def rule_files() -> list[Path]:
     files = []
     for path in sorted(OBSERVABILITY.rglob("*.y*ml")):
-        data = yaml.safe_load(path.read_text())
+        docs = list(yaml.safe_load_all(path.read_text()))  # a manifest file may hold several documents
+        data = docs[0] if len(docs) == 1 else None
         if (
             isinstance(data, dict)
             and "groups" in data

@@ -8,6 +8,7 @@ matplotlib) are imported inside the commands that need them, so ``edgeloop edge`
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -302,8 +303,13 @@ def mlflow(
         workers=workers,
         allowed_hosts=allowed_hosts,
     )
-    typer.echo(f"MLflow on http://{host}:{port} ({what})")
-    run_child(cmd, env, "the MLflow server")
+    note = f"MLflow on http://{host}:{port} ({what})"
+    if settings.log_json:  # container logs take stdout too: keep every line JSON
+        logging.getLogger("edgeloop.cli").info("%s", note)
+    else:
+        typer.echo(note)
+    # With log_json the server's gunicorn/uvicorn lines are relayed as JSON like everything else.
+    run_child(cmd, env, "the MLflow server", relay="edgeloop.mlflow_server" if settings.log_json else None)
 
 
 @app.command(epilog=examples("edgeloop dashboard", "edgeloop dashboard -c edge.yaml --port 8502"))

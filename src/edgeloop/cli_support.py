@@ -18,7 +18,7 @@ import typer.core
 
 from edgeloop.config import Settings, load_settings
 from edgeloop.errors import ConfigError
-from edgeloop.logs import setup_logging
+from edgeloop.logs import relay_lines, setup_logging
 
 
 def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
@@ -130,17 +130,26 @@ def confirm(question: str) -> None:
         fail("cancelled", 1)
 
 
-def run_child(cmd: list[str], env: dict[str, str], what: str) -> NoReturn:
+def run_child(cmd: list[str], env: dict[str, str], what: str, *, relay: str | None = None) -> NoReturn:
     """Run ``cmd`` in its own process group until it ends; SIGTERM/SIGINT stop the whole group.
 
     Servers such as gunicorn and Streamlit fork workers; signalling only the parent would orphan them.
+    ``relay``: a logger name; the child's stdout and stderr are logged line by line through it, so with
+    ``log_json`` on every line the command writes is JSON (the child's servers log plain text).
     """
+    pipe = subprocess.PIPE if relay else None
     try:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=pipe, stderr=pipe)
     except OSError as exc:
         fail(f"cannot start {what}: {exc}", 1)
+    relays = []
+    if relay and proc.stdout is not None and proc.stderr is not None:
+        relays = [relay_lines(proc.stdout, relay), relay_lines(proc.stderr, relay)]
     forward_signals(proc)
-    raise typer.Exit(_wait_group(proc, proc.pid))  # a new session's leader: its pid is the group id
+    code = _wait_group(proc, proc.pid)  # a new session's leader: its pid is the group id
+    for thread in relays:
+        thread.join(5)  # the last lines the child wrote before it ended
+    raise typer.Exit(code)
 
 
 def forward_signals(proc: subprocess.Popen[bytes], group: bool = True) -> None:

@@ -542,6 +542,10 @@ def render(template: Path, **variables: Any) -> str:
 def test_ansible_mosquitto_template(tls: bool) -> None:
     defaults = yaml.safe_load((ANSIBLE / "roles/mosquitto/defaults/main.yml").read_text())
     defaults["mosquitto_tls_enabled"] = tls
+    # The ports come from group_vars/all (broker_*_port), shared with the edgeloop role.
+    shared = yaml.safe_load((ANSIBLE / "group_vars/all/main.yml").read_text())
+    defaults["mosquitto_plain_port"] = shared["broker_plain_port"]
+    defaults["mosquitto_tls_port"] = shared["broker_tls_port"]
     text = render(ANSIBLE / "roles/mosquitto/templates/mosquitto.conf.j2", **defaults)
     check_mosquitto(text)
     assert ("listener 8883" in text) is tls
@@ -554,6 +558,8 @@ def test_ansible_edgeloop_config_template_is_valid() -> None:
         edgeloop_site="site-1",
         edgeloop_data_dir="/var/lib/edgeloop",
         edgeloop_broker_url="mqtts://broker.example.net:8883\n",
+        edgeloop_broker_scheme="mqtts",
+        edgeloop_telemetry_topics=["edgeloop/{site}/dev-001/telemetry"],
         edgeloop_broker_username="edgeloop",
         edgeloop_broker_ca_pem="-----BEGIN CERTIFICATE-----",
         edgeloop_metrics_port=9108,
