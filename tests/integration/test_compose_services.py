@@ -529,9 +529,8 @@ def test_compose_scale_profile_partitions_devices_over_three_edges(root: Path) -
     started = time.monotonic()
     stack = start_stack(root, scale, ("## Profile `scale`",))
     secrets = root / "deploy/docker/secrets"
-    passwords = {
-        d: (secrets / f"nats_{d.replace('-', '_')}_password").read_text().strip() for d in ("dev-001", "dev-002")
-    }
+    examples = ("dev-001", "dev-002")  # the device users of deploy/nats/users.conf
+    passwords = {d: (secrets / f"nats_{d.replace('-', '_')}_password").read_text().strip() for d in examples}
     passwords.update({d: f"pw-{d}" for d in EXTRA_DEVICES})
     readings = 20
     answers: list[tuple[str, int]] = []
