@@ -15,6 +15,12 @@ It asserts: every service stays up and passes the image's health check, predicti
 subscriber for every simulated device, and every service stops on SIGTERM. A second test makes the
 password file the way the old README did (umask 077, no chown) and asserts the edge stops at once with
 one line naming the file, its mode and owner.
+
+A third test brings up the ``scale`` profile the same way: the NATS server from ``deploy/nats`` run by
+its ``start.sh`` entry point with the secrets the README makes (Debian's nats-server for the image's),
+three slim edges on NATS, and MQTT 3.1.1 devices publishing to the server's MQTT listener as their own
+users (the simulator cannot: it speaks MQTT 5, which the listener refuses). It asserts every reading of
+every device is answered exactly once and that the three edges split the devices between them.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import packages_distributions
@@ -38,8 +47,10 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from tests.integration.nats_support import reading
 
 from edgeloop.adapters.broker import mosquitto_binary
+from edgeloop.adapters.nats_server import device_user, nats_server_binary, render_config
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "deploy" / "docker"
@@ -47,10 +58,17 @@ COMPOSE = DOCKER / "docker-compose.yml"
 SECRETS_README = DOCKER / "secrets" / "README.md"
 PROFILES = {"demo"}
 # Default services this test cannot run, and why; any other default service must run.
-NOT_RUN = {"prometheus": "no prom/prometheus here; its config and rules are checked by promtool"}
+NOT_RUN = {
+    "prometheus": "no prom/prometheus here; its config and rules are checked by promtool",
+    "alertmanager": "no prom/alertmanager here; its config is checked by amtool",
+}
 # What the images would run (their ENTRYPOINT/CMD), for services without a `command`.
 MOSQUITTO_CMD = ["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]
 EDGELOOP_IMAGES = {"edgeloop:local", "edgeloop-edge:local"}
+NATS_ENTRYPOINT = ["/bin/sh", "/etc/nats/start.sh"]
+# Devices the scale test adds to users.conf beside its two examples, as the README says to generate
+# them from a device registry; with the examples, enough to land in partitions of every edge.
+EXTRA_DEVICES = [f"dev-{i:03d}" for i in range(100, 110)]
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -152,6 +170,8 @@ class Stack:
     root: Path
     broker_port: int
     password: str
+    nats_port: int = 0
+    nats_mqtt_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
@@ -214,12 +234,57 @@ def mosquitto_conf(text: str, mapper: Mapper, port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_stack(root: Path, services: dict[str, dict[str, Any]]) -> Stack:
+def nats_conf(text: str, mapper: Mapper, stack: Stack) -> str:
+    """The shipped server config on the test's ports and volume; users.conf stays an include."""
+    partitions = int(re.search(r"partition\((\d+),", text).group(1))  # type: ignore[union-attr]
+    store = re.search(r'store_dir: "([^"]+)"', text).group(1)  # type: ignore[union-attr]
+    return render_config(
+        text,
+        site="site-1",
+        partitions=partitions,
+        port=stack.nats_port,
+        mqtt_port=stack.nats_mqtt_port,
+        http_port=free_port(),
+        store_dir=mapper(store),
+        users='include "users.conf"',
+        server_name="edgeloop-nats-0",
+    )
+
+
+def nats_argv(stack: Stack, service: dict[str, Any], mapper: Mapper, env: dict[str, str]) -> list[str]:
+    """The service's entry point (start.sh) with its config, users file and secrets where it looks."""
+    assert service["entrypoint"] == NATS_ENTRYPOINT and "command" not in service
+    folder = stack.root / "nats-etc"
+    folder.mkdir()
+    conf = Path(mapper("/etc/nats/nats-server.conf")).read_text()
+    (folder / "nats-server.conf").write_text(nats_conf(conf, mapper, stack))
+    users = Path(mapper("/etc/nats/users.conf")).read_text()
+    head, _, _ = users.rpartition("]")
+    extra = "\n".join(device_user("site-1", d, f"pw-{d}") for d in EXTRA_DEVICES)
+    (folder / "users.conf").write_text(f"{head}{extra}\n]\n")
+    secrets = stack.root / "nats-secrets"
+    secrets.mkdir()
+    for item in service["secrets"]:
+        shutil.copy(mapper(item["target"]), secrets / Path(item["target"]).name)
+    env.update(NATS_SECRETS_DIR=str(secrets), NATS_CONFIG=str(folder / "nats-server.conf"))
+    env["PATH"] = f"{Path(nats_server_binary() or 'nats-server').parent}:{os.environ['PATH']}"
+    return [NATS_ENTRYPOINT[0], mapper(NATS_ENTRYPOINT[1])]
+
+
+def start_stack(root: Path, services: dict[str, dict[str, Any]], sections: tuple[str, ...] = ()) -> Stack:
     compose = yaml.safe_load(COMPOSE.read_text())
     (root / "tmpfs").mkdir()
-    run_readme_commands(root, readme_secret_commands("## The default stack"))
+    # Each block starts in the repository root (cd deploy/docker/secrets): one subshell each.
+    blocks = [readme_secret_commands(h) for h in ("## The default stack", *sections)]
+    run_readme_commands(root, "\n".join(f"(\n{b})" for b in blocks))
     password = (root / "deploy/docker/secrets/broker_password").read_text()
-    stack = Stack(root=root, broker_port=free_port(), password=password)
+    stack = Stack(
+        root=root,
+        broker_port=free_port(),
+        password=password,
+        nats_port=free_port(),
+        nats_mqtt_port=free_port(),
+    )
     try:
         start_services(stack, compose, services, root)
     except BaseException:
@@ -235,7 +300,8 @@ def start_services(
     for name, service in services.items():
         if name in NOT_RUN:
             continue
-        owner = uid_gid(service.get("user", image_user()))
+        default_user = "0:0" if service["image"].startswith("nats:") else image_user()  # nats: root
+        owner = uid_gid(service.get("user", default_user))
         mapper = Mapper(compose, service, root, owner)
         env = {k: mapper(str(v)) for k, v in service.get("environment", {}).items()}
         if service["image"].startswith("eclipse-mosquitto"):
@@ -250,6 +316,8 @@ def start_services(
                 "-c",
                 "/mosquitto/config/mosquitto.conf",
             ]
+        elif service["image"].startswith("nats:"):
+            argv = nats_argv(stack, service, mapper, env)
         else:
             assert service["image"] in EDGELOOP_IMAGES, f"{name}: unknown image {service['image']}"
             args = [mapper(str(a)) for a in service["command"]]
@@ -268,7 +336,10 @@ def start_services(
                 for old, new in ports.items():
                     url = url.replace(f":{old}/", f":{new}/")
                 env["HEALTHCHECK_URL"] = url
-            env["EDGELOOP_BROKER_URL"] = f"mqtt://127.0.0.1:{stack.broker_port}"  # host `mosquitto`
+            if env.get("EDGELOOP_BROKER_URL") == "nats://nats:4222":  # host `nats`
+                env["EDGELOOP_BROKER_URL"] = f"nats://127.0.0.1:{stack.nats_port}"
+            else:
+                env["EDGELOOP_BROKER_URL"] = f"mqtt://127.0.0.1:{stack.broker_port}"  # host `mosquitto`
             home = Path(mapper("/tmp"))
             python, site_folders = service_python(*owner)
             pythonpath = [str(REPO / "src"), *site_folders]
@@ -297,6 +368,9 @@ def start_services(
         )
         if name == "mosquitto":
             wait_for_port(stack.broker_port, stack, name)
+        if name == "nats":
+            wait_for_port(stack.nats_port, stack, name)
+            wait_for_port(stack.nats_mqtt_port, stack, name)
 
 
 def wait_for_port(port: int, stack: Stack, name: str, timeout: float = 20) -> None:
@@ -435,3 +509,109 @@ def test_unreadable_secret_stops_the_edge_with_one_line(root: Path) -> None:
         rf"this process runs as uid {owner[0]} gid {owner[1]}\): Permission denied",
         lines[0],
     ), lines[0]
+
+
+def metric(stack: Stack, name: str, metric_name: str) -> float:
+    port = stack.env[name]["EDGELOOP_EDGE_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{metric_name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_compose_scale_profile_partitions_devices_over_three_edges(root: Path) -> None:
+    """nats + edge-0..2 of the scale profile: every reading answered exactly once, devices split."""
+    assert mosquitto_binary(), "mosquitto is needed (apt-get install mosquitto)"
+    assert nats_server_binary(), "nats-server is needed (apt-get install nats-server)"
+    services = compose_services({"scale"})
+    scale = {n: s for n, s in services.items() if "scale" in s.get("profiles", [])}
+    assert sorted(scale) == ["edge-0", "edge-1", "edge-2", "nats"]
+    started = time.monotonic()
+    stack = start_stack(root, scale, ("## Profile `scale`",))
+    secrets = root / "deploy/docker/secrets"
+    examples = ("dev-001", "dev-002")  # the device users of deploy/nats/users.conf
+    passwords = {d: (secrets / f"nats_{d.replace('-', '_')}_password").read_text().strip() for d in examples}
+    passwords.update({d: f"pw-{d}" for d in EXTRA_DEVICES})
+    readings = 20
+    answers: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def on_prediction(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = orjson.loads(msg.payload)
+        with lock:
+            answers.append((payload["device"], payload["seq"]))
+
+    observer = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="observer", protocol=mqtt.MQTTv311)
+    observer.username_pw_set("observer", (secrets / "nats_observer_password").read_text().strip())
+    observer.on_message = on_prediction
+    subscribed = threading.Event()
+    observer.on_subscribe = lambda *_: subscribed.set()
+    devices: dict[str, mqtt.Client] = {}
+    try:
+        edges = ["edge-0", "edge-1", "edge-2"]
+        deadline = time.monotonic() + 60
+        pending = set(edges)
+        while pending and time.monotonic() < deadline:
+            for name, proc in stack.procs.items():
+                assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{stack.log(name)}"
+            pending = {n for n in pending if not healthy(stack, n)}
+            time.sleep(0.5)
+        assert not pending, f"not healthy: {sorted(pending)}\n" + "\n".join(stack.log(n) for n in pending)
+        observer.connect("127.0.0.1", stack.nats_mqtt_port)
+        observer.loop_start()
+        observer.subscribe("edgeloop/site-1/+/prediction", qos=1)
+        assert subscribed.wait(30), f"no SUBACK from the NATS MQTT listener:\n{stack.log('nats')}"
+        for device, password in passwords.items():
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
+            client.username_pw_set(device, password)
+            client.connect("127.0.0.1", stack.nats_mqtt_port)
+            client.loop_start()
+            devices[device] = client
+        sent = []
+        for seq in range(readings):
+            for device, client in devices.items():
+                sent.append(
+                    client.publish(f"edgeloop/site-1/{device}/telemetry", reading(device, seq), qos=1)
+                )
+        for info in sent:
+            info.wait_for_publish(30)
+            assert info.is_published(), "the NATS MQTT listener did not acknowledge a reading"
+        expected = {(d, s) for d in devices for s in range(readings)}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if set(answers) >= expected:
+                    break
+            time.sleep(0.2)
+        time.sleep(2)  # a duplicate would come within the ack round trip
+        with lock:
+            got = list(answers)
+        missing = expected - set(got)
+        assert not missing, f"{len(missing)} readings unanswered, e.g. {sorted(missing)[:5]}\n" + "\n".join(
+            stack.log(n) for n in edges
+        )
+        duplicated = {a for a in got if got.count(a) > 1}
+        assert not duplicated, f"answered twice: {sorted(duplicated)[:5]}"
+        answered = {n: metric(stack, n, "edgeloop_predictions_total") for n in edges}
+        up = time.monotonic() - started
+    finally:
+        for client in [observer, *devices.values()]:
+            client.disconnect()
+            client.loop_stop()
+        took = stop(stack)
+    # Each edge stored the readings of its own devices only: the devices are split, none shared.
+    owners: dict[str, set[str]] = {}
+    for name in edges:
+        volume = Path(scale[name]["volumes"][0].split(":")[0])
+        with sqlite3.connect(root / "volumes" / volume / "edgeloop.db") as db:
+            owners[name] = {row[0] for row in db.execute("SELECT DISTINCT device FROM samples")}
+    assert set().union(*owners.values()) == set(devices)
+    assert sum(len(o) for o in owners.values()) == len(devices), f"a device on two edges: {owners}"
+    assert all(owners.values()), f"an edge owns no device: {owners}"
+    assert sum(answered.values()) == len(expected), answered
+    slow = {n: t for n, t in took.items() if t > 10}
+    assert not slow, f"did not stop within 10 s of SIGTERM: {slow}"
+    print(
+        f"scale profile: {len(devices)} devices x {readings} readings answered once each in {up:.1f} s;"
+        f" devices per edge {[len(owners[n]) for n in edges]}, predictions per edge {answered}"
+    )

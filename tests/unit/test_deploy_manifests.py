@@ -287,7 +287,9 @@ def test_kustomize_renders_the_base() -> None:
 
 
 @pytest.mark.parametrize("overlay", ["nats", "fleet", "fleet-nats"])
-def test_kustomize_renders_the_overlays_without_shared_volumes(overlay: str) -> None:
+def test_kustomize_renders_the_overlays_without_shared_volumes(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kubectl = kubectl_binary()
     out = subprocess.run(
         [kubectl, "kustomize", str(K8S / "overlays" / overlay)],
@@ -305,10 +307,34 @@ def test_kustomize_renders_the_overlays_without_shared_volumes(overlay: str) -> 
         assert pod["automountServiceAccountToken"] is False, name
     edge = workloads["edgeloop-edge"]
     env = {e["name"]: e.get("value") for e in edge["spec"]["template"]["spec"]["containers"][0]["env"]}
+    # The edge's settings (the ConfigMap's edgeloop.yaml and its environment) are valid as rendered:
+    # what Settings refuses (edge.retrain: mqtt on NATS, replicas on Mosquitto) would stop every pod.
+    # Keys from valueFrom (the client id) and keys of work not merged yet (PENDING_KEYS) aside.
+    settings_env = {k: v for k, v in env.items() if k.startswith("EDGELOOP_") and v is not None}
+    settings_env = {k: v for k, v in settings_env.items() if k not in PENDING_KEYS}
+    config = yaml.safe_load((K8S / "base" / "edgeloop.yaml").read_text())
+    check_env(settings_env, monkeypatch, {**config, "edge": {"ordinal": 0}})
     if "nats" in overlay:
         assert "edgeloop-mosquitto" not in workloads and "edgeloop-nats" in workloads
         assert env["EDGELOOP_BROKER_URL"].startswith("nats://")
         assert int(env["EDGELOOP_EDGE_REPLICAS"]) == edge["spec"]["replicas"] == 3
+        assert "edgeloop-trainer" not in workloads, "trainers take requests over MQTT only"
+        # The server runs deploy/nats as shipped, and the edges match it: user, partition count.
+        maps = [
+            d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("edgeloop-nats")
+        ]
+        files = maps[0]["data"]
+        for name in ("nats-server.conf", "users.conf", "start.sh"):
+            assert files[name] == (DEPLOY / "nats" / name).read_text(), f"k8s/nats/{name} differs from nats/"
+        assert re.search(
+            r"\{\{partition\(" + env["EDGELOOP_BROKER_PARTITIONS"] + ",", files["nats-server.conf"]
+        )
+        assert re.search(r"user: " + env["EDGELOOP_BROKER_USERNAME"] + r"\n", files["users.conf"])
+        nats = workloads["edgeloop-nats"]["spec"]["template"]["spec"]
+        assert nats["containers"][0]["command"] == ["/bin/sh", "/etc/nats/start.sh"]
+        sources = next(v for v in nats["volumes"] if v["name"] == "passwords")["projected"]["sources"]
+        broker = next(s["secret"] for s in sources if s["secret"]["name"] == "edgeloop-broker")
+        assert broker["items"] == [{"key": "password", "path": "EDGELOOP_NATS_EDGE_PASSWORD"}]
     if "fleet" in overlay:
         # Nothing shared: no data PVC, no one-node affinity, each edge its own RWO volume.
         assert not [
@@ -416,12 +442,9 @@ def test_compose_services_images_and_mounts() -> None:
     assert services["mosquitto"]["ports"] == ["127.0.0.1:1883:1883"]
 
 
-# Keys the scale and fleet profiles use that come with the NATS transport (issue 11) and the fleet
-# control plane (issue 12); once Settings has them they are checked like every other key.
+# Keys the fleet profile and component use that come with signed model distribution (issue 12, not
+# merged yet); once Settings has them they are checked like every other key.
 PENDING_KEYS = {
-    "EDGELOOP_EDGE_REPLICAS",
-    "EDGELOOP_EDGE_ORDINAL",
-    "EDGELOOP_STORE_URL",
     "EDGELOOP_DISTRIBUTION_MODE",
     "EDGELOOP_DISTRIBUTION_SIGNING_KEY_FILE",
     "EDGELOOP_DISTRIBUTION_PUBLIC_KEY_FILE",
@@ -435,7 +458,7 @@ def test_compose_profiles_and_hardening() -> None:
     assert all(s.get("init") is True for s in services.values()), "every service needs an init (SIGTERM)"
     assert services["simulator"]["profiles"] == ["demo", "sim"]
     scale = [n for n, s in services.items() if "scale" in s.get("profiles", [])]
-    edges = sorted(n for n in scale if services[n]["command"][0] == "edge")
+    edges = sorted(n for n in scale if services[n].get("command", [""])[0] == "edge")
     assert len(edges) == 3 and "nats" in scale
     assert sorted(services[n]["environment"]["EDGELOOP_EDGE_ORDINAL"] for n in edges) == ["0", "1", "2"]
     assert {services[n]["environment"]["EDGELOOP_EDGE_REPLICAS"] for n in edges} == {"3"}
@@ -455,15 +478,52 @@ def test_compose_profiles_and_hardening() -> None:
             assert service["command"][0] == "trainer", "only trainers hold the signing key"
 
 
-@pytest.mark.parametrize("service", ["edge", "trainer", "simulator", "dashboard", "mlflow"])
+@pytest.mark.parametrize(
+    "service",
+    ["edge", "trainer", "simulator", "dashboard", "mlflow", "edge-0", "edge-1", "edge-2", "edge-fleet"],
+)
 def test_compose_env_names_are_settings_keys(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each service's settings (edgeloop.yaml and its environment) are valid together, as it starts."""
     env = yaml.safe_load(COMPOSE.read_text())["services"][service]["environment"]
     assert "EDGELOOP_BROKER_PASSWORD" not in env
     check_env(
-        {k: str(v) for k, v in env.items()},
+        {k: str(v) for k, v in env.items() if k not in PENDING_KEYS},
         monkeypatch,
         yaml.safe_load((DOCKER / "edgeloop.yaml").read_text()),
     )
+
+
+def test_compose_scale_profile_matches_the_nats_server_config() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
+    users = (DEPLOY / "nats" / "users.conf").read_text()
+    nats = services["nats"]
+    assert {c["target"]: compose["configs"][c["source"]]["file"] for c in nats["configs"]} == {
+        "/etc/nats/nats-server.conf": "../nats/nats-server.conf",
+        "/etc/nats/users.conf": "../nats/users.conf",  # beside it: nats-server.conf includes it
+        "/etc/nats/start.sh": "../nats/start.sh",
+    }
+    # Every variable users.conf refers to is a secret file start.sh exports.
+    wanted = set(re.findall(r"password: \$(\w+)", users))
+    given = {s["target"].removeprefix("/run/secrets/nats/") for s in nats["secrets"]}
+    assert wanted == given
+    edge_secret = next(s["source"] for s in nats["secrets"] if s["target"].endswith("EDGE_PASSWORD"))
+    for name in ("edge-0", "edge-1", "edge-2"):
+        edge = services[name]
+        env = edge["environment"]
+        assert env["EDGELOOP_BROKER_URL"] == "nats://nats:4222"
+        assert re.search(r"\{\{partition\(" + env["EDGELOOP_BROKER_PARTITIONS"] + ",", conf)
+        assert re.search(r"user: " + env["EDGELOOP_BROKER_USERNAME"] + "\n", users)
+        assert edge_secret in edge["secrets"]
+        assert env["EDGELOOP_EDGE_RETRAIN"] == "local"
+    volumes = [services[n]["volumes"][0].split(":")[0] for n in ("edge-0", "edge-1", "edge-2")]
+    assert len(set(volumes)) == 3, "each edge trains for its own devices: one volume each"
+    assert not [
+        n
+        for n, s in services.items()
+        if "scale" in s.get("profiles", []) and s.get("command", [""])[0] == "trainer"
+    ]
 
 
 # -- Ansible ---------------------------------------------------------------------------------------------
