@@ -309,7 +309,7 @@ def test_kustomize_renders_the_overlays_without_shared_volumes(
     env = {e["name"]: e.get("value") for e in edge["spec"]["template"]["spec"]["containers"][0]["env"]}
     # The edge's settings (the ConfigMap's edgeloop.yaml and its environment) are valid as rendered:
     # what Settings refuses (edge.retrain: mqtt on NATS, replicas on Mosquitto) would stop every pod.
-    # Keys from valueFrom (the client id) and keys of work not merged yet (PENDING_KEYS) aside.
+    # Keys from valueFrom (the client id) aside.
     settings_env = {k: v for k, v in env.items() if k.startswith("EDGELOOP_") and v is not None}
     settings_env = {k: v for k, v in settings_env.items() if k not in PENDING_KEYS}
     config = yaml.safe_load((K8S / "base" / "edgeloop.yaml").read_text())
@@ -442,13 +442,8 @@ def test_compose_services_images_and_mounts() -> None:
     assert services["mosquitto"]["ports"] == ["127.0.0.1:1883:1883"]
 
 
-# Keys the fleet profile and component use that come with signed model distribution (issue 12, not
-# merged yet); once Settings has them they are checked like every other key.
-PENDING_KEYS = {
-    "EDGELOOP_DISTRIBUTION_MODE",
-    "EDGELOOP_DISTRIBUTION_SIGNING_KEY_FILE",
-    "EDGELOOP_DISTRIBUTION_PUBLIC_KEY_FILE",
-}
+# Keys a manifest may set that Settings does not know yet (none today): they would be skipped below.
+PENDING_KEYS: set[str] = set()
 
 
 def test_compose_profiles_and_hardening() -> None:
