@@ -7,6 +7,7 @@ matplotlib) are imported inside the commands that need them, so ``edgeloop edge`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -210,26 +211,41 @@ def train(
     """Train candidates on the stored readings; report them beside the naive baselines; promote if better."""
     from edgeloop.adapters.store import store_exists
     from edgeloop.registry.tracking import Tracker
-    from edgeloop.retrain.admin import record_events
+    from edgeloop.retrain.admin import decision_publisher, decision_signer, record_events
     from edgeloop.retrain.job import run_retrain
     from edgeloop.telemetry.schema import Event
 
     settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
     if not store_exists(settings.store_location):
         fail(f"no store at {settings.store_path}: run `edgeloop edge` (or the demo) first")
+    try:
+        signer = decision_signer(settings, "train")  # bus mode: a promotion goes out signed
+    except EdgeloopError as exc:
+        fail(str(exc))
     tracker = Tracker.from_settings(settings, enabled=not no_mlflow)
     failed = False
-    for name in scope or settings.model.targets:
-        outcome = run_retrain(settings, name, trigger="manual", reason="edgeloop train", tracker=tracker)
-        # The Models view and the edges learn of a promotion from its event, whoever promoted.
-        record_events(settings, [Event.from_dict(e) for e in outcome.events])
-        typer.echo(f"{name}: {outcome.decision}: {outcome.reason}")
-        m = outcome.metrics
-        for key in sorted(k for k in m if k.startswith("rmse_")):
-            typer.echo(f"  {key[5:]:<12} validation RMSE {m[key]:.4g}")
-        if m:
-            typer.echo(f"  {'(mean)':<12} validation RMSE {m['mean_rmse']:.4g}")
-        failed |= outcome.decision == "failed"
+    with contextlib.ExitStack() as stack:
+        try:
+            publish = stack.enter_context(decision_publisher(settings, signer))
+        except EdgeloopError as exc:
+            fail(f"nothing trained: {exc}", 1)
+        for name in scope or settings.model.targets:
+            outcome = run_retrain(settings, name, trigger="manual", reason="edgeloop train", tracker=tracker)
+            if publish is not None and outcome.decision == "promoted":
+                try:
+                    publish(name)
+                except EdgeloopError as exc:
+                    typer.echo(f"{name}: promoted here but not published to the edges: {exc}", err=True)
+                    failed = True
+            # The Models view and the edges learn of a promotion from its event, whoever promoted.
+            record_events(settings, [Event.from_dict(e) for e in outcome.events])
+            typer.echo(f"{name}: {outcome.decision}: {outcome.reason}")
+            m = outcome.metrics
+            for key in sorted(k for k in m if k.startswith("rmse_")):
+                typer.echo(f"  {key[5:]:<12} validation RMSE {m[key]:.4g}")
+            if m:
+                typer.echo(f"  {'(mean)':<12} validation RMSE {m['mean_rmse']:.4g}")
+            failed |= outcome.decision == "failed"
     raise typer.Exit(1 if failed else 0)
 
 

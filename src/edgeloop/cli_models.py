@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgeloop.cli_support import ConfigOpt, DataDirOpt, YesOpt, command_settings, confirm, examples, fail
 from edgeloop.errors import EdgeloopError
+
+if TYPE_CHECKING:
+    from edgeloop.config import Settings
+    from edgeloop.registry.signing import Signer
 
 models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 
@@ -89,13 +93,22 @@ def models_promote(
     ] = False,
     yes: YesOpt = False,
 ) -> None:
-    """Promote a version, with the same holdout check as automatic promotion (unless --force)."""
-    from edgeloop.retrain.admin import promote
+    """Promote a version, with the same holdout check as automatic promotion (unless --force).
+
+    With distribution.mode bus it is published to the edges, signed: run it where
+    distribution.signing_key_file is set (a trainer host).
+    """
+    from edgeloop.retrain.admin import decision_publisher, promote
 
     settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
+    signer = _signer(settings, "models promote")
     if force and not yes:
         confirm(f"Serve {version} on every edge even if it is worse than the champion?")
-    ok, message = promote(settings, version, force=force)
+    try:
+        with decision_publisher(settings, signer) as publish:
+            ok, message = promote(settings, version, force=force, publish=publish)
+    except EdgeloopError as exc:
+        fail(f"nothing changed: {exc}", 1)
     if not ok:
         fail(message, 1)
     typer.echo(message)
@@ -111,13 +124,32 @@ def models_rollback(
     data_dir: DataDirOpt = None,
     yes: YesOpt = False,
 ) -> None:
-    """Take the champion of a scope out of service and restore the previous one."""
-    from edgeloop.retrain.admin import rollback
+    """Take the champion of a scope out of service and restore the previous one.
+
+    With distribution.mode bus the decision is published to the edges, signed: run it where
+    distribution.signing_key_file is set (a trainer host).
+    """
+    from edgeloop.retrain.admin import decision_publisher, rollback
 
     settings = command_settings(config, {"data_dir": ("--data-dir", data_dir)}, need_data=True)
+    signer = _signer(settings, "models rollback")
     if not yes:
         confirm(f"Roll back the champion of {scope} on every edge?")
-    ok, message = rollback(settings, scope)
+    try:
+        with decision_publisher(settings, signer) as publish:
+            ok, message = rollback(settings, scope, publish=publish)
+    except EdgeloopError as exc:
+        fail(f"nothing changed: {exc}", 1)
     if not ok:
         fail(message, 1)
     typer.echo(message)
+
+
+def _signer(settings: Settings, command: str) -> Signer | None:
+    """The signing key in bus mode; the command stops with one line if this host has none."""
+    from edgeloop.retrain.admin import decision_signer
+
+    try:
+        return decision_signer(settings, command)
+    except EdgeloopError as exc:
+        fail(str(exc), 2)

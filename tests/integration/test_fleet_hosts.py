@@ -471,7 +471,7 @@ def test_three_hosts_pool_signed_distribution_and_exactly_once(
     rogue_meta = orjson.loads(genuine["meta"])
     rogue_meta.update(version=genuine["version"] + 1, label=f"{DRIFTED}:v{genuine['version'] + 1}")
     write_version(rogue_dir / "v", genuine["model"].encode(), orjson.dumps(rogue_meta))
-    _, rogue_payload = make_bundle(rogue, rogue_dir / "v")
+    _, rogue_payload = make_bundle(rogue, rogue_dir / "v", epoch=2**62)
     altered = dict(genuine)
     i = altered["model"].index(".") + 1
     altered["model"] = (

@@ -19,10 +19,13 @@ from edgeloop.errors import ConfigError
 from edgeloop.models.forecasters import LinearForecaster
 from edgeloop.models.modelfile import META_FILE, MODEL_FILE, save_model, sha256_bytes
 from edgeloop.registry.bus import (
+    BUNDLE_FORMAT,
     BundleRefused,
+    champion_message,
     edge_verifier,
     install_bundle,
     make_bundle,
+    make_clearing,
     models_topic,
     open_bundle,
     signed_bytes,
@@ -55,7 +58,7 @@ def signer() -> Signer:
 
 @pytest.fixture
 def bundle(tmp_path: Path, signer: Signer) -> bytes:
-    scope, payload = make_bundle(signer, trained_version(tmp_path / "trainer"))
+    scope, payload = make_bundle(signer, trained_version(tmp_path / "trainer"), epoch=1)
     assert scope == SCOPE
     return payload
 
@@ -105,7 +108,7 @@ def test_one_bit_of_the_signature_flipped_is_refused(signer: Signer, bundle: byt
 
 def test_signed_with_another_key_is_refused(tmp_path: Path, signer: Signer) -> None:
     other = Signer.generate()
-    _, payload = make_bundle(other, trained_version(tmp_path / "rogue"))
+    _, payload = make_bundle(other, trained_version(tmp_path / "rogue"), epoch=1)
     reason = refused(payload, signer.verifier())
     assert "signature does not verify" in reason and signer.key_id in reason and other.key_id in reason
 
@@ -134,6 +137,10 @@ def test_a_signed_bundle_replayed_under_another_scope_or_version_is_refused(
     moved = orjson.dumps({**data, "scope": other_scope})
     assert "signature does not verify" in refused(moved, signer.verifier(), name=scope_dirname(other_scope))
     assert "signature does not verify" in refused(orjson.dumps({**data, "version": 7}), signer.verifier())
+    assert "signature does not verify" in refused(orjson.dumps({**data, "epoch": 2**62}), signer.verifier())
+    # A promotion turned into "no champion" (digests emptied to match): the signature says no.
+    cleared = {**data, "version": None, "sha256": "", "meta_sha256": ""}
+    assert "signature does not verify" in refused(orjson.dumps(cleared), signer.verifier())
     assert "format" in refused(orjson.dumps({**data, "format": "x"}), signer.verifier())
 
 
@@ -147,40 +154,88 @@ def test_signed_but_invalid_model_files_are_still_refused(tmp_path: Path, signer
     ms, ds = sha256_bytes(meta_body), sha256_bytes(model_body)
     payload = orjson.dumps(
         {
-            "format": "edgeloop-model-bundle/1",
+            "format": BUNDLE_FORMAT,
             "scope": SCOPE,
             "version": 1,
+            "epoch": 1,
             "meta": meta_body.decode(),
             "model": model_body.decode(),
             "meta_sha256": ms,
             "sha256": ds,
             "key_id": signer.key_id,
-            "signature": base64.b64encode(signer.sign(signed_bytes(SCOPE, 1, ms, ds))).decode(),
+            "signature": base64.b64encode(signer.sign(signed_bytes(SCOPE, 1, 1, ms, ds))).decode(),
         }
     )
     assert "metadata refused" in refused(payload, signer.verifier())
     # A model the edge cannot serve (other lags) passes the signature and fails at install, unwritten.
-    _, good = make_bundle(signer, trained_version(tmp_path / "three", lags=3))
+    _, good = make_bundle(signer, trained_version(tmp_path / "three", lags=3), epoch=1)
     registry = LocalRegistry(tmp_path / "edge")
     with pytest.raises(BundleRefused, match="lags"):
         install_bundle(registry, open_bundle(good, signer.verifier()), lags=5)
     assert not registry.version_dir(SCOPE, 1).exists() and registry.champion(SCOPE) is None
 
 
-def test_install_keeps_local_decisions_and_refuses_conflicts(tmp_path: Path, signer: Signer) -> None:
+def test_decisions_are_ordered_by_epoch_not_version(tmp_path: Path, signer: Signer) -> None:
     registry = LocalRegistry(tmp_path / "edge")
-    v1 = open_bundle(make_bundle(signer, trained_version(tmp_path / "t", 1))[1], signer.verifier())
-    v2 = open_bundle(make_bundle(signer, trained_version(tmp_path / "t", 2))[1], signer.verifier())
-    assert install_bundle(registry, v2, lags=5) == "installed"
-    assert install_bundle(registry, v2, lags=5) == "present"  # the retained message, seen again
-    assert install_bundle(registry, v1, lags=5) == "older"
+
+    dirs = {v: trained_version(tmp_path / "t", v) for v in (1, 2)}
+
+    def decision(version: int, epoch: int) -> Any:
+        return open_bundle(make_bundle(signer, dirs[version], epoch=epoch)[1], signer.verifier())
+
+    v1_at_10, v2_at_20, v1_at_30 = decision(1, 10), decision(2, 20), decision(1, 30)
+    assert install_bundle(registry, v2_at_20, lags=5) == "installed"
+    assert install_bundle(registry, v2_at_20, lags=5) == "stale"  # the retained message, seen again
+    assert install_bundle(registry, v1_at_10, lags=5) == "stale"  # an older decision
     assert registry.champion(SCOPE) == 2
-    registry.rollback(SCOPE)  # e.g. probation failed on this edge
-    assert install_bundle(registry, v2, lags=5) == "present" and registry.champion(SCOPE) is None
+    # A rollback to v1, decided after v2: installed although v1 < v2.
+    assert install_bundle(registry, v1_at_30, lags=5) == "installed" and registry.champion(SCOPE) == 1
+    # The promotion of v2 replayed (signed, genuine): nothing changes.
+    assert install_bundle(registry, v2_at_20, lags=5) == "stale" and registry.champion(SCOPE) == 1
+    assert registry.epoch(SCOPE) == 30
+    # A local probation rollback keeps the epoch: the same retained message does not undo it.
+    registry.promote(SCOPE, 2)
+    registry.rollback(SCOPE, rejected=2)
+    assert registry.champion(SCOPE) == 1 and registry.epoch(SCOPE) == 30
+    assert install_bundle(registry, v1_at_30, lags=5) == "stale"
+    # "No champion of its own", signed and newer: the pointer is cleared (the scope falls back).
+    cleared = open_bundle(make_clearing(signer, SCOPE, epoch=40), signer.verifier())
+    assert cleared.version is None and install_bundle(registry, cleared, lags=5) == "cleared"
+    assert registry.champion(SCOPE) is None and registry.load_champion(SCOPE, lags=5) is None
+    assert install_bundle(registry, decision(2, 35), lags=5) == "stale"
     # Another v2 (other bytes) than the cached one: refused, the cache untouched.
-    other = open_bundle(make_bundle(signer, trained_version(tmp_path / "u", 2, lags=4))[1], signer.verifier())
+    other = open_bundle(
+        make_bundle(signer, trained_version(tmp_path / "w", 2, lags=4), epoch=50)[1], signer.verifier()
+    )
     with pytest.raises(BundleRefused, match="differs from"):
         install_bundle(registry, other, lags=5)
+
+
+def test_stamped_epochs_grow_and_the_publisher_ignores_its_own_message(
+    tmp_path: Path, signer: Signer
+) -> None:
+    trainer = LocalRegistry(tmp_path / "t")
+    trained_version(tmp_path / "t", 1)
+    trained_version(tmp_path / "t", 2)
+    trainer.promote(SCOPE, 1)
+    trainer.promote(SCOPE, 2)
+    label, first = champion_message(signer, trainer, SCOPE) or ("", b"")
+    assert label == version_label(SCOPE, 2)
+    trainer.rollback(SCOPE)
+    label, second = champion_message(signer, trainer, SCOPE) or ("", b"")
+    assert label == version_label(SCOPE, 1)
+    e1, e2 = orjson.loads(first)["epoch"], orjson.loads(second)["epoch"]
+    assert e2 > e1 and trainer.epoch(SCOPE) == e2
+    assert install_bundle(trainer, open_bundle(second, signer.verifier()), lags=5) == "stale"
+    edge = LocalRegistry(tmp_path / "edge")
+    for payload in (first, second):
+        assert install_bundle(edge, open_bundle(payload, signer.verifier()), lags=5) == "installed"
+    assert edge.champion(SCOPE) == 1
+    trainer.rollback(SCOPE)  # nothing left: published as "no champion"
+    label, third = champion_message(signer, trainer, SCOPE) or ("", b"")
+    assert label == f"{SCOPE}:none" and orjson.loads(third)["version"] is None
+    assert install_bundle(edge, open_bundle(third, signer.verifier()), lags=5) == "cleared"
+    assert champion_message(signer, LocalRegistry(tmp_path / "empty"), SCOPE) is None
 
 
 def test_keys_generate_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:

@@ -1,21 +1,31 @@
 """Champions over the message bus, signed (``distribution.mode: bus``).
 
-A trainer that promotes a version publishes it as one retained message on
+A trainer that promotes a version, and an operator's ``edgeloop models promote | rollback`` on a
+host holding the signing key, publish the scope's champion decision as one retained message on
 ``edgeloop/<site>/models/<scope folder name>`` (:func:`~edgeloop.scopes.scope_dirname`), so an edge
 that connects later gets the current champion of every scope at once. The message is JSON::
 
-    {"format": "edgeloop-model-bundle/1", "scope": "voc_ppb@dev-001", "version": 3,
-     "meta": "<meta.json, verbatim>", "model": "<model.txt, verbatim>",
+    {"format": "edgeloop-model-bundle/2", "scope": "voc_ppb@dev-001", "version": 3,
+     "epoch": 1717171717171, "meta": "<meta.json, verbatim>", "model": "<model.txt, verbatim>",
      "meta_sha256": "...", "sha256": "...", "key_id": "...", "signature": "<base64 Ed25519>"}
 
-The signature covers the scope, the version and the SHA-256 of both files (:func:`signed_bytes`), so
-no byte of either file, nor the scope or version it claims, can change without the signature failing.
-A receiver (:func:`open_bundle`) recomputes both digests, verifies the signature against its
-configured public key, checks that the metadata names the same scope and version, and then
-:func:`install_bundle` writes the files into the local registry through the same verification as any
-model file (:func:`~edgeloop.models.modelfile.load_model`: every field, the checksum, a forecast) before
-it is renamed into place and promoted. The local registry is the cache: a restarted edge serves from
-it without the bus. Anything refused raises :class:`BundleRefused`; nothing of it is written.
+``version`` null (no ``meta``/``model``, empty digests) says the scope has no champion of its own any
+more (a rollback past its first version): it falls back to the fleet model or persistence.
+
+``epoch`` orders the decisions of a scope, not the version number: a rollback makes an older version
+champion with a newer epoch (:meth:`~edgeloop.registry.local.LocalRegistry.stamp`). A receiver takes a
+decision only if its epoch is higher than the last one it recorded, so a rollback installs, and an
+old signed message sent again (a replay, a stale retained copy) changes nothing.
+
+The signature covers the scope, the version, the epoch and the SHA-256 of both files
+(:func:`signed_bytes`), so no byte of either file, nor the scope, version or epoch it claims, can change
+without the signature failing. A receiver (:func:`open_bundle`) recomputes both digests, verifies the
+signature against its configured public key, checks that the metadata names the same scope and
+version, and then :func:`install_bundle` writes the files into the local registry through the same
+verification as any model file (:func:`~edgeloop.models.modelfile.load_model`: every field, the
+checksum, a forecast) before it is renamed into place and promoted. The local registry is the cache: a
+restarted edge serves from it without the bus. Anything refused raises :class:`BundleRefused`; nothing
+of it is written.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.signing import SIGNATURE_BYTES, Signer, Verifier
 from edgeloop.scopes import parse_scope, scope_dirname, version_label
 
-BUNDLE_FORMAT = "edgeloop-model-bundle/1"
+BUNDLE_FORMAT = "edgeloop-model-bundle/2"
 MODELS_TOPIC = "edgeloop/{site}/models"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # far above a LightGBM text model of a few hundred trees
 
@@ -54,14 +64,15 @@ class Bundle:
     """A verified model message: signature and digests checked, not yet installed."""
 
     scope: str
-    version: int
+    version: int | None  # None: the scope has no champion of its own
     meta_body: bytes
     model_body: bytes
     key_id: str
+    epoch: int
 
     @property
     def label(self) -> str:
-        return version_label(self.scope, self.version)
+        return version_label(self.scope, self.version) if self.version else f"{self.scope}:none"
 
 
 def models_topic(site: str, scope: str | None = None) -> str:
@@ -70,22 +81,24 @@ def models_topic(site: str, scope: str | None = None) -> str:
     return root if scope is None else f"{root}/{scope_dirname(scope)}"
 
 
-def signed_bytes(scope: str, version: int, meta_sha256: str, model_sha256: str) -> bytes:
+def signed_bytes(scope: str, version: int | None, epoch: int, meta_sha256: str, model_sha256: str) -> bytes:
     """What the signature covers; the format name keeps it from meaning anything elsewhere."""
-    return "\n".join((BUNDLE_FORMAT, scope, str(version), meta_sha256, model_sha256)).encode()
+    fields = (BUNDLE_FORMAT, scope, str(version or "none"), str(epoch), meta_sha256, model_sha256)
+    return "\n".join(fields).encode()
 
 
-def make_bundle(signer: Signer, version_dir: Path) -> tuple[str, bytes]:
-    """``(scope, message)`` for the version in ``version_dir``, signed with ``signer``."""
+def make_bundle(signer: Signer, version_dir: Path, *, epoch: int) -> tuple[str, bytes]:
+    """``(scope, message)`` making the version in ``version_dir`` champion at ``epoch``, signed."""
     meta_body = (version_dir / META_FILE).read_bytes()
     model_body = (version_dir / MODEL_FILE).read_bytes()
     meta = check_meta(orjson.loads(meta_body), version_dir / META_FILE)
     meta_sha, model_sha = sha256_bytes(meta_body), sha256_bytes(model_body)
-    signature = signer.sign(signed_bytes(meta.scope, meta.version, meta_sha, model_sha))
+    signature = signer.sign(signed_bytes(meta.scope, meta.version, epoch, meta_sha, model_sha))
     message = {
         "format": BUNDLE_FORMAT,
         "scope": meta.scope,
         "version": meta.version,
+        "epoch": epoch,
         "meta": meta_body.decode(),
         "model": model_body.decode(),
         "meta_sha256": meta_sha,
@@ -94,6 +107,37 @@ def make_bundle(signer: Signer, version_dir: Path) -> tuple[str, bytes]:
         "signature": base64.b64encode(signature).decode(),
     }
     return meta.scope, orjson.dumps(message)
+
+
+def make_clearing(signer: Signer, scope: str, *, epoch: int) -> bytes:
+    """The message saying ``scope`` has no champion of its own from ``epoch`` on, signed."""
+    signature = signer.sign(signed_bytes(scope, None, epoch, "", ""))
+    message = {
+        "format": BUNDLE_FORMAT,
+        "scope": scope,
+        "version": None,
+        "epoch": epoch,
+        "meta_sha256": "",
+        "sha256": "",
+        "key_id": signer.key_id,
+        "signature": base64.b64encode(signature).decode(),
+    }
+    return orjson.dumps(message)
+
+
+def champion_message(signer: Signer, registry: LocalRegistry, scope: str) -> tuple[str, bytes] | None:
+    """``(label, message)`` publishing the scope's current champion decision under a new epoch.
+
+    The epoch is recorded in the local pointer first (:meth:`LocalRegistry.stamp`), so this host
+    ignores its own message when it comes back. None if the scope has no champion pointer.
+    """
+    pointer = registry.stamp(scope)
+    if pointer is None:
+        return None
+    if pointer.version is None:
+        return f"{scope}:none", make_clearing(signer, scope, epoch=pointer.epoch)
+    _, message = make_bundle(signer, registry.version_dir(scope, pointer.version), epoch=pointer.epoch)
+    return version_label(scope, pointer.version), message
 
 
 def _field(data: dict[str, Any], key: str, kind: type, scope: str | None, label: str | None) -> Any:
@@ -118,15 +162,28 @@ def open_bundle(payload: bytes, verifier: Verifier, *, topic_name: str | None = 
         raise BundleRefused("not a JSON object")
     scope = data.get("scope") if isinstance(data.get("scope"), str) and data.get("scope") else None
     version = data.get("version")
-    label = version_label(scope, version) if scope and isinstance(version, int) and version >= 1 else None
+    valid_version = version is None or (
+        isinstance(version, int) and not isinstance(version, bool) and version >= 1
+    )
+    label = None
+    if scope and valid_version:
+        label = version_label(scope, version) if version is not None else f"{scope}:none"
     if data.get("format") != BUNDLE_FORMAT:
         raise BundleRefused(f"format {str(data.get('format'))[:40]!r}, expected {BUNDLE_FORMAT!r}", scope)
-    if scope is None or label is None or not isinstance(version, int):
+    if scope is None or label is None:
         raise BundleRefused("no valid 'scope' and 'version'", scope)
     if topic_name is not None and scope_dirname(scope) != topic_name:
         raise BundleRefused(f"names scope {scope!r} on the topic of another scope", scope, label)
-    meta_text = _field(data, "meta", str, scope, label)
-    model_text = _field(data, "model", str, scope, label)
+    epoch = _field(data, "epoch", int, scope, label)
+    if epoch < 1:
+        raise BundleRefused(f"epoch {epoch} is not a positive integer", scope, label)
+    if version is None:
+        meta_body, model_body = b"", b""
+        meta_sha = model_sha = ""
+    else:
+        meta_body = _field(data, "meta", str, scope, label).encode()
+        model_body = _field(data, "model", str, scope, label).encode()
+        meta_sha, model_sha = sha256_bytes(meta_body), sha256_bytes(model_body)
     signature_text = data.get("signature")
     if not isinstance(signature_text, str) or not signature_text:
         raise BundleRefused("unsigned", scope, label)
@@ -136,11 +193,9 @@ def open_bundle(payload: bytes, verifier: Verifier, *, topic_name: str | None = 
         raise BundleRefused("signature is not base64", scope, label) from None
     if len(signature) != SIGNATURE_BYTES:
         raise BundleRefused(f"signature of {len(signature)} bytes, not {SIGNATURE_BYTES}", scope, label)
-    meta_body, model_body = meta_text.encode(), model_text.encode()
-    meta_sha, model_sha = sha256_bytes(meta_body), sha256_bytes(model_body)
     if data.get("sha256") != model_sha or data.get("meta_sha256") != meta_sha:
         raise BundleRefused("SHA-256 mismatch: the model or its metadata was altered", scope, label)
-    if not verifier.verify(signed_bytes(scope, version, meta_sha, model_sha), signature):
+    if not verifier.verify(signed_bytes(scope, version, epoch, meta_sha, model_sha), signature):
         signed_by = str(data.get("key_id"))[:32]
         raise BundleRefused(
             f"signature does not verify with the configured public key {verifier.key_id} "
@@ -148,55 +203,60 @@ def open_bundle(payload: bytes, verifier: Verifier, *, topic_name: str | None = 
             scope,
             label,
         )
-    try:
-        meta = check_meta(orjson.loads(meta_body), Path(f"<bus>/{label}") / META_FILE)
-    except (orjson.JSONDecodeError, ModelFileError) as exc:
-        raise BundleRefused(f"metadata refused: {exc}", scope, label) from None
-    if meta.scope != scope or meta.version != version or meta.sha256 != model_sha:
-        raise BundleRefused("metadata names another scope, version or model file", scope, label)
-    return Bundle(scope, version, meta_body, model_body, verifier.key_id)
+    if version is not None:
+        try:
+            meta = check_meta(orjson.loads(meta_body), Path(f"<bus>/{label}") / META_FILE)
+        except (orjson.JSONDecodeError, ModelFileError) as exc:
+            raise BundleRefused(f"metadata refused: {exc}", scope, label) from None
+        if meta.scope != scope or meta.version != version or meta.sha256 != model_sha:
+            raise BundleRefused("metadata names another scope, version or model file", scope, label)
+    return Bundle(scope, version, meta_body, model_body, verifier.key_id, epoch)
 
 
 def install_bundle(registry: LocalRegistry, bundle: Bundle, *, lags: int | None) -> str:
-    """Put a verified bundle into the local registry and make it the champion.
+    """Take a verified champion decision into the local registry.
 
-    Returns ``"installed"``, ``"present"`` (this version is already in the cache with the same bytes:
-    a retained message seen again; the pointer is left alone, so a local rollback stands) or
-    ``"older"`` (older than the cached champion; not installed). Raises :class:`BundleRefused` when
-    the files fail verification or conflict with the cached version of that number.
+    Returns ``"installed"`` (the bundle's version is the champion now), ``"cleared"`` (the scope has
+    no champion of its own now), or ``"stale"`` (its epoch is not newer than the last decision
+    recorded here: the same retained message seen again, or a replay; nothing changes, so a local
+    probation rollback stands too). Raises :class:`BundleRefused` when the files fail verification or
+    conflict with the cached version of that number.
     """
     scope, version = bundle.scope, bundle.version
-    version_dir = registry.version_dir(scope, version)
-    if version_dir.exists():
-        try:
-            same = (version_dir / META_FILE).read_bytes() == bundle.meta_body and (
-                version_dir / MODEL_FILE
-            ).read_bytes() == bundle.model_body
-        except OSError:
-            same = False
-        if not same:
-            raise BundleRefused(
-                f"differs from {bundle.label} in the local cache ({version_dir})", scope, bundle.label
-            )
-        return "present"
     try:
-        champion = registry.champion(scope)
+        known = registry.epoch(scope)
     except ModelFileError:
-        champion = None
-    if champion is not None and version < champion:
-        return "older"
-    verify = {
-        "expect_lags": lags,
-        "expect_target": parse_scope(scope)[0],
-        "expect_scope": scope,
-        "expect_version": version,
-    }
+        known = 0  # neither the pointer nor its journal parses: the bus repairs it
+    if bundle.epoch <= known:
+        return "stale"
+    reason = f"signed champion decision from the bus (key {bundle.key_id}, epoch {bundle.epoch})"
     try:
-        write_version(version_dir, bundle.model_body, bundle.meta_body, verify=verify)
-        registry.promote(scope, version, f"signed champion from the bus (key {bundle.key_id})", lags=lags)
+        if version is None:
+            return "cleared" if registry.clear(scope, reason, epoch=bundle.epoch) else "stale"
+        version_dir = registry.version_dir(scope, version)
+        if version_dir.exists():
+            try:
+                same = (version_dir / META_FILE).read_bytes() == bundle.meta_body and (
+                    version_dir / MODEL_FILE
+                ).read_bytes() == bundle.model_body
+            except OSError:
+                same = False
+            if not same:
+                raise BundleRefused(
+                    f"differs from {bundle.label} in the local cache ({version_dir})", scope, bundle.label
+                )
+        else:
+            verify = {
+                "expect_lags": lags,
+                "expect_target": parse_scope(scope)[0],
+                "expect_scope": scope,
+                "expect_version": version,
+            }
+            write_version(version_dir, bundle.model_body, bundle.meta_body, verify=verify)
+        promoted = registry.promote(scope, version, reason, lags=lags, epoch=bundle.epoch)
     except ModelFileError as exc:
         raise BundleRefused(str(exc), scope, bundle.label) from None
-    return "installed"
+    return "installed" if promoted else "stale"
 
 
 def edge_verifier(settings: Any) -> Verifier | None:

@@ -244,23 +244,79 @@ class LocalRegistry:
     def _write_pointer(self, scope: str, pointer: ChampionPointer) -> None:
         write_pointer(self._ensure_scope_dir(scope), pointer)
 
-    def promote(self, scope: str, version: int, reason: str = "", *, lags: int | None = None) -> None:
-        """Make ``version`` the champion, after verifying it loads and predicts (raises if not)."""
+    def promote(
+        self,
+        scope: str,
+        version: int,
+        reason: str = "",
+        *,
+        lags: int | None = None,
+        epoch: int | None = None,
+    ) -> bool:
+        """Make ``version`` the champion, after verifying it loads and predicts (raises if not).
+
+        ``epoch`` (a decision from the bus): written only if it is higher than the recorded epoch;
+        False, and nothing written, if not. Without it the recorded epoch is kept.
+        """
         self.load(scope, version, lags=lags)  # versions are immutable: verifying outside the lock is safe
         with self.lock():
             current = self._pointer_or_journal(scope)
+            known = current.epoch if current else 0
+            if epoch is not None and epoch <= known:
+                return False
             history = [v for v in (current.history if current else []) if v != version]
             history = [*history[-(HISTORY_LIMIT - 1) :], version]
             self._write_pointer(
-                scope, ChampionPointer(version=version, history=history, updated=time.time(), reason=reason)
+                scope,
+                ChampionPointer(
+                    version=version,
+                    history=history,
+                    updated=time.time(),
+                    reason=reason,
+                    epoch=known if epoch is None else epoch,
+                ),
             )
+            return True
+
+    def clear(self, scope: str, reason: str, *, epoch: int) -> bool:
+        """No champion of its own (the scope falls back), as decided at ``epoch`` (see :meth:`promote`)."""
+        with self.lock():
+            current = self._pointer_or_journal(scope)
+            if current is not None and epoch <= current.epoch:
+                return False
+            self._write_pointer(
+                scope,
+                ChampionPointer(version=None, history=[], updated=time.time(), reason=reason, epoch=epoch),
+            )
+            return True
+
+    def epoch(self, scope: str) -> int:
+        """The epoch of the scope's last champion decision (0: none)."""
+        current = self._pointer_or_journal(scope)
+        return current.epoch if current else 0
+
+    def stamp(self, scope: str) -> ChampionPointer | None:
+        """Give the scope's current champion decision a new epoch, to publish it; None if no pointer.
+
+        The epoch is a hybrid clock: the wall clock in milliseconds, or one more than the last epoch
+        this registry knows when that is higher, so decisions are ordered by when they were taken
+        (hosts' clocks kept in step, e.g. by NTP) and a newer decision always has a higher epoch than
+        every one this host has seen.
+        """
+        with self.lock():
+            current = self._pointer_or_journal(scope)
+            if current is None:
+                return None
+            stamped = current.model_copy(update={"epoch": max(int(time.time() * 1000), current.epoch + 1)})
+            self._write_pointer(scope, stamped)
+            return stamped
 
     def rollback(self, scope: str, reason: str = "", *, rejected: int | None = None) -> int | None:
         """Drop ``rejected`` (default: the champion) and restore the newest good champion before it.
 
         Returns the restored version, or None if none is left (the pointer is cleared, so the scope
         falls back to the fleet model or persistence). Versions that fail verification are dropped too.
-        A newer champion promoted meanwhile by another process stays.
+        A newer champion promoted meanwhile by another process stays. The recorded epoch is kept.
         """
         with self.lock():
             current = self._pointer_or_journal(scope)
@@ -278,7 +334,10 @@ class LocalRegistry:
                 restored, keep = v, chain[i:][::-1]
                 break
             self._write_pointer(
-                scope, ChampionPointer(version=restored, history=keep, updated=time.time(), reason=reason)
+                scope,
+                ChampionPointer(
+                    version=restored, history=keep, updated=time.time(), reason=reason, epoch=current.epoch
+                ),
             )
             return restored
 

@@ -33,6 +33,9 @@ class ChampionPointer(BaseModel):
     history: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     updated: float | None = None
     reason: str = ""
+    # Orders champion decisions published over the bus (edgeloop.registry.bus): a decision is taken
+    # only if its epoch is higher than the one recorded here. 0: none was ever published or received.
+    epoch: Annotated[int, Field(ge=0)] = 0
 
     def chain(self) -> list[int]:
         """Versions to try, newest first: the champion, then the ones before it."""

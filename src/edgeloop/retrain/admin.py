@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from edgeloop.adapters.store import open_store, store_exists
 from edgeloop.config import Settings
-from edgeloop.errors import EdgeloopError, ModelFileError
+from edgeloop.errors import ConfigError, EdgeloopError, ModelFileError
 from edgeloop.lifecycle.promotion import judge_on_holdout
 from edgeloop.models.training import NotEnoughData, split_series
+from edgeloop.registry.bus import trainer_keys
 from edgeloop.registry.local import LocalRegistry
+from edgeloop.registry.signing import Signer
 from edgeloop.registry.tracking import Tracker
 from edgeloop.retrain.job import serving_model
 from edgeloop.scopes import parse_label, parse_scope, version_label
@@ -127,9 +131,9 @@ def record_events(settings: Settings, events: list[Event], *, timeout: float = 3
         store.close()
     import orjson
 
-    from edgeloop.adapters.mqtt import MqttSession, topic_for
+    from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 
-    session = MqttSession(settings.broker, role="admin")
+    session = MqttSession(settings.broker, role="admin", client_id=default_client_id("admin"))
     try:
         session.start(timeout=timeout, wait=0)  # best effort: a command never waits for a broker
     except (EdgeloopError, OSError) as exc:
@@ -155,8 +159,56 @@ def _mlflow_run(settings: Settings, scope: str, version: int) -> str | None:
     return None
 
 
-def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[bool, str]:
-    """Promote ``label`` if it beats the model serving its scope on the newest holdout (or ``force``)."""
+Publish = Callable[[str], str | None]  # publishes a scope's champion decision; its label
+
+
+def decision_signer(settings: Settings, command: str) -> Signer | None:
+    """The key that signs an operator's champion decision in bus mode (None in files mode).
+
+    :class:`ConfigError` if this host cannot sign: edges would never see the decision.
+    """
+    if settings.distribution.mode != "bus":
+        return None
+    if settings.distribution.signing_key_file is None:
+        raise ConfigError(
+            f"distribution.signing_key_file: not set; with distribution.mode bus run `edgeloop {command}` "
+            "where it is set (a trainer host), so the edges receive the decision signed"
+        )
+    keys = trainer_keys(settings)
+    assert keys is not None  # bus mode
+    return keys[0]
+
+
+@contextlib.contextmanager
+def decision_publisher(settings: Settings, signer: Signer | None) -> Iterator[Publish | None]:
+    """Connected to the broker before anything changes, so an unreachable broker changes nothing.
+
+    Yields None in files mode (edges read the shared models folder).
+    """
+    if signer is None:
+        yield None
+        return
+    from edgeloop.adapters.mqtt import MqttSession, default_client_id
+    from edgeloop.retrain.service import publish_champion
+
+    # Its own client id: broker.client_id names the service of this host, which it would disconnect.
+    session = MqttSession(settings.broker, role="admin", client_id=default_client_id("admin"))
+    session.start(timeout=10)
+    registry = LocalRegistry(settings.models_dir)
+    try:
+        yield lambda scope: publish_champion(session, signer, registry, settings.site, scope)
+    finally:
+        session.close()
+
+
+def promote(
+    settings: Settings, label: str, *, force: bool = False, publish: Publish | None = None
+) -> tuple[bool, str]:
+    """Promote ``label`` if it beats the model serving its scope on the newest holdout (or ``force``).
+
+    ``publish`` (bus mode) sends the decision to the edges, signed, before its event; if the broker
+    does not take it, the result says so (running the command again publishes it again).
+    """
     try:
         scope, version = parse_label(label)
     except ValueError as exc:
@@ -175,7 +227,9 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
         return False, f"cannot promote {label}: {exc}"
     current = serving_model(registry, scope, lags)
     if current is not None and current.label == label:
-        return True, f"{label} is already the champion"
+        if publish is None:
+            return True, f"{label} is already the champion"
+        return _published(publish, scope, f"{label} is already the champion", label)
     target, device = parse_scope(scope)
     store = open_store(settings.store_location, retention_rows=settings.store.retention_rows)
     try:
@@ -207,6 +261,7 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
     run_id = _mlflow_run(settings, scope, version)
     if run_id:
         _tracker(settings).set_champion_by_run(scope, run_id)
+    sent = None if publish is None else _published(publish, scope, f"promoted {label} ({verdict})", label)
     _record(
         settings,
         Event(
@@ -218,10 +273,13 @@ def promote(settings: Settings, label: str, *, force: bool = False) -> tuple[boo
             previous_version=current.label if current else None,
         ),
     )
+    if sent is not None:
+        return sent
     return True, f"promoted {label} ({verdict}); edges pick it up within edge.model_poll_interval"
 
 
-def rollback(settings: Settings, scope: str) -> tuple[bool, str]:
+def rollback(settings: Settings, scope: str, *, publish: Publish | None = None) -> tuple[bool, str]:
+    """Take the champion of ``scope`` out of service; ``publish`` as in :func:`promote`."""
     registry = LocalRegistry(settings.models_dir)
     try:
         current = registry.champion(scope)
@@ -240,6 +298,9 @@ def rollback(settings: Settings, scope: str) -> tuple[bool, str]:
             _tracker(settings).set_champion_by_run(scope, run_id)
     else:
         _tracker(settings).clear_champion(scope)
+    fallback = restored_label or ("the fleet model" if "@" in scope else "persistence")
+    done = f"rolled back {version_label(scope, current)}; now serving {fallback}"
+    sent = None if publish is None else _published(publish, scope, done, restored_label)
     _record(
         settings,
         Event(
@@ -251,5 +312,18 @@ def rollback(settings: Settings, scope: str) -> tuple[bool, str]:
             previous_version=version_label(scope, current),
         ),
     )
-    fallback = restored_label or ("the fleet model" if "@" in scope else "persistence")
-    return True, f"rolled back {version_label(scope, current)}; now serving {fallback}"
+    return sent if sent is not None else (True, done)
+
+
+def _published(publish: Publish, scope: str, done: str, label: str | None) -> tuple[bool, str]:
+    """Publish the decision on ``scope``; the command's result line."""
+    try:
+        sent = publish(scope)
+    except EdgeloopError as exc:
+        retry = (
+            f"`edgeloop models promote {label}` publishes it once the broker is back"
+            if label
+            else "the edges keep their champion until the next decision on it is published"
+        )
+        return False, f"{done} here, but not published to the edges: {exc}; {retry}"
+    return True, f"{done}; published {sent} to the edges, signed"

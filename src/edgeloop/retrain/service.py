@@ -52,16 +52,18 @@ import orjson
 from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
 from edgeloop.adapters.store import open_store
 from edgeloop.config import Settings
+from edgeloop.errors import BrokerError
 from edgeloop.lifecycle.retrains import Attempt
 from edgeloop.registry.bus import (
     BundleRefused,
+    champion_message,
     install_bundle,
-    make_bundle,
     models_topic,
     open_bundle,
     trainer_keys,
 )
 from edgeloop.registry.local import LocalRegistry
+from edgeloop.registry.signing import Signer
 from edgeloop.registry.tracking import Tracker
 from edgeloop.retrain.dispatch import request_from_json
 from edgeloop.retrain.job import RetrainOutcome, run_retrain
@@ -382,11 +384,15 @@ class TrainerService:
         """The new champion, signed, as the retained message of its scope (bus mode), before its event."""
         if self.keys is None:
             return
-        _, payload = make_bundle(self.keys[0], self.registry.version_dir(scope, version))
-        info = self.session.publish(models_topic(self.settings.site, scope), payload, qos=1, retain=True)
-        with contextlib.suppress(RuntimeError, ValueError):
-            info.wait_for_publish(PUBLISH_WAIT)
-        log.info("published %s (%d bytes, key %s)", f"{scope}:v{version}", len(payload), self.keys[0].key_id)
+        try:
+            published = publish_champion(self.session, self.keys[0], self.registry, self.settings.site, scope)
+        except BrokerError as exc:  # queued by paho: it leaves when the connection is back
+            log.error("%s; it is sent when the broker is back", exc)
+            return
+        if published is not None and published != f"{scope}:v{version}":
+            log.warning(
+                "published %s: the champion of %s changed since v%d was promoted", published, scope, version
+            )
 
     def _receive_model(self, topic: str, payload: bytes) -> None:
         if self.keys is None or not payload:
@@ -397,8 +403,8 @@ class TrainerService:
         except (BundleRefused, OSError) as exc:
             log.warning("refused the model message on %s: %s", topic, exc)
             return
-        if result == "installed":
-            log.info("installed %s from the bus (key %s)", bundle.label, bundle.key_id)
+        if result != "stale":
+            log.info("%s %s from the bus (key %s)", result, bundle.label, bundle.key_id)
 
     def _retrain(self, attempt: Attempt) -> RetrainOutcome:
         r = attempt.request
@@ -458,3 +464,26 @@ class TrainerService:
                     db.close()
             except Exception:  # the store is a record; the answer already went out
                 log.exception("could not store %d events", len(events))
+
+
+def publish_champion(
+    session: MqttSession, signer: Signer, registry: LocalRegistry, site: str, scope: str
+) -> str | None:
+    """Publish the scope's current champion decision, signed, as its retained message; its label.
+
+    Waits until the broker has it. :class:`~edgeloop.errors.BrokerError` if it does not within
+    :data:`PUBLISH_WAIT` seconds (the decision stands locally and is published again by the next one).
+    """
+    built = champion_message(signer, registry, scope)
+    if built is None:
+        return None
+    label, payload = built
+    info = session.publish(models_topic(site, scope), payload, qos=1, retain=True)
+    with contextlib.suppress(RuntimeError, ValueError):
+        info.wait_for_publish(PUBLISH_WAIT)
+    if not info.is_published():
+        raise BrokerError(
+            f"the broker did not acknowledge the champion message of {scope} within {PUBLISH_WAIT:g} s"
+        )
+    log.info("published %s (%d bytes, key %s)", label, len(payload), signer.key_id)
+    return label

@@ -674,11 +674,16 @@ class EdgeService:
             except OSError as exc:  # the cache cannot be written: nothing installed, the old one serves
                 self.models.refuse(name, None, f"model message on {topic}", f"cannot cache it: {exc}")
                 continue
-            if result == "installed":
-                log.info("verified %s (key %s) from the bus", bundle.label, bundle.key_id)
+            if result == "installed" and bundle.version is not None:
+                log.info(
+                    "verified %s (key %s, epoch %d) from the bus", bundle.label, bundle.key_id, bundle.epoch
+                )
                 self.models.install(bundle.scope, bundle.version)
+            elif result == "cleared":
+                log.info("verified %s (key %s): no champion of its own any more", bundle.label, bundle.key_id)
+                self._sync_models()
             else:
-                log.debug("%s from the bus: %s in the local cache", bundle.label, result)
+                log.debug("%s from the bus: %s (epoch %d)", bundle.label, result, bundle.epoch)
 
     def _install(self, scope: str, version: int) -> bool:
         return self.models.install(scope, version)
