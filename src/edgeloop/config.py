@@ -457,6 +457,13 @@ class RetrainSettings(_Section):
         description="Seconds the broker keeps a trainer's session (queueing its share of requests) after "
         "it disconnects; 0: none, so a dead member of a trainer pool holds no requests",
     )
+    reuse_slack: float = Field(
+        60.0,
+        ge=0,
+        description="Trainer pool: seconds of reading time by which the newest reading of a finished "
+        "training of a scope may precede a request's time and still answer it instead of a new training "
+        "(requests naming a change point get none)",
+    )
 
 
 class DistributionSettings(_Section):

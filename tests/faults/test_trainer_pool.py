@@ -202,3 +202,82 @@ def test_two_requests_for_one_scope_are_trained_one_after_the_other_with_distinc
             t.stop()
         sender.close()
         events.close()
+
+
+def test_the_fleet_model_asked_for_by_two_edges_is_trained_once(
+    mosquitto: MosquittoBroker, tmp_path: Path, site: str
+) -> None:
+    """Two edges ask for the fleet model at once; a pool answers both from one training.
+
+    Each trainer has a data dir of its own (bus mode): whichever does not train learns of the
+    training from the other's verdict (or the signed champion it installs). A later request for
+    readings newer than that training is trained; one no newer is answered from it again.
+    """
+    keys = tmp_path / "keys"
+    Signer.generate().write(keys)
+    pool = []
+    for name in ("a", "b"):
+        data = tmp_path / name
+        data.mkdir()
+        _seed_store(data / "edgeloop.db", ["dev-000", "dev-001"])
+        env = {
+            **base_env(mosquitto, data, site),
+            "EDGELOOP_BROKER_CLIENT_ID": f"trainer-{name}-{site}",
+            "EDGELOOP_DISTRIBUTION_MODE": "bus",
+            "EDGELOOP_DISTRIBUTION_SIGNING_KEY_FILE": str(keys / PRIVATE_KEY_FILE),
+        }
+        pool.append(TrainerProcess(env, tmp_path / f"trainer-{name}.log").start())
+    events = Collector(mosquitto, f"edgeloop/{site}/events")
+    sender = MqttSession(mosquitto.settings(), role="requests").start()
+    newest = 1_700_000_000 + 60 * 299  # the newest seeded reading
+    finals = ("model_promoted", "model_rejected", "retrain_finished")
+
+    def ask(rid: str, requested_ts: float) -> None:
+        request = {"scope": "voc_ppb", "trigger": "initial", "request_id": rid, "requested_ts": requested_ts}
+        sender.publish(f"edgeloop/{site}/control/retrain", orjson.dumps(request), qos=1)
+
+    def answer(rid: str) -> dict[str, object] | None:
+        got = [
+            e
+            for e in events.payloads()
+            if e.get("request_id") == rid
+            and e["kind"] in finals
+            and not (e["kind"] == "retrain_finished" and e["metrics"])
+        ]
+        return got[-1] if got else None
+
+    try:
+        # The two edges' stream times differ by a few readings (each asks when it has seen enough).
+        ask("r-edge-1", newest - 120)
+        ask("r-edge-2", newest - 30)
+        wait_until(lambda: answer("r-edge-1") and answer("r-edge-2"), 60, "both requests answered")
+        time.sleep(1.0)
+        assert trainings(pool, "voc_ppb") == 1, "the fleet model was trained twice"
+        trained, shared = sorted(
+            (answer("r-edge-1"), answer("r-edge-2")), key=lambda e: e["kind"] == "retrain_finished"
+        )
+        assert trained is not None and shared is not None
+        assert trained["kind"] in ("model_promoted", "model_rejected")
+        assert shared["kind"] == "retrain_finished" and not shared["metrics"]
+        if trained["kind"] == "model_promoted":
+            assert shared["version"] == trained["version"] and "answered by" in shared["reason"]
+        else:
+            assert shared["version"] is None and "was rejected" in shared["reason"]
+        assert sum(t.log().count("not training again") for t in pool) == 1
+
+        # Newer readings than that training saw: trained.
+        ask("r-later", newest + 3600)
+        wait_until(lambda: answer("r-later") is not None, 60, "the later request answered")
+        assert answer("r-later")["kind"] in ("model_promoted", "model_rejected")  # type: ignore[index]
+        assert trainings(pool, "voc_ppb") == 2
+        # No newer than the newest training: answered from it, by whichever trainer takes it.
+        ask("r-again", newest)
+        wait_until(lambda: answer("r-again") is not None, 30, "the repeated request answered")
+        assert answer("r-again")["kind"] == "retrain_finished"  # type: ignore[index]
+        assert trainings(pool, "voc_ppb") == 2
+        assert all(t.alive() for t in pool)
+    finally:
+        for t in pool:
+            t.stop()
+        sender.close()
+        events.close()

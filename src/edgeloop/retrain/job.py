@@ -248,6 +248,9 @@ def _metrics(result: TrainResult, champion_rmse: float) -> dict[str, Any]:
         **{f"rmse_{k}": v for k, v in result.scores.items()},
         "n_train": len(result.split.train_y),
         "n_val": len(result.split.val_y),
+        # The newest reading it was trained on: a trainer pool answers requests no newer than this
+        # from this result instead of training again (edgeloop.retrain.service).
+        "window_end_ts": result.split.window_end,
     }
 
 

@@ -67,7 +67,8 @@ from edgeloop.registry.signing import Signer
 from edgeloop.registry.tracking import Tracker
 from edgeloop.retrain.dispatch import request_from_json
 from edgeloop.retrain.job import RetrainOutcome, run_retrain
-from edgeloop.telemetry.schema import Event
+from edgeloop.retrain.reuse import Finished, FinishedTrainings
+from edgeloop.telemetry.schema import Event, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class TrainerService:
         self._claimed: str | None = None  # the request id our presence names
         self._echo: str | None = None  # nonce of our last presence, until the broker sends it back
         self._parked: list[_Parked] = []
+        self._finished = FinishedTrainings()  # scope -> its newest finished training, by any trainer
         self._announced = -1  # the connection our presence was last published on
         # distribution.mode bus: champions we promote go out signed; other trainers' come in verified,
         # so every trainer judges challengers against the fleet's champion and numbers versions after it.
@@ -258,6 +260,7 @@ class TrainerService:
             else:
                 self._live.pop(topic, None)
             return
+        self._finished.note(data)
         rid = data.get("request_id")
         if (
             isinstance(rid, str)
@@ -272,6 +275,31 @@ class TrainerService:
             self._answers.move_to_end(rid)
             while len(self._answers) > ANSWERS_KEPT:
                 self._answers.popitem(last=False)
+
+    def _share(self, attempt: Attempt, result: Finished) -> None:
+        """Answer ``attempt`` from a finished training of its scope, without training."""
+        self.handled["shared"] += 1
+        upto = format_ts(result.window_end)
+        if result.label is not None:
+            reason = f"answered by {result.label}, trained on readings up to {upto}: as new as this request"
+        else:
+            reason = (
+                f"a training on readings up to {upto}, as new as this request, was rejected: {result.reason}"
+            )
+        log.info("request %s (%s): %s; not training again", attempt.request_id, attempt.scope, reason)
+        event = Event(
+            "retrain_finished",
+            attempt.scope,
+            attempt.request.requested_ts or time.time(),
+            reason=reason[:500],
+            version=result.label,
+            request_id=attempt.request_id or None,
+        ).to_dict(self.settings.site)
+        if attempt.request_id:
+            self._answers[attempt.request_id] = [event]
+            while len(self._answers) > ANSWERS_KEPT:
+                self._answers.popitem(last=False)
+        self._send([event])
 
     def _holds(self, holder: str, attempt: Attempt) -> bool:
         job, scope = self._live.get(holder, (None, None))
@@ -341,6 +369,10 @@ class TrainerService:
             log.info("request %s (%s) was answered already: sending the answer again", rid, scope)
             self._send(self._answers[rid], store=False)
             return
+        covering = self._finished.covering(attempt, self.registry, self.settings.retrain.reuse_slack)
+        if covering is not None:
+            self._share(attempt, covering)
+            return
         if rid and self._claimed != rid:
             self._announce(rid, scope)
         try:
@@ -368,6 +400,8 @@ class TrainerService:
             return
         self.handled["trained"] += 1
         self.outcomes.append(outcome)
+        for event in outcome.events:
+            self._finished.note(event)
         if outcome.decision == "promoted" and outcome.version is not None:
             self._publish_model(outcome.scope, outcome.version)
         events = [

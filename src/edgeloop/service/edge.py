@@ -637,7 +637,10 @@ class EdgeService:
                 )
                 if failure is not None:
                     self._retrain_failed(failure)
-            elif event.kind == "model_promoted" and event.version:
+            elif event.version and (
+                event.kind == "model_promoted" or (event.kind == "retrain_finished" and not event.metrics)
+            ):
+                # (a retrain_finished naming a version: a trainer pool answered from a training it had)
                 try:
                     scope, version = parse_label(event.version)
                 except ValueError:
