@@ -94,6 +94,7 @@ def edge(config: ConfigOpt = None, data_dir: DataDirOpt = None, broker: BrokerOp
         "edgeloop simulate --devices 5 --rate 2",
         "edgeloop simulate --drift dev-001:level_shift@3000:target=temp_c,magnitude=4",
         "edgeloop simulate --steps 9000 --csv build/sim.csv",
+        "edgeloop simulate --broker mqtt://nats-host:1883 --mqtt-version 3.1.1   # NATS's MQTT listener",
     )
 )
 def simulate(
@@ -115,11 +116,24 @@ def simulate(
     csv: Annotated[
         Path | None, typer.Option(help="Write STEPS readings to this CSV (+ onsets JSON) and exit.")
     ] = None,
+    mqtt_version: Annotated[
+        str,
+        typer.Option(
+            "--mqtt-version",
+            help="MQTT protocol version: 5, or 3.1.1 (what NATS's MQTT listener accepts).",
+        ),
+    ] = "5",
 ) -> None:
-    """Simulate devices publishing telemetry (diurnal temperature, humidity, VOC bursts) with drift."""
+    """Simulate devices publishing telemetry (diurnal temperature, humidity, VOC bursts) with drift.
+
+    All devices publish over one connection, as broker.username: on a broker that authorises each
+    device (deploy/nats/users.conf) give it a user that may publish every device's telemetry.
+    """
     from edgeloop.service.publisher import SimulatorPublisher
     from edgeloop.telemetry.simulator import Simulator, parse_drift
 
+    if mqtt_version not in ("5", "3.1.1"):
+        fail(f"--mqtt-version: {mqtt_version!r} is not 5 or 3.1.1")
     settings = command_settings(config, {"broker.url": ("--broker", broker)})
     try:
         specs = [parse_drift(text) for text in drift or []]
@@ -133,13 +147,19 @@ def simulate(
             fail(f"--csv {csv}: {exc.strerror or exc}")
         typer.echo(f"wrote {path} and {path}.onsets.json")
         return
-    publisher = SimulatorPublisher(settings, sim, rate=rate or None, steps=steps)
+    publisher = SimulatorPublisher(settings, sim, rate=rate or None, steps=steps, protocol=mqtt_version)
     stop_on_signals(publisher._stop.set)
     typer.echo(f"publishing {devices} devices at {rate:g}/s to {settings.broker.url} (Ctrl-C stops)")
     try:
         publisher.run()
     except EdgeloopError as exc:
-        fail(str(exc), 1)
+        hint = ""
+        if mqtt_version == "5" and "protocol version" in str(exc).lower():
+            hint = (
+                " This broker does not speak MQTT 5 (NATS's MQTT listener speaks 3.1.1): "
+                "add --mqtt-version 3.1.1"
+            )
+        fail(f"{exc}{hint}", 1)
     typer.echo(f"published {publisher.published} readings")
 
 

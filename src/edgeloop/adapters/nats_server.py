@@ -88,6 +88,18 @@ def device_user(site: str, device: str, password: str) -> str:
     )
 
 
+def simulator_user(site: str, user: str, password: str) -> str:
+    """A load generator's entry of ``users``: it may publish the telemetry of every device of the site.
+
+    For ``edgeloop simulate`` (one connection for all devices) on test and staging sites only: it
+    lifts the rule that a device publishes only its own telemetry.
+    """
+    return (
+        f'{{user: "{user}", password: "{password}", permissions: {{'
+        f'publish: ["edgeloop.{site}.p.*.*.telemetry"], subscribe: ["$MQTT.sub.>"]}}}}'
+    )
+
+
 class NatsServer:
     """A private nats-server started from a full config text; ``{store_dir}`` etc. already filled in."""
 
