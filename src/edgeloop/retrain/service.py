@@ -32,6 +32,9 @@ malformed, stops the trainer.
   version after it, whichever trainer takes it (with ``distribution.mode: bus`` every trainer installs
   the champions the others publish). A claim is first when no other claim reached the trainer before
   the broker echoed its own (the broker forwards presence messages in the order it got them).
+- A request no newer than a finished training of its scope (by any trainer: every verdict says the
+  newest reading it saw) is answered from that training, not trained again
+  (:mod:`edgeloop.retrain.reuse`): two edges asking for the fleet model get one training.
 """
 
 from __future__ import annotations
