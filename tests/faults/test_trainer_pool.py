@@ -177,8 +177,8 @@ def test_two_requests_for_one_scope_are_trained_one_after_the_other_with_distinc
     events = Collector(mosquitto, f"edgeloop/{site}/events")
     sender = MqttSession(mosquitto.settings(), role="requests").start()
     try:
-        for rid in ("r-edge-1", "r-edge-2"):  # two edges ask for the fleet model at once
-            request = {"scope": "voc_ppb", "trigger": "initial", "request_id": rid}
+        for rid in ("r-edge-1", "r-edge-2"):  # manual: always trained, never answered from another
+            request = {"scope": "voc_ppb", "trigger": "manual", "request_id": rid}
             sender.publish(f"edgeloop/{site}/control/retrain", orjson.dumps(request), qos=1)
         verdicts = ("model_promoted", "model_rejected")
 

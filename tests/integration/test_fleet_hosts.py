@@ -13,7 +13,8 @@ finalizer (processes inside them killed first) whatever happens. Edges store rea
 on A, trainers read their training windows there, and champions reach the edges only as signed
 retained messages (``distribution.mode: bus``).
 
-Asserted: the drifted device's own model is trained exactly once, although the trainer holding the
+Asserted: the fleet model, asked for by both edges, is trained once (the other request answered from
+that training); the drifted device's own model is trained exactly once, although the trainer holding the
 job is killed (the other trainer finishes it); every champion reaches both edges over the bus and
 serves within seconds (measured: promotion event -> first prediction by it on host B); a model
 signed with another key, and the genuine one with one byte altered, are refused by both edges while
@@ -416,22 +417,31 @@ def test_three_hosts_pool_signed_distribution_and_exactly_once(
     )  # fmt: skip
     figures: dict[str, float] = {}
 
-    # 1. The fleet model: one request per edge, the pool trains them one after the other. The devices
-    #    pause meanwhile (SIGSTOP), so the new champion's error scale is calibrated before the drift
-    #    whatever this machine's speed; the probe's clock of the day is the readings, not the wall.
+    # 1. The fleet model: one request per edge, the pool trains it once and answers the other request
+    #    from that training. The devices pause meanwhile (SIGSTOP), so the new champion's error scale
+    #    is calibrated before the drift whatever this machine's speed; the probe's clock of the day is
+    #    the readings, not the wall.
     def fleet_requests() -> set[str]:
         return {e["request_id"] for e in recording.events("retrain_requested", "voc_ppb")}
 
+    def fleet_answers() -> dict[str, dict[str, Any]]:
+        kinds = ("model_promoted", "model_rejected", "retrain_finished")
+        return {
+            e["request_id"]: e
+            for k in kinds
+            for e in recording.events(k, "voc_ppb")
+            if e.get("request_id") and not (k == "retrain_finished" and e.get("metrics"))
+        }
+
     wait_for(lambda: len(fleet_requests()) == 2, 60, "both edges to ask for the fleet model")
     os.kill(devices.proc.pid, signal.SIGSTOP)
-    verdicts = ("model_promoted", "model_rejected")
-    wait_for(
-        lambda: (
-            fleet_requests() <= {e["request_id"] for k in verdicts for e in recording.events(k, "voc_ppb")}
-        ),
-        90,
-        "both fleet requests answered",
-    )
+    wait_for(lambda: fleet_requests() <= set(fleet_answers()), 90, "both fleet requests answered")
+    answers = [fleet_answers()[r] for r in sorted(fleet_requests())]
+    trained = [a for a in answers if a["kind"] != "retrain_finished"]
+    shared = [a for a in answers if a["kind"] == "retrain_finished"]
+    assert len(trained) == 1 and len(shared) == 1, f"the fleet model was not trained once: {answers}"
+    if trained[0]["kind"] == "model_promoted":
+        assert shared[0]["version"] == trained[0]["version"]
     for fleet in recording.events("model_promoted", "voc_ppb"):
         for name, edge in edges.items():
             line = f"now serving {fleet['version']}"

@@ -8,6 +8,11 @@ in a champion's metadata) is at most ``retrain.reuse_slack`` seconds older than 
 ``requested_ts``. A request naming a change point (``since_ts``, a device's drift) gets no slack, a
 manual request or one without ``requested_ts`` is always trained.
 
+A request that arrives while its scope is being trained (by this trainer, or by another one it
+waits for) is answered from that training's verdict whatever the reading times: the training read
+its window about when the request was made (on a fast replay, the store's writer lag alone can be
+minutes of reading time).
+
 >>> from edgeloop.engine.engine import RetrainRequest
 >>> from edgeloop.lifecycle.retrains import Attempt
 >>> finished = FinishedTrainings()
@@ -48,17 +53,13 @@ class FinishedTrainings:
 
     def note(self, event: dict[str, Any]) -> None:
         """Remember a verdict event (``model_promoted``/``model_rejected``) that says what it saw."""
-        kind, scope, metrics = event.get("kind"), event.get("scope"), event.get("metrics")
-        if kind not in ("model_promoted", "model_rejected") or not isinstance(scope, str):
+        finished = verdict(event)
+        scope = event.get("scope")
+        if finished is None or not isinstance(scope, str):
             return
-        end = metrics.get("window_end_ts") if isinstance(metrics, dict) else None
-        if not _is_number(end):
-            return  # a trainer that does not say what it trained on
         known = self._newest.get(scope)
-        if known is None or end >= known.window_end:
-            label = event.get("version") if kind == "model_promoted" else None
-            reason = str(event.get("reason") or "")[:300]
-            self._newest[scope] = Finished(float(end), label if isinstance(label, str) else None, reason)
+        if known is None or finished.window_end >= known.window_end:
+            self._newest[scope] = finished
 
     def covering(self, attempt: Attempt, registry: LocalRegistry | None, slack: float) -> Finished | None:
         """The finished training that answers ``attempt``, if one saw readings as new as it asks for."""
@@ -72,6 +73,21 @@ class FinishedTrainings:
             if finished is not None and finished.window_end + slack >= r.requested_ts:
                 return finished
         return None
+
+
+def verdict(event: dict[str, Any], scope: str | None = None) -> Finished | None:
+    """The finished training a verdict event reports (of ``scope``, if given); None for other events."""
+    kind, metrics = event.get("kind"), event.get("metrics")
+    if kind not in ("model_promoted", "model_rejected") or (
+        scope is not None and event.get("scope") != scope
+    ):
+        return None
+    end = metrics.get("window_end_ts") if isinstance(metrics, dict) else None
+    if not _is_number(end):
+        return None  # a trainer that does not say what it trained on
+    label = event.get("version") if kind == "model_promoted" else None
+    reason = str(event.get("reason") or "")[:300]
+    return Finished(float(end), label if isinstance(label, str) else None, reason)
 
 
 def champion_training(registry: LocalRegistry, scope: str) -> Finished | None:

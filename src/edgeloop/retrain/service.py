@@ -70,7 +70,7 @@ from edgeloop.registry.signing import Signer
 from edgeloop.registry.tracking import Tracker
 from edgeloop.retrain.dispatch import request_from_json
 from edgeloop.retrain.job import RetrainOutcome, run_retrain
-from edgeloop.retrain.reuse import Finished, FinishedTrainings
+from edgeloop.retrain.reuse import Finished, FinishedTrainings, verdict
 from edgeloop.telemetry.schema import Event, format_ts
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class _Parked:
     message: Any
     attempt: Attempt
     holder: str
+    job: str | None  # the request id the holder was training when this one came
 
 
 class TrainerService:
@@ -135,7 +136,11 @@ class TrainerService:
         self._claimed: str | None = None  # the request id our presence names
         self._echo: str | None = None  # nonce of our last presence, until the broker sends it back
         self._parked: list[_Parked] = []
-        self._finished = FinishedTrainings()  # scope -> its newest finished training, by any trainer
+        self._finished = FinishedTrainings()
+        # scope -> (start, end, verdict) of our last training of it, in time.monotonic() (paho's clock)
+        self._spans: dict[
+            str, tuple[float, float, Finished]
+        ] = {}  # scope -> its newest finished training, by any trainer
         self._announced = -1  # the connection our presence was last published on
         # distribution.mode bus: champions we promote go out signed; other trainers' come in verified,
         # so every trainer judges challengers against the fleet's champion and numbers versions after it.
@@ -335,7 +340,8 @@ class TrainerService:
                     holder.rsplit("/", 1)[-1],
                 )
                 self.handled["waited"] += 1
-                self._parked.append(_Parked(message, attempt, holder))
+                job = self._live.get(holder, (None, None))[0]
+                self._parked.append(_Parked(message, attempt, holder, job))
                 return
         self._answer(message)
 
@@ -345,19 +351,29 @@ class TrainerService:
                 continue
             # Answered (repeated from memory), its holder done with the scope, or gone: ours now.
             self._parked.remove(parked)
-            self._answer(parked.message)
+            during = None
+            for event in self._answers.get(parked.job or "", []):
+                during = during or verdict(event, parked.attempt.scope)
+            self._answer(parked.message, during=during)
 
-    def _answer(self, message: Any) -> None:
+    def _answer(self, message: Any, *, during: Finished | None = None) -> None:
+        received = message.timestamp if isinstance(getattr(message, "timestamp", None), float) else None
         try:
-            self.handle(bytes(message.payload))
+            self.handle(bytes(message.payload), during=during, received=received)
         except Exception:  # the trainer survives any one request
             self.handled["failed"] += 1
             log.exception("retrain request failed unexpectedly; taking the next one")
         finally:
             self._ack(message)
 
-    def handle(self, payload: bytes) -> None:
-        """Answer one request (its events published and stored); never raises for a bad request."""
+    def handle(
+        self, payload: bytes, *, during: Finished | None = None, received: float | None = None
+    ) -> None:
+        """Answer one request (its events published and stored); never raises for a bad request.
+
+        ``during``: the verdict of a training of its scope that was under way when it came (another
+        trainer's); ``received``: when it came (``time.monotonic()``), to find one of ours.
+        """
         try:
             attempt = request_from_json(payload)
         except ValueError as exc:
@@ -372,7 +388,13 @@ class TrainerService:
             log.info("request %s (%s) was answered already: sending the answer again", rid, scope)
             self._send(self._answers[rid], store=False)
             return
-        covering = self._finished.covering(attempt, self.registry, self.settings.retrain.reuse_slack)
+        if attempt.request.trigger != "manual" and during is None and received is not None:
+            span = self._spans.get(scope)
+            if span is not None and span[0] <= received <= span[1]:
+                during = span[2]
+        covering = (during if attempt.request.trigger != "manual" else None) or self._finished.covering(
+            attempt, self.registry, self.settings.retrain.reuse_slack
+        )
         if covering is not None:
             self._share(attempt, covering)
             return
@@ -392,6 +414,7 @@ class TrainerService:
         log.info(
             "retraining %s (%s, request %s, attempt %d)", scope, attempt.request.trigger, rid, attempt.number
         )
+        started = time.monotonic()
         try:
             outcome = self._retrain(attempt)
         except Exception as exc:
@@ -405,6 +428,9 @@ class TrainerService:
         self.outcomes.append(outcome)
         for event in outcome.events:
             self._finished.note(event)
+            finished = verdict(event, scope)
+            if finished is not None:  # requests that came meanwhile are answered from it
+                self._spans[scope] = (started, time.monotonic(), finished)
         if outcome.decision == "promoted" and outcome.version is not None:
             self._publish_model(outcome.scope, outcome.version)
         events = [
