@@ -90,6 +90,18 @@ def _name(site: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", site)
 
 
+def stream_config(name: str, subject: str, history: int) -> StreamConfig:
+    """The telemetry stream: on disk, the last ``history`` readings of each device (one subject each)."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_msgs_per_subject=history,
+    )
+
+
 class Subjects:
     """The NATS subjects of a site, derived from the MQTT topic templates.
 
@@ -310,14 +322,7 @@ class NatsTransport:
 
     async def _subscribe(self) -> None:
         js = self._js
-        config = StreamConfig(
-            name=self.stream,
-            subjects=[self.subjects.stream],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_msgs_per_subject=self.broker.history,
-        )
+        config = stream_config(self.stream, self.subjects.stream, self.broker.history)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:  # exists with other settings (e.g. another history)

@@ -87,6 +87,7 @@ class LoadGenerator:
         protocol: str = "5",
     ) -> None:
         self.broker = broker
+        self.protocol = protocol
         self.sim = Simulator(devices, seed=seed, interval=interval)
         self.devices = self.sim.devices
         self.next_index = 0
@@ -121,7 +122,10 @@ class LoadGenerator:
         """Connect (clean session) and run paho's loop by hand from here on."""
         b = self.broker
         try:
-            self.client.connect(b.host, b.port, b.keepalive, clean_start=True)
+            if self.protocol == "5":
+                self.client.connect(b.host, b.port, b.keepalive, clean_start=True)
+            else:  # MQTT 3.1.1 (NATS's MQTT listener): the clean-session flag was set by make_client
+                self.client.connect(b.host, b.port, b.keepalive)
         except (OSError, ssl.SSLError) as exc:
             raise BrokerError(f"load generator cannot connect to {b.host}:{b.port}: {exc}") from exc
         deadline = time.monotonic() + timeout
