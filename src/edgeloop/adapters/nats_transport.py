@@ -178,7 +178,7 @@ class NatsTransport:
         self._nc: Any = None
         self._js: Any = None
         self._kv: Any = None
-        self._pending: dict[int, Any] = {}  # handle -> JetStream message awaiting its ack
+        self._pending: dict[int, tuple[int, Any]] = {}  # handle -> (partition, message) awaiting its ack
         self._next_handle = 0
         self._reserved = 0  # inbox room promised to fetches in flight
         self._ops: asyncio.Queue[tuple[str, Any]] | None = None
@@ -338,25 +338,40 @@ class NatsTransport:
         self._tasks.append(asyncio.create_task(self._renew()))
 
     async def _work(self) -> None:
-        """Carry out the edge's output operations, one at a time in order: predictions before acks."""
+        """Carry out the edge's output operations, one at a time in order: predictions before acks.
+        An operation the connection interrupts resumes where it stopped once the client can buffer."""
         assert self._ops is not None
+        publish = self._nc.publish
         while True:
             op, data = await self._ops.get()
-            while True:
+            if op == "ack":
+                data = self._last_of_each_partition(data)
+            done = 0
+            while done < len(data):
                 try:
                     if op == "pub":
-                        for subject, payload in data:
-                            await self._nc.publish(subject, payload)
+                        for subject, payload in data[done:] if done else data:
+                            await publish(subject, payload)
+                            done += 1
                     else:
-                        for handle in data:
-                            msg = self._pending.pop(handle, None)
-                            if msg is not None:
-                                await msg.ack()
-                    break
+                        for msg in data[done:]:
+                            await msg.ack()
+                            done += 1
                 except (nats.errors.Error, OSError) as exc:  # buffer full while reconnecting: wait
                     log.debug("output waits for the connection: %r", exc)
                     await asyncio.sleep(0.1)
             self._done += 1
+
+    def _last_of_each_partition(self, handles: list[int]) -> list[Any]:
+        """The messages to acknowledge for answered ``handles`` (in delivery order): with ack-all
+        consumers, the last one of each partition acknowledges the earlier ones."""
+        last: dict[int, Any] = {}
+        pending = self._pending
+        for handle in handles:
+            item = pending.pop(handle, None)
+            if item is not None:
+                last[item[0]] = item[1]
+        return list(last.values())
 
     async def _own(self, p: int) -> None:
         """Take partition ``p`` (waiting for its lease), rebuild its devices' state, then consume it."""
@@ -428,7 +443,10 @@ class NatsTransport:
         config = ConsumerConfig(
             durable_name=durable,
             filter_subject=self.subjects.partition(p),
-            ack_policy=AckPolicy.EXPLICIT,
+            # Ack-all: the edge answers a partition's readings in delivery order, so acknowledging the
+            # last reading of a partition in an answered batch acknowledges the batch (one ack, not
+            # hundreds); the ack floor keeps meaning "every reading up to here was answered".
+            ack_policy=AckPolicy.ALL,
             ack_wait=ACK_WAIT,
             max_deliver=-1,
             max_ack_pending=max(self.broker.receive_maximum, FETCH_BATCH),
@@ -436,11 +454,10 @@ class NatsTransport:
             opt_start_seq=floor + 1 if floor else None,
         )
         await js.add_consumer(self.stream, config)
-        sub = await js.pull_subscribe_bind(durable=durable, stream=self.stream)
         log.info(
             "took over partition %d: replayed %d readings answered before (up to %d)", p, replayed, floor
         )
-        await self._fetch(p, sub)
+        await self._consume(p, durable)
 
     async def _replay(self, p: int, floor: int) -> int:
         """Put the partition's readings up to stream sequence ``floor`` into the inbox as ``replay``."""
@@ -493,26 +510,55 @@ class NatsTransport:
                 return room
             await asyncio.sleep(ROOM_PAUSE)
 
-    async def _fetch(self, p: int, sub: Any) -> None:
+    async def _consume(self, p: int, durable: str) -> None:
+        """Pull partition ``p``'s readings into the inbox, one pull request at a time, each for no more
+        than the inbox has room for.
+
+        Not nats-py's ``fetch``: it waits for every message with a task of its own (``next_msg``:
+        ``create_task``, ``wait_for``, a uuid), which cost the edge more than answering the reading.
+        Here the readings arrive on a callback subscription of a private inbox subject and go straight
+        into the edge's inbox; one event per pull request says it is over (filled, or the server's
+        408/409 status when it expired).
+        """
         topic = self.subjects.topic
         inbox = self.inbox
         pending = self._pending
-        while not self._stopping and p in self.taken:
-            room = await self._room()
-            try:
-                msgs = await sub.fetch(room, timeout=FETCH_WAIT)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.Error, OSError) as exc:
-                log.debug("fetch on partition %d failed: %r", p, exc)
-                await asyncio.sleep(0.2)
-                continue
-            finally:
-                self._reserved -= room
-            for msg in msgs:
-                handle = self._next_handle = self._next_handle + 1
-                pending[handle] = msg
-                inbox.put(Received(topic(msg.subject), msg.data, handle, 1, 0))
+        request = {"left": 0}
+        over = asyncio.Event()
+
+        async def on_message(msg: Any) -> None:
+            if not msg.reply:  # a status (request expired, consumer changed): this request is over
+                over.set()
+                return
+            handle = self._next_handle = self._next_handle + 1
+            pending[handle] = (p, msg)
+            inbox.put(Received(topic(msg.subject), msg.data, handle, 1, 0))
+            self._reserved -= 1
+            request["left"] -= 1
+            if request["left"] <= 0:
+                over.set()
+
+        deliver = self._nc.new_inbox()
+        sub = await self._nc.subscribe(deliver, cb=on_message, pending_msgs_limit=10**6)
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable}"
+        expires = int(FETCH_WAIT * 1e9)
+        try:
+            while not self._stopping and p in self.taken:
+                room = await self._room()
+                request["left"] = room
+                over.clear()
+                try:
+                    await self._nc.publish(api, b'{"batch":%d,"expires":%d}' % (room, expires), reply=deliver)
+                    await asyncio.wait_for(over.wait(), FETCH_WAIT + 5.0)
+                except (TimeoutError, nats.errors.Error, OSError) as exc:  # disconnected meanwhile
+                    log.debug("pull request on partition %d failed: %r", p, exc)
+                    await asyncio.sleep(0.2)
+                finally:
+                    self._reserved -= max(0, request["left"])  # room asked for but not delivered
+                    request["left"] = 0
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _close(self, drain_timeout: float) -> None:
         self._stopping = True
