@@ -30,16 +30,20 @@ snapshot is not used with this transport (the stream is the shared state).
 
 At-least-once: a reading is acknowledged after its prediction was handed to the client on the same
 connection (the client sends in order); a reading answered but not yet acknowledged when its owner
-died is answered again by the next owner (counted as duplicated by the scale test).
+died is answered again by the next owner (counted as duplicated by the scale test). The consumers
+are ack-all: the edge answers each partition's readings in delivery order, so one acknowledgement
+of the last reading of each partition in an answered batch covers the batch.
 
 Threads: nats-py runs on an asyncio loop in a thread of its own; the edge's loop thread talks to it
 only through the inbox (readings in) and one operations queue (predictions, events, acks out, in
-order). Fetches ask for no more readings than the inbox has room for.
+order). Pull requests (:mod:`~edgeloop.adapters.nats_pull`) ask for no more readings than the inbox
+has room for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -66,6 +70,7 @@ from nats.js.api import (
 
 from edgeloop.adapters.mqtt import jittered_backoff, topic_for
 from edgeloop.adapters.mqtt_client import _tls_context
+from edgeloop.adapters.nats_pull import pull
 from edgeloop.adapters.transport import Inbox, Received
 from edgeloop.config import Settings
 from edgeloop.errors import BrokerError, ConfigError
@@ -181,7 +186,12 @@ class NatsTransport:
         self._pending: dict[int, tuple[int, Any]] = {}  # handle -> (partition, message) awaiting its ack
         self._next_handle = 0
         self._reserved = 0  # inbox room promised to fetches in flight
-        self._ops: asyncio.Queue[tuple[str, Any]] | None = None
+        # Output operations, appended by the edge's thread and carried out by _work in order. One
+        # wake-up of the loop per burst of operations, not one call_soon_threadsafe (a write to the
+        # loop's self-pipe) per operation.
+        self._ops: collections.deque[tuple[str, Any]] = collections.deque()
+        self._ops_ready: asyncio.Event | None = None
+        self._wake_scheduled = False
         self._queued = 0  # operations handed to the loop (edge thread) ...
         self._done = 0  # ... and carried out (loop thread)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -238,11 +248,15 @@ class NatsTransport:
 
     def _submit(self, op: str, data: Any) -> None:
         self._queued += 1
-        self._loop.call_soon_threadsafe(self._put_op, op, data)
+        self._ops.append((op, data))
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.call_soon_threadsafe(self._wake)
 
-    def _put_op(self, op: str, data: Any) -> None:
-        if self._ops is not None:
-            self._ops.put_nowait((op, data))
+    def _wake(self) -> None:
+        self._wake_scheduled = False  # before the event: a later _submit schedules another wake-up
+        if self._ops_ready is not None:
+            self._ops_ready.set()
 
     def ack(self, batch: Sequence[Received]) -> None:
         handles = [item.mid for item in batch if item.qos and not item.replay]
@@ -306,7 +320,7 @@ class NatsTransport:
         nc = await nats.connect(**options)
         self._nc = nc
         self._js = nc.jetstream(timeout=API_TIMEOUT)
-        self._ops = asyncio.Queue()
+        self._ops_ready = asyncio.Event()
         self._tasks.append(asyncio.create_task(self._work()))
         log.info("connected to NATS %s:%d as %s", b.host, b.port, self.client_id)
 
@@ -340,10 +354,15 @@ class NatsTransport:
     async def _work(self) -> None:
         """Carry out the edge's output operations, one at a time in order: predictions before acks.
         An operation the connection interrupts resumes where it stopped once the client can buffer."""
-        assert self._ops is not None
+        ops, ready = self._ops, self._ops_ready
+        assert ready is not None
         publish = self._nc.publish
         while True:
-            op, data = await self._ops.get()
+            if not ops:
+                await ready.wait()
+                ready.clear()
+                continue
+            op, data = ops.popleft()
             if op == "ack":
                 data = self._last_of_each_partition(data)
             done = 0
@@ -511,54 +530,32 @@ class NatsTransport:
             await asyncio.sleep(ROOM_PAUSE)
 
     async def _consume(self, p: int, durable: str) -> None:
-        """Pull partition ``p``'s readings into the inbox, one pull request at a time, each for no more
-        than the inbox has room for.
-
-        Not nats-py's ``fetch``: it waits for every message with a task of its own (``next_msg``:
-        ``create_task``, ``wait_for``, a uuid), which cost the edge more than answering the reading.
-        Here the readings arrive on a callback subscription of a private inbox subject and go straight
-        into the edge's inbox; one event per pull request says it is over (filled, or the server's
-        408/409 status when it expired).
-        """
+        """Pull partition ``p``'s readings into the inbox (:func:`~edgeloop.adapters.nats_pull.pull`),
+        each request for no more than the inbox has room for."""
         topic = self.subjects.topic
         inbox = self.inbox
         pending = self._pending
-        request = {"left": 0}
-        over = asyncio.Event()
+        new = tuple.__new__  # Received(...) through a namedtuple's __new__ costs a Python call per reading
 
-        async def on_message(msg: Any) -> None:
-            if not msg.reply:  # a status (request expired, consumer changed): this request is over
-                over.set()
-                return
+        def on_message(msg: Any) -> None:
             handle = self._next_handle = self._next_handle + 1
             pending[handle] = (p, msg)
-            inbox.put(Received(topic(msg.subject), msg.data, handle, 1, 0))
-            self._reserved -= 1
-            request["left"] -= 1
-            if request["left"] <= 0:
-                over.set()
+            inbox.put(new(Received, (topic(msg.subject), msg.data, handle, 1, 0, False)))
 
-        deliver = self._nc.new_inbox()
-        sub = await self._nc.subscribe(deliver, cb=on_message, pending_msgs_limit=10**6)
-        api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable}"
-        expires = int(FETCH_WAIT * 1e9)
-        try:
-            while not self._stopping and p in self.taken:
-                room = await self._room()
-                request["left"] = room
-                over.clear()
-                try:
-                    await self._nc.publish(api, b'{"batch":%d,"expires":%d}' % (room, expires), reply=deliver)
-                    await asyncio.wait_for(over.wait(), FETCH_WAIT + 5.0)
-                except (TimeoutError, nats.errors.Error, OSError) as exc:  # disconnected meanwhile
-                    log.debug("pull request on partition %d failed: %r", p, exc)
-                    await asyncio.sleep(0.2)
-                finally:
-                    self._reserved -= max(0, request["left"])  # room asked for but not delivered
-                    request["left"] = 0
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        def release(count: int) -> None:
+            self._reserved -= count
+
+        await pull(
+            self._nc,
+            stream=self.stream,
+            consumer=durable,
+            room=self._room,
+            on_message=on_message,
+            release=release,
+            running=lambda: not self._stopping and p in self.taken,
+            wait=FETCH_WAIT,
+            batch=FETCH_BATCH,
+        )
 
     async def _close(self, drain_timeout: float) -> None:
         self._stopping = True
