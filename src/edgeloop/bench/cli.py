@@ -34,6 +34,14 @@ def bench(
             help="--broker nats: edge replica counts R to measure; repeatable. Default: 1, 2, 3.", min=1
         ),
     ] = None,
+    nats_load: Annotated[
+        str,
+        typer.Option(
+            help="--broker nats: what feeds the NATS windows: 'nats' (nats-py core publishes; cheap, so"
+            " the edge is measured, not the generator) or 'mqtt' (paho, MQTT 3.1.1 QoS 1 to the NATS"
+            " MQTT listener, as devices). The MQTT-fed core ceiling is measured either way."
+        ),
+    ] = "nats",
     nats_partitions: Annotated[
         int, typer.Option(help="--broker nats: device partitions of the server's mapping.", min=1)
     ] = 6,
@@ -107,6 +115,9 @@ def bench(
     from edgeloop.bench.run import Bench
 
     nats = broker == "nats"
+    if nats_load not in ("mqtt", "nats"):
+        typer.echo(f"error: --nats-load must be 'mqtt' or 'nats', got {nats_load!r}", err=True)
+        raise typer.Exit(2)
     options = BenchOptions(
         devices=devices,
         qos=list(qos) if qos else [1, 0],
@@ -114,6 +125,7 @@ def bench(
         nats=nats,
         nats_replicas=list(nats_replicas) if nats_replicas else [1, 2, 3],
         nats_partitions=nats_partitions,
+        nats_load=nats_load,
         overload_factor=overload_factor,
         overload_seconds=overload_seconds,
         rate=rate,

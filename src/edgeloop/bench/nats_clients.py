@@ -1,10 +1,12 @@
 """The bench's nats-py clients, each in a process of its own (driven like :mod:`~edgeloop.bench.workers`).
 
 - :func:`serve_nats_counter` ``kind="core"``: a do-nothing core NATS subscriber on the partitioned
-  telemetry subjects (what the server delivers from the MQTT listener, no persistence);
-  ``kind="jetstream"``: a do-nothing durable pull consumer on the edges' stream (the same stream
-  config), fetching batches of :data:`FETCH_BATCH` and acknowledging each message explicitly, as the
-  edge does. Both count into ``counters[slot]``, which the load generator reads to run closed loop.
+  telemetry subjects (what the server delivers, no persistence); ``kind="jetstream"``: a do-nothing
+  durable consumer on the edges' stream config, read as the edge reads it (the same pull loop,
+  :func:`~edgeloop.adapters.nats_pull.pull`, the same inbox bound and ack-all, one acknowledgement
+  per turn of received messages); ``kind="jetstream-each"``: the same with an explicit
+  acknowledgement of every message. All count into ``counters[slot]``, which the load generator
+  reads to run closed loop.
 - :func:`serve_nats_collector`: the measuring subscriber of the NATS windows, on the predictions and
   events the edges publish as core NATS, feeding a :class:`~edgeloop.bench.workers.Recorder`.
 
@@ -26,10 +28,11 @@ import nats
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from edgeloop.adapters.nats_transport import stream_config
+from edgeloop.adapters.nats_pull import pull
+from edgeloop.adapters.nats_transport import FETCH_BATCH, stream_config
 from edgeloop.bench.workers import Recorder, _reply_errors
 
-FETCH_BATCH = 500  # as the edge's FETCH_BATCH: readings one fetch asks for
+INBOX = 20_000  # edge.inbox_max's default
 CEILING_DURABLE = "bench-ceiling"
 HISTORY = 2000  # the stream's per-device history (broker.history's default, as the edges use it)
 
@@ -62,6 +65,7 @@ def _serve(
     async def close(nc: Any) -> None:
         for task in tasks or []:
             task.cancel()
+        await asyncio.gather(*(tasks or []), return_exceptions=True)
         await nc.close()
 
     def body() -> None:
@@ -92,7 +96,8 @@ def serve_nats_counter(
     subject: str,
     stream: str,
 ) -> None:
-    """A do-nothing ``kind`` consumer (``core`` or ``jetstream``) of ``subject`` counting into a slot."""
+    """A do-nothing ``kind`` consumer (``core``, ``jetstream``, ``jetstream-each``) of ``subject``
+    counting into a slot."""
     tasks: list[asyncio.Task[Any]] = []
 
     async def start() -> Any:
@@ -108,30 +113,67 @@ def serve_nats_counter(
             return nc
         js = nc.jetstream(timeout=10)
         await js.add_stream(stream_config(stream, subject, HISTORY))
+        ack_all = kind == "jetstream"
         await js.add_consumer(
             stream,
             ConsumerConfig(
                 durable_name=CEILING_DURABLE,
                 filter_subject=subject,
-                ack_policy=AckPolicy.EXPLICIT,
+                ack_policy=AckPolicy.ALL if ack_all else AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.NEW,
-                max_ack_pending=10 * FETCH_BATCH,
+                max_ack_pending=2 * FETCH_BATCH,  # as the edge's consumers (broker.receive_maximum)
                 ack_wait=60.0,
             ),
         )
-        sub = await js.pull_subscribe_bind(durable=CEILING_DURABLE, stream=stream)
+        received: list[Any] = []
+        arrived = asyncio.Event()
+        reserved = 0
 
-        async def consume() -> None:
+        async def room() -> int:
+            nonlocal reserved
+            while True:  # the edge's inbox bound (edge.inbox_max), with nothing ever waiting in it
+                free = min(FETCH_BATCH, INBOX - len(received) - reserved)
+                if free > 0:
+                    reserved += free
+                    return free
+                await asyncio.sleep(0.002)
+
+        def release(count: int) -> None:
+            nonlocal reserved
+            reserved -= count
+
+        def on_message(msg: Any) -> None:
+            received.append(msg)
+            arrived.set()
+
+        async def acknowledge() -> None:
+            # As the edge: everything received so far is "answered" at once, then acknowledged, with
+            # ack-all one message (the last) per turn, else each message.
             while True:
-                try:
-                    msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue
-                for msg in msgs:
+                await arrived.wait()
+                arrived.clear()
+                batch = received[:]
+                del received[:]
+                for msg in batch[-1:] if ack_all else batch:
                     await msg.ack()
-                    counters[slot] += 1
+                counters[slot] += len(batch)
 
-        tasks.append(asyncio.create_task(consume()))
+        tasks.append(asyncio.create_task(acknowledge()))
+        tasks.append(
+            asyncio.create_task(
+                pull(
+                    nc,
+                    stream=stream,
+                    consumer=CEILING_DURABLE,
+                    room=room,
+                    on_message=on_message,
+                    release=release,
+                    running=lambda: True,
+                    wait=1.0,
+                    batch=FETCH_BATCH,
+                )
+            )
+        )
         return nc
 
     _serve(conn, start, lambda: None, tasks)

@@ -13,6 +13,13 @@ from typing import Any
 
 from edgeloop.bench.report import format_rate, phase_row
 
+CEILINGS = {
+    "core-mqtt": "core NATS subscriber (MQTT publisher into the MQTT listener)",
+    "core": "core NATS subscriber (NATS publisher)",
+    "jetstream": "durable pull consumer (ack-all, read as the edge reads)",
+    "jetstream-each": "durable pull consumer (acking each message)",
+}
+
 SATURATED = 90.0  # % busy (machine) or % of one core (a process) counted as the limit
 
 
@@ -46,7 +53,7 @@ def nats_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             "" if mosquitto else "no Mosquitto QoS 1 sustained rate in this run",
         ),
         _target(
-            "NATS, one edge: sustained >= 50% of the do-nothing durable consumer",
+            "NATS, one edge: sustained >= 50% of the do-nothing durable consumer (ack-all)",
             sustained,
             round(0.5 * durable, 1) if durable else None,
             True,
@@ -62,6 +69,19 @@ def nats_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _edge_cpu(cpu: dict[str, float], replicas: int) -> list[float]:
     return [cpu.get("edge" if r == 0 else f"edge{r}", 0.0) for r in range(replicas)]
+
+
+def cpu_per_reading_us(window: dict[str, Any] | None, replicas: int = 1) -> float | None:
+    """The edges' CPU time per answered reading in a window, in microseconds: what answering a
+    reading costs, which other programs on a shared machine slow but do not change much.
+
+    >>> cpu_per_reading_us({"answer_rate": 5000.0, "cpu_pct": {"edge": 50.0}})
+    100.0
+    """
+    if not window or not window.get("answer_rate"):
+        return None
+    used = sum(_edge_cpu(window.get("cpu_pct") or {}, replicas)) / 100.0
+    return round(used / window["answer_rate"] * 1e6, 1)
 
 
 def what_limits(window: dict[str, Any], replicas: int) -> str:
@@ -89,7 +109,7 @@ def _aggregate_lines(edges: dict[str, Any]) -> list[str]:
     lines = [
         "  aggregate, closed loop (every reading answered, durable, acked); CPU in % of one core:",
         "    R  answered/s  lost  dup   edges (each)              edges  nats-server  loadgen  collector"
-        "  other  busy%",
+        "  other  busy%  edge us/reading",
     ]
     for key, run in edges.items():
         w = run.get("max")
@@ -103,21 +123,22 @@ def _aggregate_lines(edges: dict[str, Any]) -> list[str]:
             f"   {' + '.join(f'{c:.0f}' for c in each):<24}  {sum(each):5.0f}"
             f"  {cpu.get('broker', 0.0):11.0f}  {cpu.get('loadgen', 0.0):7.0f}"
             f"  {cpu.get('collector', 0.0):9.0f}  {w.get('unattributed_cpu_pct') or 0.0:5.0f}"
-            f"  {w.get('machine_busy_pct') or 0.0:5.0f}"
+            f"  {w.get('machine_busy_pct') or 0.0:5.0f}  {cpu_per_reading_us(w, int(key)) or 0.0:15.1f}"
         )
         lines.append(f"       limit: {what_limits(w, int(key))}")
     return lines
 
 
-def format_nats(section: dict[str, Any], header: str) -> list[str]:
-    """The NATS section as report lines (``header``: the phase table's column names)."""
+def format_nats(result: dict[str, Any], header: str) -> list[str]:
+    """The NATS section of ``result`` as report lines (``header``: the phase table's column names)."""
+    section = result["nats"]
     lines = [
         f"NATS JetStream ({section.get('nats_server')}, nats-py {section.get('nats_py')};"
         f" {section['partitions']} partitions; load: {section['load']})"
     ]
     for kind, c in (section.get("ceiling") or {}).items():
         cpu = c["cpu_pct"]
-        what = "core NATS subscriber" if kind == "core" else "durable pull consumer (acking each)"
+        what = CEILINGS.get(kind, kind)
         lines.append(
             f"  ceiling: do-nothing {what} receives {format_rate(c['rate'])} msg/s (CPU: loadgen"
             f" {cpu.get('loadgen', 0):.0f}%, nats-server {cpu.get('broker', 0):.0f}%, consumer"
@@ -142,6 +163,11 @@ def format_nats(section: dict[str, Any], header: str) -> list[str]:
             lines.append(
                 f"  sustained, every reading answered (durable, acked): {format_rate(sustained)} msg/s{share}"
             )
+        nats_us = cpu_per_reading_us(one.get("max"))
+        mosquitto_us = cpu_per_reading_us((result.get("qos", {}).get("1") or {}).get("max"))
+        if nats_us is not None:
+            versus = f" (Mosquitto QoS 1 edge in this run: {mosquitto_us} us)" if mosquitto_us else ""
+            lines.append(f"  edge CPU per reading answered at the closed-loop max: {nats_us} us{versus}")
         over = one.get("overload")
         if over:
             offered, sent = format_rate(over["offered_rate"]), format_rate(over["send_rate"])

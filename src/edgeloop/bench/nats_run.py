@@ -1,14 +1,19 @@
 """``edgeloop bench --broker nats``: the NATS JetStream windows, after the Mosquitto ones of the same run.
 
 A private nats-server runs the shipped ``deploy/nats`` config (JetStream, the MQTT listener, the
-device-partition mapping into ``nats_partitions`` partitions) for one site. The load generator is the
-Mosquitto path's, in a process of its own, publishing MQTT 3.1.1 at QoS 1 to the server's MQTT
-listener, as devices do (topic ``edgeloop/<site>/<device>/telemetry``, mapped to the partitioned
-subject). Then:
+device-partition mapping into ``nats_partitions`` partitions) for one site. The load generator runs
+in a process of its own. Devices publish MQTT, so the first ceiling is fed by the Mosquitto path's
+generator (paho, MQTT 3.1.1 at QoS 1 to the server's MQTT listener). Every other window is fed by
+nats-py core publishes to ``edgeloop.<site>.<device>.telemetry`` (``nats_load="nats"``, the
+default; :mod:`~edgeloop.bench.nats_loadgen`): on two shared cores, the MQTT generator and the
+server's MQTT listener cost more CPU per reading than the edge spends answering it, so MQTT
+publishing, not the edge, would be the limit. ``nats_load="mqtt"`` feeds every window over MQTT.
+Then:
 
 1. **Ceilings**, closed loop: a do-nothing nats-py core subscriber on the partitioned subjects (what
-   the server delivers from MQTT, nothing stored), and a do-nothing durable pull consumer on the
-   edges' stream config acknowledging each message (the reference of the 50 % target).
+   the server delivers, nothing stored); a do-nothing durable consumer on the edges' stream config
+   read exactly as the edge reads it (pull loop, inbox bound, ack-all: the reference of the 50 %
+   target); the same acknowledging each message (what per-message acks cost).
 2. Per R in ``nats_replicas`` (1, 2, 3): R edge replicas (``edge.replicas=R``, ordinals 0..R-1)
    answering every reading durably (JetStream, acknowledged after the prediction was published),
    closed loop as fast as they answer, with the CPU of every process.
@@ -36,6 +41,7 @@ from edgeloop.bench.analysis import analyze, backlog_drain
 from edgeloop.bench.nats_broker import BenchNats
 from edgeloop.bench.nats_clients import serve_nats_counter
 from edgeloop.bench.nats_edges import EdgeGroup
+from edgeloop.bench.nats_loadgen import serve_nats_load
 from edgeloop.bench.phases import Rig, round_rate
 from edgeloop.bench.report import phase_line
 from edgeloop.bench.workers import CEILING_SLOT, STOP_SLOT, Load, Worker
@@ -44,7 +50,16 @@ if TYPE_CHECKING:
     from edgeloop.bench.run import Bench
 
 LOAD_QOS = 1  # devices publish QoS 1 to the MQTT listener: the server acknowledges each reading
-LOAD = "paho (MQTT 3.1.1, QoS 1) to the NATS MQTT listener"
+LOADS = {
+    "mqtt": "paho (MQTT 3.1.1, QoS 1) to the NATS MQTT listener",
+    "nats": "nats-py core publishes to edgeloop.<site>.<device>.telemetry",
+}
+CEILINGS = {
+    "core-mqtt": "core NATS subscriber, MQTT publisher",
+    "core": "core NATS subscriber, NATS publisher",
+    "jetstream": "durable pull consumer, ack-all as the edge",
+    "jetstream-each": "durable pull consumer, acking each",
+}
 
 
 def nats_server_version() -> str | None:
@@ -63,31 +78,37 @@ def run_nats(bench: Bench) -> dict[str, Any]:
     site = f"bench-{bench.run_id}-nats"
     out: dict[str, Any] = {
         "partitions": o.nats_partitions,
-        "load": LOAD,
+        "load": LOADS[o.nats_load],
         "nats_server": nats_server_version(),
         "nats_py": version("nats-py"),
         "edges": {},
     }
-    bench.say(f"NATS JetStream ({o.nats_partitions} partitions; load: {LOAD})")
+    bench.say(f"NATS JetStream ({o.nats_partitions} partitions; load: {LOADS[o.nats_load]})")
     server = BenchNats(bench._tmp, site=site, partitions=o.nats_partitions).start()
     load: Load | None = None
     try:
         out["url"] = server.url
         bench.watch.add("broker", server.pid)  # from here on, broker% is nats-server's
         bench.counters[STOP_SLOT] = 0  # the Mosquitto generator's run numbers must not stop this one's
-        load = Load(
-            bench.counters,
-            server.mqtt_broker(),
-            devices=o.devices,
-            seed=o.seed,
-            interval=o.interval,
-            window=o.window,
-            protocol="3.1.1",
-        )
+        sizes: dict[str, Any] = {
+            "devices": o.devices,
+            "seed": o.seed,
+            "interval": o.interval,
+            "window": o.window,
+        }
+        # The MQTT generator first: the core ceiling as devices feed it (MQTT into the MQTT listener).
+        load = Load(bench.counters, server.mqtt_broker(), protocol="3.1.1", **sizes)
         bench.watch.add("loadgen", load.pid)
         rig = Rig(o, load, bench.watch, bench.counters, bench.say)
-        out["ceiling"] = {kind: _ceiling(rig, server, kind) for kind in ("core", "jetstream")}
-        server.reset()
+        out["ceiling"] = {"core-mqtt": _ceiling(rig, server, "core", "core-mqtt")}
+        if o.nats_load == "nats":
+            load.close()
+            load = Load(bench.counters, server.client(), serve=serve_nats_load, **sizes)
+            bench.watch.add("loadgen", load.pid)
+            rig = Rig(o, load, bench.watch, bench.counters, bench.say)
+            out["ceiling"]["core"] = _ceiling(rig, server, "core", "core")
+        for kind in ("jetstream", "jetstream-each"):
+            out["ceiling"][kind] = _ceiling(rig, server, kind, kind)
         for replicas in o.nats_replicas:
             out["edges"][str(replicas)] = _edges(bench, rig, server, replicas, full=replicas == 1)
             server.reset()
@@ -98,7 +119,7 @@ def run_nats(bench: Bench) -> dict[str, Any]:
     return out
 
 
-def _ceiling(rig: Rig, server: BenchNats, kind: str) -> dict[str, Any]:
+def _ceiling(rig: Rig, server: BenchNats, kind: str, name: str) -> dict[str, Any]:
     counter = Worker(
         f"ceiling-{kind}",
         serve_nats_counter,
@@ -109,8 +130,11 @@ def _ceiling(rig: Rig, server: BenchNats, kind: str) -> dict[str, Any]:
         server.subjects.stream,
         server.stream,
     )
-    what = "core subscriber" if kind == "core" else "durable pull consumer, acking each"
-    return phases.count_closed_loop(rig, counter, qos=LOAD_QOS, site=server.site, label=f"NATS ({what})")
+    result = phases.count_closed_loop(
+        rig, counter, qos=LOAD_QOS, site=server.site, label=f"NATS ({CEILINGS[name]})"
+    )
+    server.reset()  # the next ceiling (or the edges) start on an empty stream
+    return result
 
 
 def _edges(bench: Bench, rig: Rig, server: BenchNats, replicas: int, *, full: bool) -> dict[str, Any]:
@@ -145,8 +169,9 @@ def _edges(bench: Bench, rig: Rig, server: BenchNats, replicas: int, *, full: bo
                 duration=o.latency_seconds,
                 with_timeline=True,
             )
-            base = out["sustained_rate"] or out["max"]["answer_rate"]
-            out["overload"] = overload(rig, group, round_rate(o.overload_factor * base), o.overload_seconds)
+            # Past the limit: above the highest rate the edge answered in any window so far.
+            top = max(out["sustained_rate"] or 0.0, out["max"]["answer_rate"])
+            out["overload"] = overload(rig, group, round_rate(o.overload_factor * top), o.overload_seconds)
     except BenchError as exc:
         out["error"] = str(exc)
         bench.say(f"  error: {exc}")

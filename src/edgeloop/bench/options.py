@@ -32,5 +32,6 @@ class BenchOptions:
     nats: bool = False
     nats_replicas: list[int] = field(default_factory=lambda: [1, 2, 3])
     nats_partitions: int = 6
-    overload_factor: float = 1.5
+    nats_load: str = "nats"  # "nats": nats-py core publishes; "mqtt": paho to the NATS MQTT listener
+    overload_factor: float = 1.5  # the overload window's rate: this times the highest rate answered
     overload_seconds: float = 6.0

@@ -166,7 +166,7 @@ def format_report(result: dict[str, Any]) -> str:
     if "nats" in result:
         from edgeloop.bench.nats_report import format_nats
 
-        lines.extend(format_nats(result["nats"], header))
+        lines.extend(format_nats(result, header))
     lines.append("targets:")
     for t in result.get("targets", []):
         mark = {True: "met ", False: "MISS", None: " -- "}[t["met"]]

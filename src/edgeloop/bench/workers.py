@@ -98,10 +98,14 @@ class Load:
         interval: float,
         window: int,
         protocol: str = "5",
+        serve: Callable[..., None] | None = None,
     ) -> None:
         self.counters = counters
         self.window = window
-        self.worker = Worker("load", serve_load, counters, broker, devices, seed, interval, protocol)
+        if serve is None:  # the MQTT generator (paho); else another client's serve_* (NATS)
+            self.worker = Worker("load", serve_load, counters, broker, devices, seed, interval, protocol)
+        else:
+            self.worker = Worker("load", serve, counters, broker, devices, seed, interval)
         self.devices: list[str] = list(self.worker.info["devices"])
         self._run_no = 0
 
