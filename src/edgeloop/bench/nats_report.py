@@ -30,7 +30,7 @@ def _target(
     return {
         "target": name,
         "value": value,
-        "limit": limit if limit is not None else "-",
+        "limit": limit,
         "met": met,
         "note": note,
     }

@@ -173,7 +173,8 @@ def format_report(result: dict[str, Any]) -> str:
         value = t["value"]
         shown = "-" if value is None else (f"{value:,.1f}" if isinstance(value, float) else f"{value:,}")
         note = f"  ({t['note']})" if t.get("note") else ""
-        lines.append(f"  [{mark}] {t['target']}: {shown} (limit {t['limit']:,}){note}")
+        limit = "-" if t["limit"] is None else f"{t['limit']:,}"
+        lines.append(f"  [{mark}] {t['target']}: {shown} (limit {limit}){note}")
     lines.append(
         "columns: growth = median latency of the window's last quarter minus its second quarter (ms);"
         " bklg s = messages unanswered when the window's last one was sent, in seconds of load;"
