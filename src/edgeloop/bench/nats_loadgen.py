@@ -12,41 +12,30 @@ pacing and the closed loop are the MQTT generator's; only the client differs.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import nats
-import numpy as np
 import orjson
 
-from edgeloop.bench.loadgen import _BURST, SendLog
-from edgeloop.bench.workers import STOP_SLOT, _flag, _reader, _reply_errors
-from edgeloop.telemetry.simulator import Simulator
+from edgeloop.bench.loadgen import _BURST, Pace, SendLog, SimulatedTelemetry
+from edgeloop.bench.workers import _reply_errors, drive_load
 
 
-class NatsLoadGenerator:
+class NatsLoadGenerator(SimulatedTelemetry):
     """Simulated telemetry over nats-py core publishes, paced like the MQTT generator."""
 
     def __init__(self, client: dict[str, Any], *, devices: int, seed: int = 0, interval: float = 5.0) -> None:
-        self.sim = Simulator(devices, seed=seed, interval=interval)
-        self.devices = self.sim.devices
-        self.next_index = 0
-        self._pending: list[dict[str, Any]] = []
+        super().__init__(devices, seed, interval)
         self.loop = asyncio.new_event_loop()
         self.nc: Any = self.loop.run_until_complete(
             nats.connect(**client, connect_timeout=10, pending_size=64 * 2**20)
         )
 
-    def _next_payload(self) -> dict[str, Any]:
-        if not self._pending:
-            self._pending = self.sim.step()
-            self._pending.reverse()
-        return self._pending.pop()
-
     def run(self, **kwargs: Any) -> SendLog:
-        """As :meth:`LoadGenerator.run <edgeloop.bench.loadgen.LoadGenerator.run>` (``qos`` ignored)."""
+        """As :meth:`LoadGenerator.run <edgeloop.bench.loadgen.LoadGenerator.run>` (``qos`` ignored:
+        the stream stores what the server receives)."""
         log: SendLog = self.loop.run_until_complete(self._run(**kwargs))
         return log
 
@@ -62,33 +51,20 @@ class NatsLoadGenerator:
         stall_timeout: float = 3.0,
         stop: Callable[[], bool] | None = None,
     ) -> SendLog:
-        del qos  # core NATS: the stream stores what the server receives
-        if rate is None and answered is None:
-            raise ValueError("a run without a rate needs an answered() counter (closed loop)")
+        pace = Pace(
+            duration=duration,
+            rate=rate,
+            answered=answered,
+            window=window,
+            stall_timeout=stall_timeout,
+            stop=stop,
+        )
         subjects = [f"edgeloop.{site}.{d}.telemetry" for d in self.devices]
         n_dev = len(subjects)
         publish, dumps, clock, wall = self.nc.publish, orjson.dumps, time.monotonic, time.time
-        base_answered = answered() if answered is not None else 0
         first = self.next_index
-        sent_at: list[float] = []
-        append = sent_at.append
-        started = clock()
-        end = started + duration
-        last_progress, last_answered, stalled = started, base_answered, False
-        while True:
-            now = clock()
-            if now >= end or (stop is not None and stop()):
-                break
-            due = int((now - started) * rate) + 1 - len(sent_at) if rate else _BURST
-            if answered is not None:
-                got = answered()
-                if got != last_answered:
-                    last_answered, last_progress = got, now
-                open_ = len(sent_at) - (got - base_answered)
-                if open_ > 0 and now - last_progress > stall_timeout:
-                    stalled = True
-                    break
-                due = min(due, window - open_)
+        append = pace.sent_at.append
+        while (due := pace.due(now := clock())) is not None:
             if due > 0:
                 for _ in range(min(due, _BURST)):
                     payload = self._next_payload()
@@ -99,13 +75,8 @@ class NatsLoadGenerator:
                     await publish(subjects[k % n_dev], dumps(payload))
                 await asyncio.sleep(0)  # let nats-py's flusher write the burst
                 continue
-            wait = 0.0005
-            if rate and due <= 0:
-                wait = min(0.002, max(0.0, started + len(sent_at) / rate - now))
-            await asyncio.sleep(wait)
-        ended = clock()
-        total = answered() - base_answered if answered is not None else 0
-        return SendLog(first, np.asarray(sent_at, dtype=np.float64), started, ended, stalled, total)
+            await asyncio.sleep(pace.wait(now, due))
+        return pace.log(first)
 
     def flush(self, timeout: float) -> None:
         self.loop.run_until_complete(self.nc.flush(timeout))
@@ -119,22 +90,9 @@ def serve_nats_load(
     conn: Any, counters: Any, client: dict[str, Any], devices: int, seed: int, interval: float
 ) -> None:
     """The NATS load generator's process, driven as :func:`~edgeloop.bench.workers.serve_load`."""
-
-    def body() -> None:
-        gen = NatsLoadGenerator(client, devices=devices, seed=seed, interval=interval)
-        conn.send(("ready", {"devices": gen.devices, "pid": os.getpid()}))
-        while True:
-            name, kwargs = conn.recv()
-            if name == "close":
-                gen.close()
-                conn.send(("ok", None))
-                return
-            if name == "run":
-                slot = kwargs.pop("slot", None)
-                run_id = kwargs.pop("run_id", -1)
-                answered = _reader(counters, slot) if slot is not None else None
-                sent = gen.run(answered=answered, stop=_flag(counters, STOP_SLOT, run_id), **kwargs)
-                gen.flush(5.0)
-                conn.send(("ok", sent))
-
-    _reply_errors(conn, body)
+    _reply_errors(
+        conn,
+        lambda: drive_load(
+            conn, counters, NatsLoadGenerator(client, devices=devices, seed=seed, interval=interval)
+        ),
+    )

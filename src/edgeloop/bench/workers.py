@@ -170,23 +170,27 @@ def serve_load(
     def body() -> None:
         settings = BrokerSettings(**broker)
         gen = LoadGenerator(settings, devices=devices, seed=seed, interval=interval, protocol=protocol)
-        gen.start()
-        conn.send(("ready", {"devices": gen.devices, "pid": os.getpid()}))
-        while True:
-            name, kwargs = conn.recv()
-            if name == "close":
-                gen.close()
-                conn.send(("ok", None))
-                return
-            if name == "run":
-                slot = kwargs.pop("slot", None)
-                run_id = kwargs.pop("run_id", -1)
-                answered = _reader(counters, slot) if slot is not None else None
-                sent = gen.run(answered=answered, stop=_flag(counters, STOP_SLOT, run_id), **kwargs)
-                gen.flush(5.0)
-                conn.send(("ok", sent))
+        drive_load(conn, counters, gen.start())
 
     _reply_errors(conn, body)
+
+
+def drive_load(conn: Any, counters: Any, gen: Any) -> None:
+    """Answer the bench's ``run`` and ``close`` commands with a started load generator ``gen``."""
+    conn.send(("ready", {"devices": gen.devices, "pid": os.getpid()}))
+    while True:
+        name, kwargs = conn.recv()
+        if name == "close":
+            gen.close()
+            conn.send(("ok", None))
+            return
+        if name == "run":
+            slot = kwargs.pop("slot", None)
+            run_id = kwargs.pop("run_id", -1)
+            answered = _reader(counters, slot) if slot is not None else None
+            sent = gen.run(answered=answered, stop=_flag(counters, STOP_SLOT, run_id), **kwargs)
+            gen.flush(5.0)
+            conn.send(("ok", sent))
 
 
 class Recorder:
