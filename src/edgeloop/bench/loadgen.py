@@ -85,6 +85,14 @@ class SimulatedTelemetry:
             self._pending.reverse()  # pop() from the end returns device 0 first
         return self._pending.pop()
 
+    def next_message(self) -> tuple[int, bytes]:
+        """The next message: its number ``k`` and its payload, stamped with the wall-clock ``sent``."""
+        payload = self._next_payload()
+        k = self.next_index
+        self.next_index = k + 1
+        payload["sent"] = time.time()
+        return k, orjson.dumps(payload)
+
 
 class Pace:
     """When messages are due in one run: ``rate`` messages/s in total for ``duration`` s, or, with
@@ -248,22 +256,18 @@ class LoadGenerator(SimulatedTelemetry):
         )
         topics = self.topics(site)
         n_dev = len(self.devices)
-        client, publish, dumps, clock = self.client, self.client.publish, orjson.dumps, time.monotonic
-        wall = time.time
+        client, publish, clock = self.client, self.client.publish, time.monotonic
         inflight = min(self.receive_maximum, MAX_INFLIGHT) if qos > 0 else 0
-        first = self.next_index
+        first, message = self.next_index, self.next_message
         append = pace.sent_at.append
         while (due := pace.due(now := clock())) is not None:
             if inflight:
                 due = min(due, inflight - (self.published - self.completed))
             if due > 0 and not client.want_write():
                 for _ in range(min(due, _BURST)):
-                    payload = self._next_payload()
-                    k = self.next_index
-                    self.next_index = k + 1
-                    payload["sent"] = wall()
+                    k, data = message()
                     append(clock())
-                    publish(topics[k % n_dev], dumps(payload), qos)
+                    publish(topics[k % n_dev], data, qos)
                 self.published += min(due, _BURST)
                 client.loop(0.0)  # acks in, leftovers out
                 continue

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import nats
-import orjson
 
 from edgeloop.bench.loadgen import _BURST, Pace, SendLog, SimulatedTelemetry
 from edgeloop.bench.workers import _reply_errors, drive_load
@@ -61,18 +60,15 @@ class NatsLoadGenerator(SimulatedTelemetry):
         )
         subjects = [f"edgeloop.{site}.{d}.telemetry" for d in self.devices]
         n_dev = len(subjects)
-        publish, dumps, clock, wall = self.nc.publish, orjson.dumps, time.monotonic, time.time
-        first = self.next_index
+        publish, clock = self.nc.publish, time.monotonic
+        first, message = self.next_index, self.next_message
         append = pace.sent_at.append
         while (due := pace.due(now := clock())) is not None:
             if due > 0:
                 for _ in range(min(due, _BURST)):
-                    payload = self._next_payload()
-                    k = self.next_index
-                    self.next_index = k + 1
-                    payload["sent"] = wall()
+                    k, data = message()
                     append(clock())
-                    await publish(subjects[k % n_dev], dumps(payload))
+                    await publish(subjects[k % n_dev], data)
                 await asyncio.sleep(0)  # let nats-py's flusher write the burst
                 continue
             await asyncio.sleep(pace.wait(now, due))
