@@ -186,9 +186,9 @@ class NatsTransport:
         self._pending: dict[int, tuple[int, Any]] = {}  # handle -> (partition, message) awaiting its ack
         self._next_handle = 0
         self._reserved = 0  # inbox room promised to fetches in flight
-        # Output operations, appended by the edge's thread and carried out by _work in order. One
-        # wake-up of the loop per burst of operations, not one call_soon_threadsafe (a write to the
-        # loop's self-pipe) per operation.
+        # Output operations, appended by the edge's thread and carried out by _work in order. The
+        # loop is woken (call_soon_threadsafe: a write to its self-pipe) only when _work went idle,
+        # not once per operation: _wake_scheduled is True while _work is busy or a wake-up is on its way.
         self._ops: collections.deque[tuple[str, Any]] = collections.deque()
         self._ops_ready: asyncio.Event | None = None
         self._wake_scheduled = False
@@ -254,7 +254,6 @@ class NatsTransport:
             self._loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
-        self._wake_scheduled = False  # before the event: a later _submit schedules another wake-up
         if self._ops_ready is not None:
             self._ops_ready.set()
 
@@ -359,6 +358,11 @@ class NatsTransport:
         publish = self._nc.publish
         while True:
             if not ops:
+                # Idle: from now on the next _submit wakes us. Look once more after saying so, for an
+                # operation appended while the flag still said "awake" (that _submit did not wake us).
+                self._wake_scheduled = False
+                if ops:
+                    continue
                 await ready.wait()
                 ready.clear()
                 continue
