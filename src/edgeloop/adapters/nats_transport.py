@@ -7,7 +7,7 @@ The server's mapping (``deploy/nats/nats-server.conf``) moves it to
 always lands in the same one of P partitions (``broker.partitions``). One JetStream stream per site
 holds them, keeping the last ``broker.history`` readings of each device (one subject per device).
 Predictions and events are published as core NATS on the MQTT topics with '/' turned into '.', so
-MQTT clients receive them on the documented topics.
+MQTT clients receive them on the documented topics (:mod:`~edgeloop.adapters.nats_subjects`).
 
 Ownership. With R replicas (``edge.replicas``), replica r (``edge.ordinal``) owns the partitions
 p with p mod R == r. It consumes each through a durable pull consumer ``edgeloop-<site>-p<p>``,
@@ -47,7 +47,6 @@ import collections
 import contextlib
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -61,16 +60,13 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 
 from edgeloop.adapters.mqtt import jittered_backoff, topic_for
 from edgeloop.adapters.mqtt_client import _tls_context
 from edgeloop.adapters.nats_pull import pull
+from edgeloop.adapters.nats_subjects import Subjects, _name, stream_config
 from edgeloop.adapters.transport import Inbox, Received
 from edgeloop.config import Settings
 from edgeloop.errors import BrokerError, ConfigError
@@ -88,63 +84,6 @@ ACK_WAIT = 60.0  # seconds before JetStream redelivers an unacknowledged reading
 OPS_HIGH_WATER = 200  # queued output operations (batches) before the edge waits
 ROOM_PAUSE = 0.002  # seconds a fetcher sleeps while the inbox is full
 API_TIMEOUT = 10.0  # seconds for a JetStream API request (a loaded machine answers slowly)
-
-
-def _name(site: str) -> str:
-    """A site id as stream, consumer and bucket names allow it (no '.', '*', '>' or spaces)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", site)
-
-
-def stream_config(name: str, subject: str, history: int) -> StreamConfig:
-    """The telemetry stream: on disk, the last ``history`` readings of each device (one subject each)."""
-    return StreamConfig(
-        name=name,
-        subjects=[subject],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_msgs_per_subject=history,
-    )
-
-
-class Subjects:
-    """The NATS subjects of a site, derived from the MQTT topic templates.
-
-    >>> s = Subjects("edgeloop/{site}/+/telemetry", "lab")
-    >>> s.partition(3), s.stream
-    ('edgeloop.lab.p.3.*.telemetry', 'edgeloop.lab.p.*.*.telemetry')
-    >>> s.topic("edgeloop.lab.p.3.dev-1.telemetry")
-    'edgeloop/lab/dev-1/telemetry'
-    >>> Subjects.of_topic("edgeloop/lab/dev-1/prediction")
-    'edgeloop.lab.dev-1.prediction'
-    """
-
-    def __init__(self, telemetry_filter: str, site: str) -> None:
-        levels = telemetry_filter.format(site=site).split("/")
-        if levels.count("+") != 1 or "#" in levels or any("." in level for level in levels):
-            raise ConfigError(
-                "topics.telemetry: with NATS it must be one filter with one '+' (the device level), "
-                f"no '#' and no '.', got {telemetry_filter!r}"
-            )
-        self.at = levels.index("+")
-        self.prefix = levels[: self.at]
-        self.suffix = levels[self.at + 1 :]
-        self.stream = self._join("*")
-
-    def _join(self, partition: str) -> str:
-        return ".".join([*self.prefix, "p", partition, "*", *self.suffix])
-
-    def partition(self, p: int) -> str:
-        return self._join(str(p))
-
-    def topic(self, subject: str) -> str:
-        tokens = subject.split(".")
-        del tokens[self.at : self.at + 2]  # the "p.<n>" the server's mapping inserted
-        return "/".join(tokens)
-
-    @staticmethod
-    def of_topic(topic: str) -> str:
-        return topic.replace("/", ".")
 
 
 class NatsTransport:

@@ -24,7 +24,7 @@ import nats.js.errors
 
 import edgeloop
 from edgeloop.adapters.nats_server import NatsServer
-from edgeloop.adapters.nats_transport import Subjects, _name
+from edgeloop.adapters.nats_subjects import Subjects, _name
 from edgeloop.bench import BenchError
 
 USER = "bench"
