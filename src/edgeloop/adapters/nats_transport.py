@@ -7,7 +7,7 @@ The server's mapping (``deploy/nats/nats-server.conf``) moves it to
 always lands in the same one of P partitions (``broker.partitions``). One JetStream stream per site
 holds them, keeping the last ``broker.history`` readings of each device (one subject per device).
 Predictions and events are published as core NATS on the MQTT topics with '/' turned into '.', so
-MQTT clients receive them on the documented topics.
+MQTT clients receive them on the documented topics (:mod:`~edgeloop.adapters.nats_subjects`).
 
 Ownership. With R replicas (``edge.replicas``), replica r (``edge.ordinal``) owns the partitions
 p with p mod R == r. It consumes each through a durable pull consumer ``edgeloop-<site>-p<p>``,
@@ -30,20 +30,23 @@ snapshot is not used with this transport (the stream is the shared state).
 
 At-least-once: a reading is acknowledged after its prediction was handed to the client on the same
 connection (the client sends in order); a reading answered but not yet acknowledged when its owner
-died is answered again by the next owner (counted as duplicated by the scale test).
+died is answered again by the next owner (counted as duplicated by the scale test). The consumers
+are ack-all: the edge answers each partition's readings in delivery order, so one acknowledgement
+of the last reading of each partition in an answered batch covers the batch.
 
 Threads: nats-py runs on an asyncio loop in a thread of its own; the edge's loop thread talks to it
 only through the inbox (readings in) and one operations queue (predictions, events, acks out, in
-order). Fetches ask for no more readings than the inbox has room for.
+order). Pull requests (:mod:`~edgeloop.adapters.nats_pull`) ask for no more readings than the inbox
+has room for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -57,15 +60,13 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 
 from edgeloop.adapters.mqtt import jittered_backoff, topic_for
 from edgeloop.adapters.mqtt_client import _tls_context
+from edgeloop.adapters.nats_pull import pull
+from edgeloop.adapters.nats_subjects import Subjects, _name, stream_config
 from edgeloop.adapters.transport import Inbox, Received
 from edgeloop.config import Settings
 from edgeloop.errors import BrokerError, ConfigError
@@ -83,51 +84,6 @@ ACK_WAIT = 60.0  # seconds before JetStream redelivers an unacknowledged reading
 OPS_HIGH_WATER = 200  # queued output operations (batches) before the edge waits
 ROOM_PAUSE = 0.002  # seconds a fetcher sleeps while the inbox is full
 API_TIMEOUT = 10.0  # seconds for a JetStream API request (a loaded machine answers slowly)
-
-
-def _name(site: str) -> str:
-    """A site id as stream, consumer and bucket names allow it (no '.', '*', '>' or spaces)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", site)
-
-
-class Subjects:
-    """The NATS subjects of a site, derived from the MQTT topic templates.
-
-    >>> s = Subjects("edgeloop/{site}/+/telemetry", "lab")
-    >>> s.partition(3), s.stream
-    ('edgeloop.lab.p.3.*.telemetry', 'edgeloop.lab.p.*.*.telemetry')
-    >>> s.topic("edgeloop.lab.p.3.dev-1.telemetry")
-    'edgeloop/lab/dev-1/telemetry'
-    >>> Subjects.of_topic("edgeloop/lab/dev-1/prediction")
-    'edgeloop.lab.dev-1.prediction'
-    """
-
-    def __init__(self, telemetry_filter: str, site: str) -> None:
-        levels = telemetry_filter.format(site=site).split("/")
-        if levels.count("+") != 1 or "#" in levels or any("." in level for level in levels):
-            raise ConfigError(
-                "topics.telemetry: with NATS it must be one filter with one '+' (the device level), "
-                f"no '#' and no '.', got {telemetry_filter!r}"
-            )
-        self.at = levels.index("+")
-        self.prefix = levels[: self.at]
-        self.suffix = levels[self.at + 1 :]
-        self.stream = self._join("*")
-
-    def _join(self, partition: str) -> str:
-        return ".".join([*self.prefix, "p", partition, "*", *self.suffix])
-
-    def partition(self, p: int) -> str:
-        return self._join(str(p))
-
-    def topic(self, subject: str) -> str:
-        tokens = subject.split(".")
-        del tokens[self.at : self.at + 2]  # the "p.<n>" the server's mapping inserted
-        return "/".join(tokens)
-
-    @staticmethod
-    def of_topic(topic: str) -> str:
-        return topic.replace("/", ".")
 
 
 class NatsTransport:
@@ -166,10 +122,15 @@ class NatsTransport:
         self._nc: Any = None
         self._js: Any = None
         self._kv: Any = None
-        self._pending: dict[int, Any] = {}  # handle -> JetStream message awaiting its ack
+        self._pending: dict[int, tuple[int, Any]] = {}  # handle -> (partition, message) awaiting its ack
         self._next_handle = 0
         self._reserved = 0  # inbox room promised to fetches in flight
-        self._ops: asyncio.Queue[tuple[str, Any]] | None = None
+        # Output operations, appended by the edge's thread and carried out by _work in order. The
+        # loop is woken (call_soon_threadsafe: a write to its self-pipe) only when _work went idle,
+        # not once per operation: _wake_scheduled is True while _work is busy or a wake-up is on its way.
+        self._ops: collections.deque[tuple[str, Any]] = collections.deque()
+        self._ops_ready: asyncio.Event | None = None
+        self._wake_scheduled = False
         self._queued = 0  # operations handed to the loop (edge thread) ...
         self._done = 0  # ... and carried out (loop thread)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -226,11 +187,14 @@ class NatsTransport:
 
     def _submit(self, op: str, data: Any) -> None:
         self._queued += 1
-        self._loop.call_soon_threadsafe(self._put_op, op, data)
+        self._ops.append((op, data))
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.call_soon_threadsafe(self._wake)
 
-    def _put_op(self, op: str, data: Any) -> None:
-        if self._ops is not None:
-            self._ops.put_nowait((op, data))
+    def _wake(self) -> None:
+        if self._ops_ready is not None:
+            self._ops_ready.set()
 
     def ack(self, batch: Sequence[Received]) -> None:
         handles = [item.mid for item in batch if item.qos and not item.replay]
@@ -294,7 +258,7 @@ class NatsTransport:
         nc = await nats.connect(**options)
         self._nc = nc
         self._js = nc.jetstream(timeout=API_TIMEOUT)
-        self._ops = asyncio.Queue()
+        self._ops_ready = asyncio.Event()
         self._tasks.append(asyncio.create_task(self._work()))
         log.info("connected to NATS %s:%d as %s", b.host, b.port, self.client_id)
 
@@ -310,14 +274,7 @@ class NatsTransport:
 
     async def _subscribe(self) -> None:
         js = self._js
-        config = StreamConfig(
-            name=self.stream,
-            subjects=[self.subjects.stream],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_msgs_per_subject=self.broker.history,
-        )
+        config = stream_config(self.stream, self.subjects.stream, self.broker.history)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:  # exists with other settings (e.g. another history)
@@ -333,25 +290,50 @@ class NatsTransport:
         self._tasks.append(asyncio.create_task(self._renew()))
 
     async def _work(self) -> None:
-        """Carry out the edge's output operations, one at a time in order: predictions before acks."""
-        assert self._ops is not None
+        """Carry out the edge's output operations, one at a time in order: predictions before acks.
+        An operation the connection interrupts resumes where it stopped once the client can buffer."""
+        ops, ready = self._ops, self._ops_ready
+        assert ready is not None
+        publish = self._nc.publish
         while True:
-            op, data = await self._ops.get()
-            while True:
+            if not ops:
+                # Idle: from now on the next _submit wakes us. Look once more after saying so, for an
+                # operation appended while the flag still said "awake" (that _submit did not wake us).
+                self._wake_scheduled = False
+                if ops:
+                    continue
+                await ready.wait()
+                ready.clear()
+                continue
+            op, data = ops.popleft()
+            if op == "ack":
+                data = self._last_of_each_partition(data)
+            done = 0
+            while done < len(data):
                 try:
                     if op == "pub":
-                        for subject, payload in data:
-                            await self._nc.publish(subject, payload)
+                        for subject, payload in data[done:] if done else data:
+                            await publish(subject, payload)
+                            done += 1
                     else:
-                        for handle in data:
-                            msg = self._pending.pop(handle, None)
-                            if msg is not None:
-                                await msg.ack()
-                    break
+                        for msg in data[done:]:
+                            await msg.ack()
+                            done += 1
                 except (nats.errors.Error, OSError) as exc:  # buffer full while reconnecting: wait
                     log.debug("output waits for the connection: %r", exc)
                     await asyncio.sleep(0.1)
             self._done += 1
+
+    def _last_of_each_partition(self, handles: list[int]) -> list[Any]:
+        """The messages to acknowledge for answered ``handles`` (in delivery order): with ack-all
+        consumers, the last one of each partition acknowledges the earlier ones."""
+        last: dict[int, Any] = {}
+        pending = self._pending
+        for handle in handles:
+            item = pending.pop(handle, None)
+            if item is not None:
+                last[item[0]] = item[1]
+        return list(last.values())
 
     async def _own(self, p: int) -> None:
         """Take partition ``p`` (waiting for its lease), rebuild its devices' state, then consume it."""
@@ -423,7 +405,10 @@ class NatsTransport:
         config = ConsumerConfig(
             durable_name=durable,
             filter_subject=self.subjects.partition(p),
-            ack_policy=AckPolicy.EXPLICIT,
+            # Ack-all: the edge answers a partition's readings in delivery order, so acknowledging the
+            # last reading of a partition in an answered batch acknowledges the batch (one ack, not
+            # hundreds); the ack floor keeps meaning "every reading up to here was answered".
+            ack_policy=AckPolicy.ALL,
             ack_wait=ACK_WAIT,
             max_deliver=-1,
             max_ack_pending=max(self.broker.receive_maximum, FETCH_BATCH),
@@ -431,11 +416,10 @@ class NatsTransport:
             opt_start_seq=floor + 1 if floor else None,
         )
         await js.add_consumer(self.stream, config)
-        sub = await js.pull_subscribe_bind(durable=durable, stream=self.stream)
         log.info(
             "took over partition %d: replayed %d readings answered before (up to %d)", p, replayed, floor
         )
-        await self._fetch(p, sub)
+        await self._consume(p, durable)
 
     async def _replay(self, p: int, floor: int) -> int:
         """Put the partition's readings up to stream sequence ``floor`` into the inbox as ``replay``."""
@@ -488,26 +472,33 @@ class NatsTransport:
                 return room
             await asyncio.sleep(ROOM_PAUSE)
 
-    async def _fetch(self, p: int, sub: Any) -> None:
+    async def _consume(self, p: int, durable: str) -> None:
+        """Pull partition ``p``'s readings into the inbox (:func:`~edgeloop.adapters.nats_pull.pull`),
+        each request for no more than the inbox has room for."""
         topic = self.subjects.topic
         inbox = self.inbox
         pending = self._pending
-        while not self._stopping and p in self.taken:
-            room = await self._room()
-            try:
-                msgs = await sub.fetch(room, timeout=FETCH_WAIT)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.Error, OSError) as exc:
-                log.debug("fetch on partition %d failed: %r", p, exc)
-                await asyncio.sleep(0.2)
-                continue
-            finally:
-                self._reserved -= room
-            for msg in msgs:
-                handle = self._next_handle = self._next_handle + 1
-                pending[handle] = msg
-                inbox.put(Received(topic(msg.subject), msg.data, handle, 1, 0))
+        new = tuple.__new__  # Received(...) through a namedtuple's __new__ costs a Python call per reading
+
+        def on_message(msg: Any) -> None:
+            handle = self._next_handle = self._next_handle + 1
+            pending[handle] = (p, msg)
+            inbox.put(new(Received, (topic(msg.subject), msg.data, handle, 1, 0, False)))
+
+        def release(count: int) -> None:
+            self._reserved -= count
+
+        await pull(
+            self._nc,
+            stream=self.stream,
+            consumer=durable,
+            room=self._room,
+            on_message=on_message,
+            release=release,
+            running=lambda: not self._stopping and p in self.taken,
+            wait=FETCH_WAIT,
+            batch=FETCH_BATCH,
+        )
 
     async def _close(self, drain_timeout: float) -> None:
         self._stopping = True

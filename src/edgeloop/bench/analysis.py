@@ -176,4 +176,37 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             note if devices == 1000 else "the target is stated for 1,000 devices",
         )
+    if "nats" in result:
+        from edgeloop.bench.nats_report import nats_targets
+
+        targets.extend(nats_targets(result))
     return targets
+
+
+def backlog_drain(sent: SendLog, ks: np.ndarray, ts: np.ndarray) -> dict[str, Any]:
+    """An overload window's backlog: messages of ``sent`` unanswered when the generator stopped, how
+    long after that the last one was answered, and the rate the backlog drained at.
+
+    >>> sent = SendLog(first=0, sent_at=np.array([0.0, 0.5, 1.0, 1.5]), started=0.0, ended=2.0)
+    >>> backlog_drain(sent, np.array([0, 1, 2, 3]), np.array([0.1, 1.9, 2.5, 3.0]))
+    {'backlog_at_stop': 2, 'drain_s': 1.0, 'drain_rate': 2.0, 'answered_during_load_rate': 1.0}
+    """
+    n = sent.count
+    mine = (ks >= sent.first) & (ks < sent.first + n)
+    k, t = ks[mine] - sent.first, ts[mine]
+    first_t = np.full(n, np.inf)
+    np.minimum.at(first_t, k, t)
+    answered = np.isfinite(first_t)
+    during = int(np.count_nonzero(first_t <= sent.ended))
+    backlog = n - during
+    last = float(first_t[answered].max()) if answered.any() else sent.ended
+    drain_s = max(0.0, last - sent.ended) if backlog else 0.0
+    span = sent.ended - sent.started
+    return {
+        "backlog_at_stop": backlog,
+        "drain_s": round(drain_s, 3),
+        "drain_rate": round((backlog - int(np.count_nonzero(~answered))) / drain_s, 1)
+        if drain_s > 0
+        else None,
+        "answered_during_load_rate": round(during / span, 1) if span > 0 else 0.0,
+    }

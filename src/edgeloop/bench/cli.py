@@ -23,9 +23,35 @@ def bench(
     broker: Annotated[
         str | None,
         typer.Option(
-            help="Use this broker (mqtt://host:port) instead of a private mosquitto on a free port."
+            help="Use this broker (mqtt://host:port) instead of a private mosquitto on a free port; or"
+            " 'nats': after the (private) Mosquitto windows, measure NATS JetStream in the same run"
+            " (private nats-server from deploy/nats: ceilings, one edge, the aggregate of --nats-replicas)."
         ),
     ] = None,
+    nats_replicas: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="--broker nats: edge replica counts R to measure; repeatable. Default: 1, 2, 3.", min=1
+        ),
+    ] = None,
+    nats_load: Annotated[
+        str,
+        typer.Option(
+            help="--broker nats: what feeds the NATS windows: 'nats' (nats-py core publishes; cheap, so"
+            " the edge is measured, not the generator) or 'mqtt' (paho, MQTT 3.1.1 QoS 1 to the NATS"
+            " MQTT listener, as devices). The MQTT-fed core ceiling is measured either way."
+        ),
+    ] = "nats",
+    nats_partitions: Annotated[
+        int, typer.Option(help="--broker nats: device partitions of the server's mapping.", min=1)
+    ] = 6,
+    overload_factor: Annotated[
+        float,
+        typer.Option(help="--broker nats: overload window at this multiple of the sustained rate.", min=1),
+    ] = 1.5,
+    overload_seconds: Annotated[
+        float, typer.Option(help="--broker nats: length of the overload window in seconds.", min=1)
+    ] = 6.0,
     rate: Annotated[
         float | None,
         typer.Option(help="Fixed mode: measure only at this rate (msg/s, total); no ceiling, max or search."),
@@ -74,15 +100,34 @@ def bench(
     out: Annotated[Path, typer.Option(help="Write the JSON results here.")] = Path("build/bench.json"),
     keep: Annotated[bool, typer.Option(help="Keep the temp dir (edge logs, configs, stores).")] = False,
 ) -> None:
-    """Benchmark the live edge end to end through a real broker: ceiling, throughput, latency, loss."""
+    """Benchmark the live edge end to end through a real broker: ceiling, throughput, latency, loss.
+
+    Examples:
+
+        edgeloop bench --out build/bench.json            # Mosquitto, QoS 1 then 0 (~2 min)
+
+        edgeloop bench --broker nats --qos 1             # and NATS JetStream: 1, 2 and 3 edges
+
+        edgeloop bench --broker nats --qos 1 --no-model --nats-replicas 1 --steps 2   # quicker
+    """
     from edgeloop.bench.options import BenchOptions
     from edgeloop.bench.report import format_report
     from edgeloop.bench.run import Bench
 
+    nats = broker == "nats"
+    if nats_load not in ("mqtt", "nats"):
+        typer.echo(f"error: --nats-load must be 'mqtt' or 'nats', got {nats_load!r}", err=True)
+        raise typer.Exit(2)
     options = BenchOptions(
         devices=devices,
         qos=list(qos) if qos else [1, 0],
-        broker=broker,
+        broker=None if nats else broker,
+        nats=nats,
+        nats_replicas=list(nats_replicas) if nats_replicas else [1, 2, 3],
+        nats_partitions=nats_partitions,
+        nats_load=nats_load,
+        overload_factor=overload_factor,
+        overload_seconds=overload_seconds,
         rate=rate,
         ceiling_seconds=ceiling_seconds,
         max_seconds=max_seconds,

@@ -70,7 +70,87 @@ class SendLog:
         return self.count / span if span > 0 else 0.0
 
 
-class LoadGenerator:
+class SimulatedTelemetry:
+    """The simulator's readings for D devices, round-robin, numbered ``k`` (see the module docstring)."""
+
+    def __init__(self, devices: int, seed: int, interval: float) -> None:
+        self.sim = Simulator(devices, seed=seed, interval=interval)
+        self.devices = self.sim.devices
+        self.next_index = 0
+        self._pending: list[dict[str, Any]] = []
+
+    def _next_payload(self) -> dict[str, Any]:
+        if not self._pending:
+            self._pending = self.sim.step()
+            self._pending.reverse()  # pop() from the end returns device 0 first
+        return self._pending.pop()
+
+    def next_message(self) -> tuple[int, bytes]:
+        """The next message: its number ``k`` and its payload, stamped with the wall-clock ``sent``."""
+        payload = self._next_payload()
+        k = self.next_index
+        self.next_index = k + 1
+        payload["sent"] = time.time()
+        return k, orjson.dumps(payload)
+
+
+class Pace:
+    """When messages are due in one run: ``rate`` messages/s in total for ``duration`` s, or, with
+    ``rate`` None, closed loop on ``answered`` (at most ``window`` unanswered); ends early on
+    ``stop()`` or when answers stopped coming for ``stall_timeout`` s. Send times go to ``sent_at``."""
+
+    def __init__(
+        self,
+        *,
+        duration: float,
+        rate: float | None,
+        answered: Callable[[], int] | None,
+        window: int,
+        stall_timeout: float,
+        stop: Callable[[], bool] | None,
+    ) -> None:
+        if rate is None and answered is None:
+            raise ValueError("a run without a rate needs an answered() counter (closed loop)")
+        self.rate, self.answered, self.window = rate, answered, window
+        self.stall_timeout, self.stop = stall_timeout, stop
+        self.base = answered() if answered is not None else 0
+        self.sent_at: list[float] = []
+        self.started = time.monotonic()
+        self.end = self.started + duration
+        self.last_answered, self.last_progress = self.base, self.started
+        self.stalled = False
+
+    def due(self, now: float) -> int | None:
+        """How many messages are due at ``now`` (0 or less: none); None when the run is over."""
+        if now >= self.end or (self.stop is not None and self.stop()):
+            return None
+        sent = len(self.sent_at)
+        due = int((now - self.started) * self.rate) + 1 - sent if self.rate else _BURST
+        if self.answered is not None:
+            got = self.answered()
+            if got != self.last_answered:
+                self.last_answered, self.last_progress = got, now
+            open_ = sent - (got - self.base)
+            if open_ > 0 and now - self.last_progress > self.stall_timeout:
+                self.stalled = True
+                return None
+            due = min(due, self.window - open_)
+        return due
+
+    def wait(self, now: float, due: int) -> float:
+        """Nothing due: sleep until the next message is due, or briefly while waiting for answers."""
+        if self.rate and due <= 0:
+            return min(0.002, max(0.0, self.started + len(self.sent_at) / self.rate - now))
+        return 0.0005
+
+    def log(self, first: int) -> SendLog:
+        ended = time.monotonic()
+        total = self.answered() - self.base if self.answered is not None else 0
+        sent_at = np.asarray(self.sent_at, dtype=np.float64)
+        return SendLog(first, sent_at, self.started, ended, self.stalled, total)
+
+
+class LoadGenerator(SimulatedTelemetry):
     """Simulated telemetry over paho, in the calling thread (see the module docstring).
 
     ``answered`` (closed loop) returns how many messages the consumer has answered so far.
@@ -86,11 +166,9 @@ class LoadGenerator:
         client_id: str | None = None,
         protocol: str = "5",
     ) -> None:
+        super().__init__(devices, seed, interval)
         self.broker = broker
-        self.sim = Simulator(devices, seed=seed, interval=interval)
-        self.devices = self.sim.devices
-        self.next_index = 0
-        self._pending: list[dict[str, Any]] = []
+        self.protocol = protocol
         self._topics: dict[str, list[str]] = {}
         self.client = make_client(
             broker,
@@ -121,7 +199,10 @@ class LoadGenerator:
         """Connect (clean session) and run paho's loop by hand from here on."""
         b = self.broker
         try:
-            self.client.connect(b.host, b.port, b.keepalive, clean_start=True)
+            if self.protocol == "5":
+                self.client.connect(b.host, b.port, b.keepalive, clean_start=True)
+            else:  # MQTT 3.1.1 (NATS's MQTT listener): the clean-session flag was set by make_client
+                self.client.connect(b.host, b.port, b.keepalive)
         except (OSError, ssl.SSLError) as exc:
             raise BrokerError(f"load generator cannot connect to {b.host}:{b.port}: {exc}") from exc
         deadline = time.monotonic() + timeout
@@ -150,12 +231,6 @@ class LoadGenerator:
             self._topics[site] = [topic_for(TELEMETRY_TOPIC, site=site, device=d) for d in self.devices]
         return self._topics[site]
 
-    def _next_payload(self) -> dict[str, Any]:
-        if not self._pending:
-            self._pending = self.sim.step()
-            self._pending.reverse()  # pop() from the end returns device 0 first
-        return self._pending.pop()
-
     # -- the run ----------------------------------------------------------------------------------
     def run(
         self,
@@ -171,52 +246,30 @@ class LoadGenerator:
     ) -> SendLog:
         """Publish for ``duration`` seconds (or until ``stop()``) at ``rate`` messages/s in total, or,
         with ``rate`` None, closed loop on ``answered`` (at most ``window`` messages unanswered)."""
-        if rate is None and answered is None:
-            raise ValueError("a run without a rate needs an answered() counter (closed loop)")
+        pace = Pace(
+            duration=duration,
+            rate=rate,
+            answered=answered,
+            window=window,
+            stall_timeout=stall_timeout,
+            stop=stop,
+        )
         topics = self.topics(site)
         n_dev = len(self.devices)
-        client, publish, dumps, clock = self.client, self.client.publish, orjson.dumps, time.monotonic
-        wall = time.time
+        client, publish, clock = self.client, self.client.publish, time.monotonic
         inflight = min(self.receive_maximum, MAX_INFLIGHT) if qos > 0 else 0
-        base_answered = answered() if answered is not None else 0
-        first = self.next_index
-        sent_at: list[float] = []
-        append = sent_at.append
-        started = clock()
-        end = started + duration
-        last_progress, last_answered, stalled = started, base_answered, False
-        while True:
-            now = clock()
-            if now >= end or (stop is not None and stop()):
-                break
-            due = int((now - started) * rate) + 1 - len(sent_at) if rate else _BURST
-            if answered is not None:
-                got = answered()
-                if got != last_answered:
-                    last_answered, last_progress = got, now
-                open_ = len(sent_at) - (got - base_answered)
-                if open_ > 0 and now - last_progress > stall_timeout:
-                    stalled = True
-                    break
-                due = min(due, window - open_)
+        first, message = self.next_index, self.next_message
+        append = pace.sent_at.append
+        while (due := pace.due(now := clock())) is not None:
             if inflight:
                 due = min(due, inflight - (self.published - self.completed))
             if due > 0 and not client.want_write():
                 for _ in range(min(due, _BURST)):
-                    payload = self._next_payload()
-                    k = self.next_index
-                    self.next_index = k + 1
-                    payload["sent"] = wall()
+                    k, data = message()
                     append(clock())
-                    publish(topics[k % n_dev], dumps(payload), qos)
+                    publish(topics[k % n_dev], data, qos)
                 self.published += min(due, _BURST)
                 client.loop(0.0)  # acks in, leftovers out
                 continue
-            # Nothing due: sleep until the next message is due, or briefly while waiting for answers.
-            wait = 0.0005
-            if rate and due <= 0:
-                wait = min(0.002, max(0.0, started + len(sent_at) / rate - now))
-            client.loop(wait)
-        ended = clock()
-        total = answered() - base_answered if answered is not None else 0
-        return SendLog(first, np.asarray(sent_at, dtype=np.float64), started, ended, stalled, total)
+            client.loop(pace.wait(now, due))
+        return pace.log(first)

@@ -28,3 +28,10 @@ class BenchOptions:
     interval: float = 5.0
     mlflow: bool = False
     keep: bool = False
+    # --broker nats: the NATS JetStream windows after the Mosquitto ones (see bench/nats_run.py)
+    nats: bool = False
+    nats_replicas: list[int] = field(default_factory=lambda: [1, 2, 3])
+    nats_partitions: int = 6
+    nats_load: str = "nats"  # "nats": nats-py core publishes; "mqtt": paho to the NATS MQTT listener
+    overload_factor: float = 1.5  # the overload window's rate: this times the highest rate answered
+    overload_seconds: float = 6.0

@@ -59,6 +59,14 @@ def ceiling(
     counter = Worker(
         f"ceiling-{kind}", serve_counter, rig.counters, CEILING_SLOT, broker, filters, qos, kind, group
     )
+    return count_closed_loop(
+        rig, counter, qos=qos, site=site, label=f"QoS {qos} ({kind} do-nothing subscriber)"
+    )
+
+
+def count_closed_loop(rig: Rig, counter: Worker, *, qos: int, site: str, label: str) -> dict[str, Any]:
+    """Feed the do-nothing ``counter`` (counting into the ceiling slot) closed loop; its receive rate.
+    Closes the counter."""
     try:
         rig.watch.add("ceiling", counter.pid)
         sent = rig.load.run(
@@ -66,7 +74,7 @@ def ceiling(
         )
         seconds = sent.ended - sent.started
         result = {
-            "subscriber": kind,
+            "subscriber": counter.name.removeprefix("ceiling-"),
             "received": sent.answered,
             "seconds": round(seconds, 3),
             "rate": round(sent.answered / seconds, 1) if seconds > 0 else 0.0,
@@ -76,13 +84,13 @@ def ceiling(
     finally:
         counter.close()
         rig.watch.remove("ceiling")
-    rig.say(f"  ceiling QoS {qos} ({kind} do-nothing subscriber): {result['rate']:,.0f} msg/s")
+    rig.say(f"  ceiling {label}: {result['rate']:,.0f} msg/s")
     return result
 
 
 def window(
     rig: Rig,
-    edge: EdgeProcess,
+    edge: EdgeProcess,  # or an EdgeGroup (edge replicas on NATS)
     name: str,
     *,
     rate: float | None,

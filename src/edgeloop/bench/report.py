@@ -64,7 +64,7 @@ def phase_line(r: dict[str, Any]) -> str:
     )
 
 
-def _phase_row(r: dict[str, Any]) -> str:
+def phase_row(r: dict[str, Any]) -> str:
     lat = r.get("latency_ms") or {}
     cpu = r.get("cpu_pct") or {}
     rss = (r.get("rss_mb") or {}).get("edge")
@@ -125,7 +125,7 @@ def format_report(result: dict[str, Any]) -> str:
         phases += [run.get("first_model"), run.get("retrain")]
         for r in phases:
             if r and "sent" in r:
-                lines.append("  " + _phase_row(r))
+                lines.append("  " + phase_row(r))
         if "sustained_rate" in run:
             sustained = run["sustained_rate"]
             ceil = run.get("ceiling") or {}
@@ -163,13 +163,18 @@ def format_report(result: dict[str, Any]) -> str:
         if run.get("error"):
             lines.append(f"  ERROR: {run['error']}")
         lines.append("")
+    if "nats" in result:
+        from edgeloop.bench.nats_report import format_nats
+
+        lines.extend(format_nats(result, header))
     lines.append("targets:")
     for t in result.get("targets", []):
         mark = {True: "met ", False: "MISS", None: " -- "}[t["met"]]
         value = t["value"]
         shown = "-" if value is None else (f"{value:,.1f}" if isinstance(value, float) else f"{value:,}")
         note = f"  ({t['note']})" if t.get("note") else ""
-        lines.append(f"  [{mark}] {t['target']}: {shown} (limit {t['limit']:,}){note}")
+        limit = "-" if t["limit"] is None else f"{t['limit']:,}"
+        lines.append(f"  [{mark}] {t['target']}: {shown} (limit {limit}){note}")
     lines.append(
         "columns: growth = median latency of the window's last quarter minus its second quarter (ms);"
         " bklg s = messages unanswered when the window's last one was sent, in seconds of load;"

@@ -228,6 +228,10 @@ class Bench:
             result["broker"] = self.broker_settings.url
             for qos in self.o.qos:
                 result["qos"][str(qos)] = self._run_qos(qos)
+            if self.o.nats:
+                from edgeloop.bench.nats_run import run_nats  # nats-py only when asked for
+
+                result["nats"] = run_nats(self)
         finally:
             self._teardown()
         result["seconds"] = round(time.monotonic() - t0, 1)

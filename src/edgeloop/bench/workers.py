@@ -89,11 +89,23 @@ class Load:
     """
 
     def __init__(
-        self, counters: Any, broker: dict[str, Any], *, devices: int, seed: int, interval: float, window: int
+        self,
+        counters: Any,
+        broker: dict[str, Any],
+        *,
+        devices: int,
+        seed: int,
+        interval: float,
+        window: int,
+        protocol: str = "5",
+        serve: Callable[..., None] | None = None,
     ) -> None:
         self.counters = counters
         self.window = window
-        self.worker = Worker("load", serve_load, counters, broker, devices, seed, interval)
+        if serve is None:  # the MQTT generator (paho); else another client's serve_* (NATS)
+            self.worker = Worker("load", serve_load, counters, broker, devices, seed, interval, protocol)
+        else:
+            self.worker = Worker("load", serve, counters, broker, devices, seed, interval)
         self.devices: list[str] = list(self.worker.info["devices"])
         self._run_no = 0
 
@@ -145,28 +157,94 @@ def _reply_errors(conn: Any, body: Callable[[], None]) -> None:
 
 
 def serve_load(
-    conn: Any, counters: Any, broker: dict[str, Any], devices: int, seed: int, interval: float
+    conn: Any,
+    counters: Any,
+    broker: dict[str, Any],
+    devices: int,
+    seed: int,
+    interval: float,
+    protocol: str = "5",
 ) -> None:
     """The load generator's process: ``run`` (kwargs of :meth:`LoadGenerator.run` plus ``slot``)."""
 
     def body() -> None:
-        gen = LoadGenerator(BrokerSettings(**broker), devices=devices, seed=seed, interval=interval).start()
-        conn.send(("ready", {"devices": gen.devices, "pid": os.getpid()}))
-        while True:
-            name, kwargs = conn.recv()
-            if name == "close":
-                gen.close()
-                conn.send(("ok", None))
-                return
-            if name == "run":
-                slot = kwargs.pop("slot", None)
-                run_id = kwargs.pop("run_id", -1)
-                answered = _reader(counters, slot) if slot is not None else None
-                sent = gen.run(answered=answered, stop=_flag(counters, STOP_SLOT, run_id), **kwargs)
-                gen.flush(5.0)
-                conn.send(("ok", sent))
+        settings = BrokerSettings(**broker)
+        gen = LoadGenerator(settings, devices=devices, seed=seed, interval=interval, protocol=protocol)
+        drive_load(conn, counters, gen.start())
 
     _reply_errors(conn, body)
+
+
+def drive_load(conn: Any, counters: Any, gen: Any) -> None:
+    """Answer the bench's ``run`` and ``close`` commands with a started load generator ``gen``."""
+    conn.send(("ready", {"devices": gen.devices, "pid": os.getpid()}))
+    while True:
+        name, kwargs = conn.recv()
+        if name == "close":
+            gen.close()
+            conn.send(("ok", None))
+            return
+        if name == "run":
+            slot = kwargs.pop("slot", None)
+            run_id = kwargs.pop("run_id", -1)
+            answered = _reader(counters, slot) if slot is not None else None
+            sent = gen.run(answered=answered, stop=_flag(counters, STOP_SLOT, run_id), **kwargs)
+            gen.flush(5.0)
+            conn.send(("ok", sent))
+
+
+class Recorder:
+    """What the measuring subscriber records: (k, receive time) of every prediction, model changes, events.
+
+    :meth:`handle` is called for each message (any client, any thread); :meth:`take` returns what
+    arrived since the last call: ``k`` (int64 bytes), ``t`` (float64 bytes, monotonic), ``models``
+    [(t, k, label)], ``events`` [(t, event dict)], ``bad`` (unreadable).
+    """
+
+    def __init__(self, counters: Any, slot: int, devices: list[str], events_topic: bytes) -> None:
+        self.counters, self.slot = counters, slot
+        self.index = {name: i for i, name in enumerate(devices)}
+        self.n = len(devices)
+        self.events_topic = events_topic
+        self.ks, self.ts = array("q"), array("d")
+        self.models: list[tuple[float, int, str]] = []
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.label: str | None = None
+        self.bad = 0
+        self._offsets = [0, 0, 0]
+
+    def handle(self, topic: bytes, payload: bytes, now: float) -> None:
+        try:
+            data = orjson.loads(payload)
+            if topic == self.events_topic:
+                self.events.append((now, data))
+                return
+            k = data["seq"] * self.n + self.index[data["device"]]
+            label = next(iter(data["predictions"].values()))["model"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, StopIteration):
+            self.bad += 1
+            return
+        self.ks.append(k)
+        self.ts.append(now)
+        self.counters[self.slot] += 1
+        if label != self.label:
+            self.label = label
+            self.models.append((now, k, label))
+
+    def take(self, alive: bool) -> dict[str, Any]:
+        end = min(len(self.ks), len(self.ts))
+        m_end, e_end = len(self.models), len(self.events)
+        k0, m0, e0 = self._offsets
+        out = {
+            "k": self.ks[k0:end].tobytes(),
+            "t": self.ts[k0:end].tobytes(),
+            "models": self.models[m0:m_end],
+            "events": self.events[e0:e_end],
+            "bad": self.bad,
+            "alive": alive,
+        }
+        self._offsets[:] = [end, m_end, e_end]
+        return out
 
 
 def serve_collector(
@@ -179,47 +257,17 @@ def serve_collector(
     qos: int,
     devices: list[str],
 ) -> None:
-    """The measuring subscriber: records (k, receive time) of every prediction, model changes, events.
-
-    ``take`` returns what arrived since the last ``take``: ``k`` (int64 bytes), ``t`` (float64 bytes,
-    monotonic), ``models`` [(t, k, label)], ``events`` [(t, event dict)], ``bad`` (unreadable).
-    """
+    """The measuring subscriber on MQTT (:class:`LeanSubscriber`) feeding a :class:`Recorder`;
+    commands ``take`` and ``close``."""
 
     def body() -> None:
         sub = LeanSubscriber(BrokerSettings(**broker)).start()
         sub.subscribe([*filters, events_topic], qos)
-        index = {name: i for i, name in enumerate(devices)}
-        n = len(devices)
-        ks, ts = array("q"), array("d")
-        models: list[tuple[float, int, str]] = []
-        events: list[tuple[float, dict[str, Any]]] = []
-        events_b = events_topic.encode()
-        state: dict[str, Any] = {"label": None, "bad": 0}
-        loads = orjson.loads
-
-        def handle(topic: bytes, payload: bytes, now: float) -> None:
-            try:
-                data = loads(payload)
-                if topic == events_b:
-                    events.append((now, data))
-                    return
-                k = data["seq"] * n + index[data["device"]]
-                label = next(iter(data["predictions"].values()))["model"]
-            except (orjson.JSONDecodeError, KeyError, TypeError, StopIteration):
-                state["bad"] += 1
-                return
-            ks.append(k)
-            ts.append(now)
-            counters[slot] += 1
-            if label != state["label"]:
-                state["label"] = label
-                models.append((now, k, label))
-
+        recorder = Recorder(counters, slot, devices, events_topic.encode())
         stop = threading.Event()
-        thread = threading.Thread(target=sub.run, args=(handle, stop.is_set), daemon=True)
+        thread = threading.Thread(target=sub.run, args=(recorder.handle, stop.is_set), daemon=True)
         thread.start()
         conn.send(("ready", {"pid": os.getpid()}))
-        offsets = [0, 0, 0]
         while True:
             name, _kwargs = conn.recv()
             if name == "close":
@@ -229,18 +277,7 @@ def serve_collector(
                 conn.send(("ok", None))
                 return
             if name == "take":
-                end = min(len(ks), len(ts))
-                m_end, e_end = len(models), len(events)
-                out = {
-                    "k": ks[offsets[0] : end].tobytes(),
-                    "t": ts[offsets[0] : end].tobytes(),
-                    "models": models[offsets[1] : m_end],
-                    "events": events[offsets[2] : e_end],
-                    "bad": state["bad"],
-                    "alive": thread.is_alive(),
-                }
-                offsets[:] = [end, m_end, e_end]
-                conn.send(("ok", out))
+                conn.send(("ok", recorder.take(thread.is_alive())))
 
     _reply_errors(conn, body)
 
