@@ -1,7 +1,8 @@
 """The engine's readings/s with each model kind serving, ``rls`` (learning after every reading) included.
 
-The pure engine, as the live edge builds it, fed simulated telemetry in batches (no broker, no store):
-what the hot path costs per reading. Run on an idle machine::
+The pure engine, as the live edge builds it and with the model loaded as the edge loads it, fed
+simulated telemetry in batches (no broker, no store): what the hot path costs per reading. Run on an
+idle machine::
 
     PYTHONPATH=src python benchmarks/bench_engine_online.py [--devices 1000] [--steps 60] [--batch 500]
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from edgeloop.config import Settings
 from edgeloop.engine.features import training_pairs
-from edgeloop.models.forecasters import make_forecaster
+from edgeloop.models.forecasters import forecaster_from_text, make_forecaster
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.service.edge import build_engine
 from edgeloop.telemetry.schema import Telemetry
@@ -44,7 +45,9 @@ def run(kind: str, frames: list[list[Telemetry]], train: np.ndarray, batch: int)
     settings = Settings()
     engine = build_engine(settings, auto_train=False)
     x, y = training_pairs(train, settings.model.lags)
-    forecaster = make_forecaster(kind, settings.model.lags, rounds=200).fit(x, y)
+    trained = make_forecaster(kind, settings.model.lags, rounds=200).fit(x, y)
+    # Served as the edge serves it: loaded from its saved text (LightGBM through its C library).
+    forecaster = forecaster_from_text(kind, trained.to_text(), settings.model.lags)
     engine.install("voc_ppb", LoadedModel("voc_ppb:v1", forecaster, {}), probation=False)
     messages = [m for frame in frames for m in frame]
     engine.process(messages[: 5 * batch])  # warm-up: every device has a full lag window
