@@ -131,6 +131,16 @@ def test_a_demoted_model_is_restored_only_when_clearly_better_and_a_window_later
     assert "restore" in [floor.update(0.5 * s, s) for s in steps[2200:]]
 
 
+def test_a_floor_state_from_before_the_hysteresis_still_loads() -> None:
+    old_state = {"demoted": True, "long_view": False, "n": 500, "cusum": 1.5, "scale": 2.0}
+    old_state.update(long_model=3.0, long_persist=2.0)
+    floor = Floor(margin=0.02, window=100)
+    floor.from_state(old_state)  # type: ignore[arg-type]
+    assert floor.demoted and floor.n == 500 and floor.short_model == 2.0 and floor.since == 100
+    assert set(floor.to_state()) > set(old_state)
+    floor.update(1.0, 1.0)  # and carries on
+
+
 # -- probation against the model it replaced and against persistence --------------------------------
 
 
