@@ -12,6 +12,7 @@ from edgeloop.engine.engine import Engine, EngineOutput
 from edgeloop.evaluate.datasets import Track
 from edgeloop.evaluate.replay import ReplayConfig, RunResult, TargetReplay
 from edgeloop.evaluate.strategies import parse_strategy
+from edgeloop.lifecycle.floor import Floor
 from edgeloop.lifecycle.promotion import judge
 from edgeloop.models.forecasters import LinearForecaster, Persistence
 from edgeloop.models.modelfile import LoadedModel
@@ -105,6 +106,39 @@ def test_a_model_as_good_as_persistence_is_never_demoted() -> None:
     eng.install("voc_ppb", LoadedModel("voc_ppb:v1", Persistence(5), {}), probation=False)
     out = eng.process(readings("d", 100 + np.cumsum(rng.normal(0, 1, 2000))))
     assert "model_demoted" not in kinds(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_model_about_as_good_as_persistence_does_not_flap(seed: int) -> None:
+    """Errors alike in size, heavy-tailed (Student-t, 3 degrees of freedom): over 300 readings their mean
+    squares differ by 10-15 % by chance, far more than the 2 % margin. Neither a demotion nor a restore
+    (the rule before the hysteresis demoted and restored such devices on noise: the bench's flapping).
+    Tails this heavy may cost one demotion in 20,000 readings, never a restore that would start a flap."""
+    rng = np.random.default_rng(seed)
+    floor = Floor(margin=0.02, window=300)
+    verdicts = [floor.update(rng.standard_t(3), rng.standard_t(3)) for _ in range(20_000)]
+    assert verdicts.count("restore") == 0 and verdicts.count("demote") <= 1
+
+
+def test_a_demoted_model_is_restored_only_when_clearly_better_and_a_window_later() -> None:
+    rng = np.random.default_rng(5)
+    floor = Floor(margin=0.02, window=100)
+    steps = rng.normal(0, 1, 3000)
+    assert [floor.update(s + 1.5, s) for s in steps[:200]].count("demote") == 1
+    # Level with persistence again: it stays demoted (no evidence it is better).
+    assert [floor.update(rng.normal(0, 1), s) for s in steps[200:2200]].count("restore") == 0
+    # Clearly better (half persistence's error): restored.
+    assert "restore" in [floor.update(0.5 * s, s) for s in steps[2200:]]
+
+
+def test_a_floor_state_from_before_the_hysteresis_still_loads() -> None:
+    old_state = {"demoted": True, "long_view": False, "n": 500, "cusum": 1.5, "scale": 2.0}
+    old_state.update(long_model=3.0, long_persist=2.0)
+    floor = Floor(margin=0.02, window=100)
+    floor.from_state(old_state)  # type: ignore[arg-type]
+    assert floor.demoted and floor.n == 500 and floor.short_model == 2.0 and floor.since == 100
+    assert set(floor.to_state()) > set(old_state)
+    floor.update(1.0, 1.0)  # and carries on
 
 
 # -- probation against the model it replaced and against persistence --------------------------------

@@ -242,3 +242,79 @@ def test_the_live_parser_bounds_the_future_and_a_replay_parser_does_not() -> Non
     assert parser_from_settings(Settings(), wall_clock=None).parse("edgeloop/s/d/telemetry", far).ts > 1e10
     off = Settings(limits={"max_future_s": None})  # type: ignore[arg-type]
     assert parser_from_settings(off).parse("edgeloop/s/d/telemetry", far).ts > 1e10
+
+
+# -- the typed fast path (edgeloop.telemetry.typed) agrees with the full parser --------------------
+
+TOPIC = "edgeloop/s/d/telemetry"
+
+
+def outcome(p: TelemetryParser, payload: bytes) -> object:
+    try:
+        r = p.parse(TOPIC, payload)
+    except MessageError as exc:
+        return ("refused", exc.reason, exc.detail)
+    return ("accepted", r.device, r.ts, r.seq, r.values)
+
+
+def both_paths(payload: bytes, **kw: object) -> tuple[object, object, TelemetryParser]:
+    """The outcome with the fast path on (topic already seen, as for every reading but a device's first)
+    and with the full parser alone."""
+    fast, full = parser(**kw), parser(**kw)
+    full._typed = None
+    for p in (fast, full):
+        p.parse(TOPIC, b'{"ts": 1, "voc_ppb": 1}')  # the topic's device is now checked and cached
+    return outcome(fast, payload), outcome(full, payload), fast
+
+
+number_texts = st.sampled_from(
+    ["1", "-0.0", "1e400", "-1e400", "1E5", "1e-400", "2.5e300", "1e0400", "9" * 250, "18446744073709551616"]
+)
+
+
+@st.composite
+def raw_payloads(draw: st.DrawFn) -> bytes:
+    """Objects written by hand, so they can hold what orjson.dumps never writes: numbers that overflow,
+    duplicate keys, non-ASCII bytes, escapes."""
+    parts = []
+    for _ in range(draw(st.integers(0, 6))):
+        key = draw(st.sampled_from(["device", "ts", "seq", *TARGETS, "x", "\\u0076oc_ppb"]))
+        value = draw(
+            number_texts
+            | st.sampled_from(
+                ['"d"', '"e"', "null", "true", '"\\u00e9"', '"\\ud800"', "[1,[2]]", '"2024-01-01"']
+            )
+            | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+            | st.integers(-(2**70), 2**70).map(str)
+        )
+        parts.append(f'"{key}": {value}')
+    text = "{" + ", ".join(parts) + "}"
+    return text.encode() + draw(st.sampled_from([b"", b" ", b"\xff", b"x"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw_payloads() | st.dictionaries(field_names, json_values).map(orjson.dumps) | st.binary(max_size=200))
+def test_the_fast_path_accepts_and_refuses_exactly_as_the_full_parser(payload: bytes) -> None:
+    fast, full, _ = both_paths(payload)
+    assert fast == full
+
+
+def test_the_fast_path_serves_the_contract_payload_and_refuses_via_the_full_parser() -> None:
+    good = b'{"device": "d", "ts": 1700000000.5, "seq": 7, "voc_ppb": 181.5, "temp_c": 21, "sent": 3}'
+    fast, full, p = both_paths(good)
+    assert fast == full == ("accepted", "d", 1700000000.5, 7, {"temp_c": 21.0, "voc_ppb": 181.5})
+    assert p._typed is not None and p._typed.reading(good, "d") is not None
+    # Each refusal keeps its reason and detail from the full parser.
+    for payload, reason in [
+        (b'{"ts": 1, "voc_ppb": 1e400}', "not_json"),
+        (b'{"ts": 1, "voc_ppb": 1, "x": 1e400}', "not_json"),
+        (b'{"ts": 1, "voc_ppb": 1, "x": "\xff"}', "not_json"),
+        (b'{"device": "other", "ts": 1, "voc_ppb": 1}', "device_mismatch"),
+        (b'{"ts": 1, "seq": 18446744073709551616, "voc_ppb": 1}', "bad_seq"),
+        (b'{"ts": 1, "humidity": 140}', "out_of_range"),
+    ]:
+        fast, full, _ = both_paths(payload)
+        assert fast == full and fast[:2] == ("refused", reason)
+    future = b'{"ts": 9e10, "voc_ppb": 1}'
+    fast, full, _ = both_paths(future, wall_clock=lambda: 1.7e9, max_future_s=60.0)
+    assert fast == full and fast[:2] == ("refused", "ts_out_of_window")

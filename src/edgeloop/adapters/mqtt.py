@@ -310,11 +310,14 @@ class MqttSession:
         return len(self._unacked)
 
     def _prune_acknowledged(self) -> None:
+        # Runs after every QoS>0 publish: a try costs nothing here, a contextlib.suppress per call did.
         unacked = self._unacked
         while unacked:
-            with contextlib.suppress(RuntimeError, ValueError):  # refused by paho: nothing to wait for
+            try:
                 if not unacked[0].is_published():
                     return
+            except (RuntimeError, ValueError):  # refused by paho: nothing to wait for
+                pass
             unacked.popleft()
 
     # -- paho callbacks (run on paho's network thread) --------------------------------------------

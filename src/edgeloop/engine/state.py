@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from edgeloop.engine.engine import Engine, _Track
+    from edgeloop.engine.engine import Engine
     from edgeloop.engine.rows import ServedModel
+    from edgeloop.engine.track import _Track
 
 FORMAT = "edgeloop-engine-state/2"
 _STATUSES = ("healthy", "drifting", "retraining", "probation", "rolled_back")

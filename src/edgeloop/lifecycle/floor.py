@@ -4,15 +4,23 @@ Per device, :class:`Floor` watches the model's own one-step errors beside persis
 readings and says when to *demote* the model (serve persistence; the model keeps forecasting in the
 shadow) and when to *restore* it.
 
-- A one-sided CUSUM of the excess squared error, ``e_model^2 - (1 + margin)^2 e_persist^2``, demotes
-  when it exceeds ``CUSUM_SHARE`` x ``window`` readings' worth of persistence's typical squared error
-  (an exponentially weighted mean over ``window``). A CUSUM never banks past credit (it restarts from
-  zero while the model wins), so a model that won a burst an hour ago is still demoted within tens of
-  readings once it starts losing steadily; an exponential average of the two errors was dominated by
-  that burst and reacted hundreds of readings late. The mirror CUSUM of ``e_persist^2 - e_model^2``
-  restores it.
+- A one-sided CUSUM of the excess squared error, ``e_model^2 - (1 + margin)^2 e_persist^2``, flags a
+  model that loses when it exceeds ``CUSUM_SHARE`` x ``window`` readings' worth of persistence's typical
+  squared error. A CUSUM never banks past credit (it restarts from zero while the model wins), so a
+  model that won a burst an hour ago is still caught within tens of readings once it starts losing
+  steadily; an exponential average of the two errors was dominated by that burst and reacted hundreds
+  of readings late. The mirror CUSUM of ``e_persist^2 - e_model^2`` flags a recovery.
+- Hysteresis: a CUSUM flag alone decides nothing. Demoting also needs the model's mean squared error
+  over the last ``window`` readings (exponentially weighted) above persistence's by the margin *and*
+  by ``Z`` standard errors of that difference (paired, reading by reading); restoring needs it below
+  persistence's by the margin and ``Z`` standard errors, and at least ``window`` readings since the
+  demotion. Over 300 readings the two mean squared errors of models alike differ by 10-15 % by chance
+  alone, far more than a 2 % margin: without the standard errors such a device was demoted and
+  restored over and over on noise. A model about as good as persistence now sits inside the band and
+  keeps its state. A new model ends a demotion at once (:meth:`reset`).
 - A long view, both squared errors averaged over ``LONG_WINDOWS`` x ``window`` readings: above the
-  margin it demotes too and blocks restoring, because on bursty signals (CO2 with occupancy) a model
+  margin (and ``Z`` standard errors: early on it holds only a window of readings) it demotes too and
+  blocks restoring, because on bursty signals (CO2 with occupancy) a model
   that wins the quiet hours and loses the bursts looks fine most of the time yet ends worse than
   persistence, RMSE being dominated by the bursts.
 
@@ -24,19 +32,25 @@ Nothing is decided before ``window`` readings. O(1) memory and a few float opera
 >>> steps = rng.normal(0, 1, 2000)  # a random walk: persistence's error is the step
 >>> [i for i, s in enumerate(steps[:400]) if floor.update(s - 2.0, s) == "demote"]  # a model off by 2
 [99]
->>> # Then it halves persistence's error: restored once the long view has forgotten the bad spell.
+>>> # Then it halves persistence's error: restored once the long view stops holding the bad spell.
 >>> [i for i, s in enumerate(steps) if floor.update(0.5 * s, s) == "restore"]
-[1048]
+[759]
+>>> # A model as good as persistence (its own noise of the same size) is never demoted.
+>>> floor = Floor(margin=0.02, window=100)
+>>> [i for i, s in enumerate(steps) if floor.update(rng.normal(0, 1), s)]
+[]
 """
 
 from __future__ import annotations
 
-__all__ = ["CUSUM_SHARE", "LONG_WINDOWS", "Floor"]
+__all__ = ["CUSUM_SHARE", "LONG_WINDOWS", "Floor", "Z"]
 
 # The CUSUM threshold, as a share of `window` readings of persistence's squared error, and the
 # length of the long view in windows.
 CUSUM_SHARE = 0.2
 LONG_WINDOWS = 10
+# Standard errors by which the window's difference of mean squared errors must clear the margin.
+Z = 3.0
 
 
 class Floor:
@@ -45,12 +59,16 @@ class Floor:
     __slots__ = (
         "cusum",
         "demoted",
+        "diff_sq",
+        "long_diff_sq",
         "long_model",
         "long_persist",
         "long_view",
         "margin",
         "n",
         "scale",
+        "short_model",
+        "since",
         "window",
     )
 
@@ -68,18 +86,27 @@ class Floor:
         self.demoted = False
         self.n = 0
         self.cusum = 0.0
-        self.scale = 0.0
+        self.scale = 0.0  # persistence's squared error, exponentially weighted over `window`
+        self.short_model = 0.0  # the model's, the same way
+        self.diff_sq = 0.0  # (e_model^2 - e_persist^2)^2, the same way: the spread of the difference
+        self.since = 0  # readings since the last demotion
         self.long_model = 0.0
         self.long_persist = 0.0
+        self.long_diff_sq = 0.0
 
     def update(self, error: float, persistence_error: float) -> str | None:
         """One reading's errors (model, persistence): ``"demote"``, ``"restore"`` or None."""
         sq, p_sq = error * error, persistence_error * persistence_error
         bar = (1.0 + self.margin) ** 2  # on squared errors
         self.scale += (p_sq - self.scale) / self.window
+        self.short_model += (sq - self.short_model) / self.window
+        diff = sq - p_sq
+        self.diff_sq += (diff * diff - self.diff_sq) / self.window
+        self.since += 1
         long = LONG_WINDOWS * self.window
         self.long_model += (sq - self.long_model) / long
         self.long_persist += (p_sq - self.long_persist) / long
+        self.long_diff_sq += (diff * diff - self.long_diff_sq) / long
         self.n += 1
         if self.demoted:
             self.cusum = max(0.0, self.cusum + p_sq - sq)
@@ -88,11 +115,20 @@ class Floor:
         if self.n < self.window:
             return None
         limit = CUSUM_SHARE * self.window * self.scale
-        long_bad = self.long_model > self.long_persist * bar
-        if not self.demoted and (self.cusum > limit or long_bad):
-            self.demoted, self.cusum, self.long_view = True, 0.0, long_bad
-            return "demote"
-        if self.demoted and self.cusum > limit and not long_bad:
+        noise = _noise(self.short_model - self.scale, self.diff_sq, min(self.n, 2 * self.window - 1))
+        long_noise = _noise(self.long_model - self.long_persist, self.long_diff_sq, min(self.n, 2 * long - 1))
+        long_bad = self.long_model - bar * self.long_persist > long_noise
+        if not self.demoted:
+            if long_bad or (self.cusum > limit and self.short_model - bar * self.scale > noise):
+                self.demoted, self.cusum, self.long_view, self.since = True, 0.0, long_bad, 0
+                return "demote"
+            return None
+        if (
+            self.cusum > limit
+            and not long_bad
+            and self.since >= self.window
+            and self.scale - bar * self.short_model > noise
+        ):
             self.demoted, self.cusum = False, 0.0
             return "restore"
         return None
@@ -104,6 +140,10 @@ class Floor:
             "n": self.n,
             "cusum": self.cusum,
             "scale": self.scale,
+            "short_model": self.short_model,
+            "diff_sq": self.diff_sq,
+            "long_diff_sq": self.long_diff_sq,
+            "since": self.since,
             "long_model": self.long_model,
             "long_persist": self.long_persist,
         }
@@ -113,8 +153,22 @@ class Floor:
         self.n = int(state["n"])
         self.cusum, self.scale = float(state["cusum"]), float(state["scale"])
         self.long_model, self.long_persist = float(state["long_model"]), float(state["long_persist"])
+        # Snapshots from before the hysteresis lack these: take the model as level with persistence
+        # over the window, and the demotion (if any) as a window old.
+        self.short_model = float(state.get("short_model", self.scale))
+        self.diff_sq = float(state.get("diff_sq", 2.0 * self.scale * self.scale))
+        self.long_diff_sq = float(state.get("long_diff_sq", 2.0 * self.long_persist * self.long_persist))
+        self.since = int(state.get("since", self.window))
 
     def long_rmse(self) -> tuple[float, float]:
         """The long view's RMSE of the model and of persistence (for events)."""
         debias = 1.0 - (1.0 - 1.0 / (LONG_WINDOWS * self.window)) ** self.n if self.n else 1.0
         return (self.long_model / debias) ** 0.5, (self.long_persist / debias) ** 0.5
+
+
+def _noise(mean_diff: float, diff_sq: float, readings: int) -> float:
+    """``Z`` standard errors of a mean difference of squared errors from its exponential moments.
+
+    An exponential window of ``w`` readings holds about ``2w - 1`` readings' worth of information.
+    """
+    return Z * (max(diff_sq - mean_diff * mean_diff, 0.0) / readings) ** 0.5

@@ -143,6 +143,7 @@ class EdgeService:
         self._thread: threading.Thread | None = None
         self._events_topic = topic_for(settings.topics.events, site=self.site)
         self._prediction_template = settings.topics.prediction
+        self._prediction_topics: dict[str, str] = {}  # device -> its prediction topic
         self._last_drop_log = 0.0
         self._last_publish_log = 0.0
         self._dropped_since_log: Counter[str] = Counter()
@@ -460,12 +461,17 @@ class EdgeService:
             self._dropped(MessageError(reason, detail), "the engine")
         if out.evicted:
             metrics.EVICTED.inc(out.evicted)
-        unsent = self._publish(
-            [
-                (self._prediction_template.format(site=self.site, device=p.device), p.to_json())
-                for p in out.predictions
-            ]
-        )
+        topics = self._prediction_topics
+        if len(topics) > 2 * self.settings.limits.max_devices:
+            topics.clear()  # bounded like the engine's devices; rebuilt as devices speak
+        template, site = self._prediction_template, self.site
+        messages = []
+        for p in out.predictions:
+            topic = topics.get(p.device)
+            if topic is None:
+                topic = topics[p.device] = template.format(site=site, device=p.device)
+            messages.append((topic, p.to_json()))
+        unsent = self._publish(messages)
         self.stats.processed += len(readings) - len(out.dropped)
         assert self.writer is not None
         self.writer.put(samples=out.samples)

@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 
 from edgeloop.errors import MessageError
+from edgeloop.telemetry.typed import TypedDecoder
 
 EVENT_KINDS = (
     "drift_detected",
@@ -292,10 +293,30 @@ class TelemetryParser:
         self._wall_clock = wall_clock if max_future_s is not None or max_past_s is not None else None
         self.max_future_s = max_future_s
         self.max_past_s = max_past_s
+        # The fast path for well-formed readings (edgeloop.telemetry.typed); None when two fields
+        # share a payload key, which a struct cannot express.
+        keys = [self._device_key, self._ts_key, self._seq_key] + [key for _, key in self._target_keys]
+        try:
+            self._typed: TypedDecoder | None = TypedDecoder(
+                keys,
+                self.targets,
+                ranges=self.ranges,
+                clock=clock,
+                wall_clock=self._wall_clock,
+                max_future_s=max_future_s,
+                max_past_s=max_past_s,
+            )
+        except ValueError:
+            self._typed = None
 
     def parse(self, topic: str, payload: bytes) -> Telemetry:
         if len(payload) > self.max_payload_bytes:
             raise MessageError("oversize", f"{len(payload)} bytes > {self.max_payload_bytes}")
+        device = self._topic_devices.get(topic)
+        if device is not None and self._typed is not None:
+            fast = self._typed.reading(payload, device)
+            if fast is not None:
+                return Telemetry(device, *fast)
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
