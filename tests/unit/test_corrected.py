@@ -54,7 +54,7 @@ def test_the_correction_follows_a_change_the_tree_was_not_trained_on() -> None:
 
 
 def test_the_engine_runs_the_tree_once_per_reading() -> None:
-    s = Settings(model={"lags": 5}, drift=DriftSettings(warmup=10, window=20, min_gap=50))  # type: ignore[arg-type]
+    s = Settings(model={"lags": 5}, drift=DriftSettings(warmup=10, window=20, min_gap=50))
     engine = build_engine(s, auto_train=False)
     x, t = training_pairs(drifting(2000), 5)
     model = CorrectedForecaster(5, rounds=20).fit(x, t)
@@ -70,7 +70,9 @@ def test_the_engine_runs_the_tree_once_per_reading() -> None:
     y = drifting(600, seed=4)
     devices = ["a", "b", "c"]
     for i in range(600):
-        engine.process([Telemetry(d, float(i), i, {"voc_ppb": float(y[i] + k)}) for k, d in enumerate(devices)])
+        engine.process(
+            [Telemetry(d, float(i), i, {"voc_ppb": float(y[i] + k)}) for k, d in enumerate(devices)]
+        )
     forecasts = 3 * (600 - 4)  # from the fifth reading on, every device is forecast once per reading
     # Each device's first update has no remembered tree output (it had no state row when forecast).
     assert calls[0] == forecasts + len(devices)
@@ -111,7 +113,7 @@ def test_device_state_loads_into_a_fresh_copy_and_bad_state_is_refused(kind: str
 
 
 def test_an_online_models_device_state_survives_an_engine_restart() -> None:
-    s = Settings(model={"lags": 5}, drift=DriftSettings(warmup=10, window=20, min_gap=50))  # type: ignore[arg-type]
+    s = Settings(model={"lags": 5}, drift=DriftSettings(warmup=10, window=20, min_gap=50))
     x, t = training_pairs(drifting(2000), 5)
     trained = RlsForecaster(5, forgetting=0.995).fit(x, t).to_text()
 

@@ -279,7 +279,7 @@ def _import_track(engine: Engine, e: dict[str, Any]) -> bool:
     track.regime_n = int(e["regime_n"])
     online = e.get("online")
     serving = engine._resolve(device, target)
-    load_online = getattr(serving.model.forecaster, "load_device_state", None) if serving is not None else None
+    load_online = getattr(serving.model.forecaster, "load_device_state", None) if serving else None
     if online is not None and load_online is not None:
         load_online(device, online)  # one that does not fit is refused and the device starts afresh
     track.alarm_ts = _optional(e["alarm_ts"])

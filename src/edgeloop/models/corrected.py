@@ -4,10 +4,11 @@ A LightGBM model of the change from the last reading (``lgbm-delta``) learns the
 sensor's dynamics from thousands of readings, but stays as trained until the next retrain; on a
 slowly moving process (a season, an ageing sensor) it falls a little further behind every day, and
 retraining often enough to follow costs a training each time. ``lgbm-rls`` serves the tree's
-forecast plus a linear correction that recursive least squares (:class:`~edgeloop.models.online.RlsForecaster`,
-same numerics: scaled inputs, symmetric and trace-bounded covariance, clipped residuals) learns per
-device after every reading, from the same inputs as ``rls`` and the tree's own forecast (so it can
-also shrink or amplify the tree where its confidence no longer holds).
+forecast plus a linear correction that recursive least squares
+(:class:`~edgeloop.models.online.RlsForecaster`, same numerics: scaled inputs, symmetric and
+trace-bounded covariance, clipped residuals) learns per device after every reading, from the same
+inputs as ``rls`` and the tree's own forecast (so it can also shrink or amplify the tree where its
+confidence no longer holds).
 
 The correction starts at zero with a prior worth about ``PRIOR`` readings, not fitted on the
 training readings: the tree's residuals there are in-sample and too small, so a correction fitted

@@ -218,7 +218,9 @@ class RlsForecaster:
         except (KeyError, TypeError, ValueError):
             return False
         d = len(self.coef)
-        if theta.shape != (d,) or P.shape != (d, d) or not (np.isfinite(theta).all() and np.isfinite(P).all()):
+        if theta.shape != (d,) or P.shape != (d, d):
+            return False
+        if not (np.isfinite(theta).all() and np.isfinite(P).all()):
             return False
         if not np.allclose(P, P.T) or np.trace(P) <= 0 or np.trace(P) > self.max_trace * (1 + 1e-9):
             return False
@@ -292,7 +294,9 @@ class RlsForecaster:
             columns.append(base[:, None] / self.scale)
         return np.hstack(columns)
 
-    def _base_change(self, windows: np.ndarray, rows: np.ndarray | None, *, remember: bool) -> np.ndarray | None:
+    def _base_change(
+        self, windows: np.ndarray, rows: np.ndarray | None, *, remember: bool
+    ) -> np.ndarray | None:
         """The change a base model forecasts, which the coefficients correct (None: no base model).
 
         ``rows``: the devices' state rows; ``remember``: keep the result for their next update.
