@@ -325,3 +325,19 @@ def test_a_refreshed_fleet_model_keeps_detectors_and_a_devices_drift_retrain() -
     eng.install("voc_ppb", LoadedModel("voc_ppb:v3", Persistence(5), {"trigger": "drift"}))
     assert track.guard.model_changes == changes + 1 and track.status == "drifting"
     assert eng.tracks[("a", "voc_ppb")].status == "probation"
+
+
+def test_floor_demotes_a_model_slightly_behind_persistence_in_the_long_run() -> None:
+    from edgeloop.lifecycle.floor import LONG_WINDOWS, Floor
+
+    # 1 % worse than persistence on every reading: inside the short view's 2 % margin, so only the
+    # long view sees it; it demotes once its average has settled, and never restores while it lasts.
+    rng = np.random.default_rng(3)
+    floor = Floor(margin=0.02, window=100)
+    steps = rng.normal(0, 1, 6000)
+    verdicts = [(i, v) for i, s in enumerate(steps) if (v := floor.update(1.01 * s, s)) is not None]
+    assert verdicts and verdicts[0][1] == "demote"
+    assert verdicts[0][0] < 2 * LONG_WINDOWS * 100
+    assert all(v == "demote" for _, v in verdicts) and len(verdicts) == 1
+    # Equal to persistence: a demoted model stays demoted (nothing to gain from serving it).
+    assert all(floor.update(s, s) != "restore" for s in steps[:1000])
