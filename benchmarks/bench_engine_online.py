@@ -9,7 +9,8 @@ idle machine::
 Prints the machine, then one line per model kind: readings per CPU second of the process (best of
 ``--repeat`` runs) and the cost relative to the first kind; then River's ARF (the ``river-arf``
 reference of ``edgeloop evaluate``) on ``--arf-readings`` readings of one device, measured the same
-way, and how many times faster the engine is with ``rls`` serving (the issue asks for at least 50x).
+way, and how many times faster the engine is with each online kind (``rls``, ``lgbm-rls``) serving
+(the issue asks for at least 50x).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=500, help="Messages per engine.process call")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--kinds", default="persistence,linear,lgbm-delta,rls")
+    parser.add_argument("--kinds", default="persistence,linear,lgbm-delta,rls,lgbm-rls")
     parser.add_argument("--arf-readings", type=int, default=2000, help="0: skip River's ARF")
     args = parser.parse_args()
     sim = Simulator([f"dev-{i:04d}" for i in range(args.devices)], seed=0)
@@ -86,8 +87,9 @@ def main() -> None:
     if args.arf_readings > 0:
         arf = max(arf_rate(train, args.arf_readings) for _ in range(args.repeat))
         print(f"{'river-arf':>12}: {arf:10,.0f} readings/s  (forest.ARFRegressor, 10 trees, one device)")
-        if "rls" in rates:
-            print(f"engine with rls serving / ARF: {rates['rls'] / arf:,.0f} x")
+        for kind in ("rls", "lgbm-rls"):
+            if kind in rates:
+                print(f"engine with {kind} serving / ARF: {rates[kind] / arf:,.0f} x")
 
 
 def arf_rate(train: np.ndarray, readings: int) -> float:

@@ -11,7 +11,9 @@ guard and detector (so detection stays armed: no new warm-up or calibration), th
 and the per-model accumulators of the summary. Per scope: the probation of a model on trial. Per
 target: the readings counted towards the first training.
 
-What is not: retrains in flight. The worker or trainer that was running them is gone or will answer
+An online model's (``rls``, ``lgbm-rls``) per-device coefficients and covariance are kept too, in
+the model's own data form (``device_state``), so such a device does not restart from the trained
+state. What is not: retrains in flight. The worker or trainer that was running them is gone or will answer
 a request nobody waits for, so a device that was waiting for its retrain is put back to "drifting"
 with its count of readings since the alarm, and asks again on its next scored reading; a target
 without a model asks again at once.
@@ -159,7 +161,15 @@ def _export_track(engine: Engine, t: _Track) -> dict[str, Any]:
         "cadence": t.cadence.to_state(),
         "regime_ts": t.regime_ts,
         "regime_n": t.regime_n,
+        "online": _online_state(engine, t),
     }
+
+
+def _online_state(engine: Engine, t: _Track) -> Any:
+    """What the serving model learnt from this device since it was trained (an online model's own data)."""
+    serving = engine._resolve(t.device, t.target)
+    export = getattr(serving.model.forecaster, "device_state", None) if serving is not None else None
+    return export(t.device) if export is not None else None
 
 
 def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = None) -> RestoreReport:
@@ -268,6 +278,11 @@ def _import_track(engine: Engine, e: dict[str, Any]) -> bool:
         track.floor.from_state(e["floor"])
     track.regime_ts = _optional(e["regime_ts"])
     track.regime_n = int(e["regime_n"])
+    online = e.get("online")
+    serving = engine._resolve(device, target)
+    load_online = getattr(serving.model.forecaster, "load_device_state", None) if serving else None
+    if online is not None and load_online is not None:
+        load_online(device, online)  # one that does not fit is refused and the device starts afresh
     track.alarm_ts = _optional(e["alarm_ts"])
     track.since_alarm = int(e["since_alarm"])
     if status == "retraining":

@@ -26,10 +26,11 @@ import orjson
 
 from edgeloop.engine.features import Formulation, design_matrix, from_output, to_target
 from edgeloop.errors import ModelFileError
+from edgeloop.models.corrected import CorrectedForecaster
 from edgeloop.models.lgbm_native import NativeBooster
 from edgeloop.models.online import RlsForecaster
 
-KINDS = ("persistence", "linear", "lgbm-level", "lgbm-delta", "rls")
+KINDS = ("persistence", "linear", "lgbm-level", "lgbm-delta", "rls", "lgbm-rls")
 
 
 def rmse(forecast: np.ndarray, actual: np.ndarray) -> float:
@@ -174,6 +175,8 @@ def make_forecaster(kind: str, lags: int, *, rounds: int = 200, seed: int = 0) -
         )
     if kind == "rls":
         return RlsForecaster(lags)
+    if kind == "lgbm-rls":
+        return CorrectedForecaster(lags, rounds=rounds, seed=seed)
     raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
 
 
@@ -187,6 +190,8 @@ def forecaster_from_text(kind: str, text: str, lags: int) -> Forecaster:
         return LightGBMForecaster.from_text(text, lags, "level" if kind == "lgbm-level" else "delta")
     if kind == "rls":
         return RlsForecaster.from_text(text, lags)
+    if kind == "lgbm-rls":
+        return CorrectedForecaster.from_text(text, lags)
     raise ModelFileError(f"unknown model kind {kind!r}")
 
 

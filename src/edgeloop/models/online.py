@@ -38,6 +38,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -58,6 +59,7 @@ class RlsForecaster:
 
     kind = "rls"
     online = True
+    extra_features = 0  # inputs beyond the lags' changes, the level and the intercept (a base model's)
 
     def __init__(
         self, lags: int, *, forgetting: float = FORGETTING, ridge: float = RIDGE, clip: float | None = CLIP
@@ -70,7 +72,7 @@ class RlsForecaster:
         self.forgetting = forgetting
         self.ridge = ridge
         self.clip = clip
-        d = lags + 2
+        d = lags + 2 + self.extra_features
         self.scale = 1.0
         self.center = 0.0  # the level term: (last reading - center) / spread
         self.spread = 1.0
@@ -118,13 +120,16 @@ class RlsForecaster:
     def predict(self, windows: np.ndarray, devices: Sequence[str] | None = None) -> np.ndarray:
         """Forecasts of the next reading: the trained coefficients, or each device's own if keys are given."""
         windows = np.asarray(windows, dtype=np.float64)
-        X = self._features(windows)
-        if devices is None:
-            change = X @ self.coef
-        else:
-            rows = np.fromiter((self._index.get(d, 0) for d in devices), dtype=np.intp, count=len(devices))
-            change = np.einsum("ij,ij->i", X, self._theta[rows])
-        return windows[:, -1] + self.scale * change
+        rows = (
+            None
+            if devices is None
+            else np.fromiter((self._index.get(d, 0) for d in devices), dtype=np.intp, count=len(devices))
+        )
+        base = self._base_change(windows, rows, remember=rows is not None)
+        X = self._features(windows, base)
+        change = X @ self.coef if rows is None else np.einsum("ij,ij->i", X, self._theta[rows])
+        out = windows[:, -1] + self.scale * change
+        return out if base is None else out + base
 
     def update(self, windows: np.ndarray, next_values: np.ndarray, devices: Sequence[str]) -> None:
         """Learn from one reading per device (each device at most once per call), all in one numpy pass."""
@@ -137,7 +142,10 @@ class RlsForecaster:
         if not len(target):
             return
         rows = np.array([self._row(d) for d in devices], dtype=np.intp)
-        X = self._features(windows)
+        base = self._base_change(windows, rows, remember=False)
+        if base is not None:
+            target = target - base
+        X = self._features(windows, base)
         theta, P = self._theta[rows], self._P[rows]
         lam = self.forgetting
         error = target / self.scale - np.einsum("ij,ij->i", X, theta)
@@ -160,50 +168,107 @@ class RlsForecaster:
     def holdout_forecast(self, windows: np.ndarray, next_values: np.ndarray) -> np.ndarray:
         """Forecasts over a holdout as serving makes them: each before learning from its reading.
 
-        Runs on a copy; this model's state is left as it was.
+        Exactly :meth:`predict` then :meth:`update` for one device, reading by reading, on local
+        copies of the trained state (this model is left as it was); the inputs are built once.
         """
         windows = np.asarray(windows, dtype=np.float64)
         values = np.asarray(next_values, dtype=np.float64)
-        clone = RlsForecaster.from_text(self.to_text(), self.lags)
-        out = np.empty(len(values))
-        key = ["holdout"]
+        base = self._base_change(windows, None, remember=False)
+        X = self._features(windows, base)
+        target = (values - windows[:, -1] - (0.0 if base is None else base)) / self.scale
+        theta, P = self.coef.copy(), self.cov.copy()
+        lam, clip, cap = self.forgetting, self.clip, self.max_trace
+        change = np.empty(len(values))
         for i in range(len(values)):
-            out[i] = clone.predict(windows[i : i + 1], key)[0]
-            clone.update(windows[i : i + 1], values[i : i + 1], key)
-        return out
+            x = X[i]
+            change[i] = x @ theta
+            if not (np.isfinite(target[i]) and np.isfinite(x).all()):
+                continue
+            error = target[i] - change[i]
+            if clip is not None:
+                error = min(max(error, -clip), clip)
+            Px = P @ x
+            gain = Px / (lam + x @ Px)
+            new_theta = theta + gain * error
+            new_P = (P - np.outer(gain, Px)) / lam
+            new_P = 0.5 * (new_P + new_P.T)
+            trace = float(np.trace(new_P))
+            if trace > cap:
+                new_P *= cap / trace
+            if np.isfinite(new_theta).all() and np.isfinite(new_P).all() and trace > 0:
+                theta, P = new_theta, new_P
+            else:
+                theta, P = self.coef.copy(), self.cov.copy()
+        out = windows[:, -1] + self.scale * change
+        return out if base is None else out + base
+
+    # -- per-device state as data (the engine's snapshot) -------------------------------------
+    def device_state(self, device: str) -> dict[str, list[float] | list[list[float]]] | None:
+        """What ``device`` has learnt since the trained state (None: nothing yet), as JSON-able data."""
+        row = self._index.get(device)
+        if row is None:
+            return None
+        return {"theta": self._theta[row].tolist(), "cov": self._P[row].tolist()}
+
+    def load_device_state(self, device: str, state: dict[str, Any]) -> bool:
+        """Continue ``device`` from :meth:`device_state` output; False (nothing loaded) if it does not fit."""
+        try:
+            theta = np.asarray(state["theta"], dtype=np.float64)
+            P = np.asarray(state["cov"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            return False
+        d = len(self.coef)
+        if theta.shape != (d,) or P.shape != (d, d):
+            return False
+        if not (np.isfinite(theta).all() and np.isfinite(P).all()):
+            return False
+        if not np.allclose(P, P.T) or np.trace(P) <= 0 or np.trace(P) > self.max_trace * (1 + 1e-9):
+            return False
+        row = self._row(device)
+        self._theta[row], self._P[row] = theta, P
+        return True
 
     # -- data, never code ---------------------------------------------------------------------
     def to_text(self) -> str:
-        return orjson.dumps(
-            {
-                "forgetting": self.forgetting,
-                "ridge": self.ridge,
-                "clip": self.clip,
-                "scale": self.scale,
-                "center": self.center,
-                "spread": self.spread,
-                "coef": self.coef.tolist(),
-                "cov": self.cov.tolist(),
-            }
-        ).decode()
+        return orjson.dumps(self._state()).decode()
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "forgetting": self.forgetting,
+            "ridge": self.ridge,
+            "clip": self.clip,
+            "scale": self.scale,
+            "center": self.center,
+            "spread": self.spread,
+            "coef": self.coef.tolist(),
+            "cov": self.cov.tolist(),
+        }
 
     @classmethod
     def from_text(cls, text: str, lags: int) -> RlsForecaster:
         try:
             data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ModelFileError(f"not an rls model: {exc}") from exc
+        return cls._from_state(data, lags)
+
+    @classmethod
+    def _from_state(cls, data: Any, lags: int, **extra: Any) -> RlsForecaster:
+        try:
             model = cls(
                 lags,
                 forgetting=float(data["forgetting"]),
                 ridge=float(data["ridge"]),
                 clip=None if data["clip"] is None else float(data["clip"]),
+                **extra,
             )
             coef = np.asarray(data["coef"], dtype=np.float64)
             cov = np.asarray(data["cov"], dtype=np.float64)
             scale = float(data["scale"])
             center, spread = float(data["center"]), float(data["spread"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"not an rls model: {exc}") from exc
-        d = lags + 2
+        d = lags + 2 + model.extra_features
         if coef.shape != (d,) or cov.shape != (d, d):
             raise ModelFileError(
                 f"rls model has {coef.shape} coefficients and {cov.shape} covariance, "
@@ -221,10 +286,22 @@ class RlsForecaster:
         return model
 
     # -- internals ----------------------------------------------------------------------------
-    def _features(self, windows: np.ndarray) -> np.ndarray:
+    def _features(self, windows: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
         X = design_matrix(windows, "delta") / self.scale
         level = (windows[:, -1:] - self.center) / self.spread
-        return np.hstack([X, level, np.ones((len(X), 1))])
+        columns = [X, level, np.ones((len(X), 1))]
+        if base is not None:
+            columns.append(base[:, None] / self.scale)
+        return np.hstack(columns)
+
+    def _base_change(
+        self, windows: np.ndarray, rows: np.ndarray | None, *, remember: bool
+    ) -> np.ndarray | None:
+        """The change a base model forecasts, which the coefficients correct (None: no base model).
+
+        ``rows``: the devices' state rows; ``remember``: keep the result for their next update.
+        """
+        return None
 
     def _reset_devices(self) -> None:
         self._max_trace = max(len(self.coef) / self.ridge, float(np.trace(self.cov)))
