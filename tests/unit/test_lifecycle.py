@@ -359,4 +359,3 @@ def test_a_refreshed_fleet_model_keeps_detectors_and_a_devices_drift_retrain() -
     eng.install("voc_ppb", LoadedModel("voc_ppb:v3", Persistence(5), {"trigger": "drift"}))
     assert track.guard.model_changes == changes + 1 and track.status == "drifting"
     assert eng.tracks[("a", "voc_ppb")].status == "probation"
-
