@@ -170,9 +170,9 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         devices = result.get("options", {}).get("devices")
         note = "main process, up to the end of the max window" if steady else "main process, whole run"
         add(
-            f"QoS {key}: edge RSS <= 200 MB with {devices:,} devices",
+            f"QoS {key}: edge RSS <= 150 MB with {devices:,} devices",
             rss,
-            200.0,
+            150.0,
             False,
             note if devices == 1000 else "the target is stated for 1,000 devices",
         )

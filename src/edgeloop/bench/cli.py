@@ -93,6 +93,13 @@ def bench(
         bool,
         typer.Option("--no-model", help="Do not train a first model: the edge serves persistence (quicker)."),
     ] = False,
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            help="The edge's model.candidates, comma-separated (default: the default list), e.g."
+            " persistence,linear,lgbm-level,lgbm-delta,rls to measure without lgbm-rls."
+        ),
+    ] = None,
     mlflow: Annotated[
         bool, typer.Option(help="Let retrains log to MLflow (slower; off by default).")
     ] = False,
@@ -139,6 +146,7 @@ def bench(
         retrain_rate=retrain_rate,
         warmup_rate=warmup_rate,
         train_model=not no_model,
+        candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
         window=window,
         seed=seed,
         mlflow=mlflow,

@@ -54,6 +54,8 @@ def edge_config(
         "edge": {"model_poll_interval": 1.0},
         "mlflow": {"enabled": options.mlflow},
     }
+    if options.candidates:
+        config["model"]["candidates"] = options.candidates
     config["broker"].pop("password", None)
     return config
 

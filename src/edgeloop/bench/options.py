@@ -23,6 +23,7 @@ class BenchOptions:
     retrain_rate: float = 5000.0
     warmup_rate: float = 5000.0
     train_model: bool = True
+    candidates: list[str] | None = None  # model.candidates of the edge (None: the default list)
     window: int = 2000
     seed: int = 0
     interval: float = 5.0
