@@ -13,6 +13,7 @@ from edgeloop.evaluate.datasets import Track
 from edgeloop.evaluate.replay import ReplayConfig, RunResult, TargetReplay
 from edgeloop.evaluate.strategies import parse_strategy
 from edgeloop.lifecycle.floor import Floor
+from edgeloop.lifecycle.probation import judge_probation
 from edgeloop.lifecycle.promotion import judge
 from edgeloop.models.forecasters import LinearForecaster, Persistence
 from edgeloop.models.modelfile import LoadedModel
@@ -170,6 +171,27 @@ def test_probation_keeps_a_model_better_than_the_old_one_even_if_worse_than_pers
     # ... and the floor serves persistence instead.
     assert "model_demoted" in kinds(out)
     assert out.predictions[-1].forecasts["voc_ppb"].model == PERSISTENCE_VERSION
+
+
+@pytest.mark.parametrize(
+    ("new", "previous", "persistence", "keep"),
+    [
+        (1.0, 1.0, 1.5, True),  # as good as the old one, better than persistence
+        (1.2, 1.0, 1.5, False),  # worse than the model it replaced
+        (1.2, 1.3, 1.0, True),  # worse than persistence, better than the old one: the floor's job
+        (1.2, 1.15, 1.0, False),  # worse than persistence and the old one did better
+        (1.05, 1.0, 1.0, True),  # within the tolerance of both
+    ],
+)
+def test_the_probation_rule_compares_with_the_model_it_replaced_and_with_persistence(
+    new: float, previous: float, persistence: float, keep: bool
+) -> None:
+    verdict = judge_probation(
+        new_rmse=new, previous_rmse=previous, persistence_rmse=persistence, samples=200, tolerance=1.1
+    )
+    assert verdict.keep is keep
+    assert (verdict.reason is None) is keep
+    assert verdict.metrics["samples"] == 200 and verdict.metrics["persistence_rmse"] == persistence
 
 
 # -- gaps --------------------------------------------------------------------------------------------

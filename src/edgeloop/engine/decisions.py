@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from edgeloop.engine.outputs import EngineOutput, RetrainRequest, Rollback
 from edgeloop.engine.track import _Serving, _Track
 from edgeloop.lifecycle.floor import Floor
+from edgeloop.lifecycle.probation import judge_probation, probation_rmses
 from edgeloop.scopes import scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, format_ts
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 def probation(
     engine: Engine, track: _Track, value: float, error: float, p_err: float, out: EngineOutput
 ) -> None:
+    """Score a reading of a model on probation; at its end apply :func:`~edgeloop.lifecycle.probation.judge_probation`."""
     if track.shadow_forecast is None:
         return
     scope = engine._serving_scope(track.device, track.target)
@@ -39,39 +41,25 @@ def probation(
     serving.probation_left -= 1
     if serving.probation_left > 0:
         return
-    new_rmse = (serving.sq_new / serving.n) ** 0.5
-    old_rmse = (serving.sq_old / serving.n) ** 0.5
-    persist_rmse = (serving.sq_persist / serving.n) ** 0.5
-    metrics = {
-        "probation_rmse": new_rmse,
-        "previous_rmse": old_rmse,
-        "persistence_rmse": persist_rmse,
-        "samples": serving.n,
-    }
-    tol = engine.probation_tolerance
-    reason = None
-    if new_rmse > old_rmse * tol:
-        reason = (
-            f"live RMSE {new_rmse:.4g} on probation > {tol:g} x {old_rmse:.4g} of the model it replaced, "
-            f"on the same {serving.n} readings"
-        )
-    elif new_rmse > persist_rmse * tol and old_rmse < new_rmse:
-        # Worse than persistence, and the model it replaced did better: restore that one (the
-        # floor then judges it). Worse than persistence but better than the old one: keep it and
-        # let the floor serve persistence.
-        reason = (
-            f"live RMSE {new_rmse:.4g} on probation > {tol:g} x persistence's {persist_rmse:.4g}, and "
-            f"the model it replaced did better ({old_rmse:.4g}), on the same {serving.n} readings"
-        )
-    if reason is not None:
+    new_rmse, old_rmse, persist_rmse = probation_rmses(
+        serving.sq_new, serving.sq_old, serving.sq_persist, serving.n
+    )
+    verdict = judge_probation(
+        new_rmse=new_rmse,
+        previous_rmse=old_rmse,
+        persistence_rmse=persist_rmse,
+        samples=serving.n,
+        tolerance=engine.probation_tolerance,
+    )
+    if not verdict.keep:
         rejected, restored = serving.model, serving.previous
         out.events.append(
             Event(
                 "model_rolled_back",
                 scope,
                 engine.stream_ts,
-                reason=reason,
-                metrics=metrics,
+                reason=verdict.reason or "",
+                metrics=verdict.metrics,
                 version=restored.label,
                 previous_version=rejected.label,
             )
