@@ -196,8 +196,17 @@ def target_report(
     }
 
 
+# Issue 9's bars: within 0.5 % of the best of static, periodic and the original rule.
+BEST_TOLERANCE = 1.005
+
+
 def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[str, Any]]:
-    """Each target of the issue, per data set and target, with the numbers behind pass/fail."""
+    """Each target of issue 9, per data set and target, with the numbers behind pass/fail.
+
+    The bars are the issue's: RMSE no worse than persistence's, within 0.5 % of the best of static,
+    periodic and the original rule, at most 1 % above River's ARF, and at most half as many retrains
+    (refreshes included) as periodic.
+    """
     out: list[dict[str, Any]] = []
     for b in blocks:
         m = b["strategies"]
@@ -222,8 +231,8 @@ def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[s
             if rivals:
                 best = min(rivals, key=lambda k: rivals[k])
                 add(
-                    "RMSE <= best of static/periodic/original",
-                    d["rmse"] <= rivals[best],
+                    "RMSE within 0.5 % of best of static/periodic/original",
+                    d["rmse"] <= BEST_TOLERANCE * rivals[best],
                     f"{d['rmse']:.4g} vs {best} {rivals[best]:.4g} ({d['rmse'] / rivals[best]:.3f}x)",
                 )
             if "river-arf" in m and m["river-arf"]["rmse"]:
@@ -235,8 +244,8 @@ def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[s
                 )
             if "periodic" in m:
                 add(
-                    "fewer retrains than periodic",
-                    d["retrains"] < m["periodic"]["retrains"],
+                    "retrains + refreshes <= half of periodic's",
+                    2 * d["retrains"] <= m["periodic"]["retrains"],
                     f"{d['retrains']} vs {m['periodic']['retrains']}",
                 )
         if b["dataset"] == "sim:stationary":
