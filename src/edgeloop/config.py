@@ -293,7 +293,7 @@ class ModelSettings(_Section):
         "retrain learns the whole new regime; 0: off",
     )
     refresh_every: str = Field(
-        "3d",
+        "36h",
         description="Span (e.g. 3d, or 5000 readings) between validated champion/challenger refreshes "
         "of a scope, never sooner than train_window/2 readings; 0: off",
     )

@@ -3,6 +3,8 @@ refresh, gaps, probation against persistence, the promotion rule, and a sensor r
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -293,6 +295,35 @@ def test_refresh_is_scheduled_in_time_never_sooner_than_half_a_training_window()
     assert len(at) == 1 and spaced(at, 15 + 720, 720)
     at = refreshes(3600.0)
     assert len(at) == 8 and spaced(at, 15 + 100, 100)
+
+
+@pytest.mark.parametrize("devices", [("b",), ("a", "b")])
+def test_a_devices_drift_retrain_postpones_the_refresh_of_a_scope_that_serves_only_it(
+    devices: tuple[str, ...],
+) -> None:
+    rng = np.random.default_rng(8)
+    n, onset, every = 4000, 2000, 600  # refresh every 10 h at 1 reading a minute
+    series = {d: 100 + np.cumsum(rng.normal(0, 1, n)) for d in devices}
+    series["b"][onset:] += rng.normal(0, 8, n - onset)
+    eng = engine(retrain_min_samples=60, consolidate_after="0", train_window=1000, refresh_every="10h")
+    eng.install("voc_ppb", offset_model(0.0), probation=False)
+    asked: list[tuple[str, int]] = []
+    for i in range(0, n, 10):
+        out = eng.process([m for d in devices for m in readings(d, series[d][i : i + 10], start=i)])
+        for r in out.retrains:
+            asked.append((r.trigger, i + 10))
+            eng.retrain_finished(r.scope, installed=False)
+    drift = [at for trigger, at in asked if trigger == "drift"]
+    refresh = [at for trigger, at in asked if trigger == "refresh"]
+    assert drift and drift[0] > onset and refresh and refresh[0] < onset
+    after = [at for at in refresh if at > drift[0]]
+    if devices == ("b",):
+        # Its only device was just trained on: the next refresh waits a full span from the drift retrain.
+        assert not after or after[0] >= drift[0] + every
+    else:
+        # Device a's readings were not looked at: the fleet's refresh keeps its schedule.
+        assert after and after[0] < drift[0] + every
+        assert all(0 <= b - a - every < 32 for a, b in itertools.pairwise(refresh))
 
 
 # -- the promotion rule ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from edgeloop.engine.outputs import EngineOutput, RetrainRequest, Rollback
 from edgeloop.engine.track import _Serving, _Track
 from edgeloop.lifecycle.floor import Floor
 from edgeloop.lifecycle.probation import judge_probation, probation_rmses
-from edgeloop.scopes import scope_of
+from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, format_ts
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def probation(
     engine: Engine, track: _Track, value: float, error: float, p_err: float, out: EngineOutput
 ) -> None:
-    """Score a reading of a model on probation; at its end apply :func:`~edgeloop.lifecycle.probation.judge_probation`."""
+    """Score a reading on probation; at its end apply the rule of :mod:`edgeloop.lifecycle.probation`."""
     if track.shadow_forecast is None:
         return
     scope = engine._serving_scope(track.device, track.target)
@@ -59,7 +59,7 @@ def probation(
                 scope,
                 engine.stream_ts,
                 reason=verdict.reason or "",
-                metrics=verdict.metrics,
+                metrics=dict(verdict.metrics),
                 version=restored.label,
                 previous_version=rejected.label,
             )
@@ -226,8 +226,39 @@ def maybe_refresh(engine: Engine, track: _Track, ts: float, out: EngineOutput) -
         return
     if ts < due or scope in engine.pending:
         return
+    if track.regime_ts is not None and len(engine._tracks_served_by(scope)) == 1:
+        # Its only device has a drift retrain or a consolidation coming, on the same newest
+        # readings: that one takes the refresh's place (and restarts its clock, see postpone_refresh).
+        return
     engine._refresh_at[scope] = ts + refresh_seconds(engine, track)
     request(engine, scope, "refresh", f"scheduled refresh every {refresh_text(engine)}", None, out, {})
+
+
+def postpone_refresh(engine: Engine, scope: str) -> None:
+    """A device's drift or consolidation retrain restarts the refresh clock of the scope serving it,
+    if that scope serves no other device.
+
+    Such a retrain has just trained challengers on the device's newest readings and judged them
+    against the serving model on its newest holdout: a refresh soon after would repeat that
+    comparison on much the same readings, and each costs a training. A fleet scope serving other
+    devices keeps its schedule (their readings were not looked at).
+    """
+    if engine.refresh_every is None:
+        return
+    target, device = parse_scope(scope)
+    if device is None:
+        return  # a fleet scope's own request: the refresh schedules itself (see maybe_refresh)
+    track = engine.tracks.get((device, target))
+    if track is None or track.interval is None:
+        return
+    serving = engine._serving_scope(device, target)
+    if serving not in engine._refresh_at:
+        return  # no refresh scheduled for it (yet)
+    if serving != scope and len(engine._tracks_served_by(serving)) != 1:
+        return
+    engine._refresh_at[serving] = max(
+        engine._refresh_at[serving], engine.stream_ts + refresh_seconds(engine, track)
+    )
 
 
 def refresh_seconds(engine: Engine, track: _Track) -> float:
@@ -256,6 +287,7 @@ def request(
     metrics: dict[str, float | int | None],
 ) -> None:
     engine.pending.add(scope)
+    postpone_refresh(engine, scope)
     out.retrains.append(
         RetrainRequest(scope, trigger, reason, since_ts=since_ts, requested_ts=engine.stream_ts)
     )

@@ -16,7 +16,8 @@ Pure: the engine keeps the sums of squared errors and applies the verdict
 
 >>> judge_probation(new_rmse=1.0, previous_rmse=1.0, persistence_rmse=1.5, samples=200, tolerance=1.1).keep
 True
->>> print(judge_probation(new_rmse=1.2, previous_rmse=1.0, persistence_rmse=1.5, samples=200, tolerance=1.1).reason)
+>>> worse = judge_probation(new_rmse=1.2, previous_rmse=1.0, persistence_rmse=1.5, samples=200, tolerance=1.1)
+>>> print(worse.reason)
 live RMSE 1.2 on probation > 1.1 x 1 of the model it replaced, on the same 200 readings
 >>> judge_probation(new_rmse=1.2, previous_rmse=1.3, persistence_rmse=1.0, samples=200, tolerance=1.1).keep
 True
@@ -43,7 +44,7 @@ class ProbationVerdict:
     samples: int
 
     @property
-    def metrics(self) -> dict[str, float | int]:
+    def metrics(self) -> dict[str, float | int | None]:
         return {
             "probation_rmse": self.new_rmse,
             "previous_rmse": self.previous_rmse,
