@@ -16,7 +16,7 @@ from edgeloop.evaluate.replay import ReplayConfig, RunResult, TargetReplay
 from edgeloop.evaluate.strategies import parse_strategy
 from edgeloop.lifecycle.floor import Floor
 from edgeloop.lifecycle.probation import judge_probation
-from edgeloop.lifecycle.promotion import judge
+from edgeloop.lifecycle.promotion import champion_margin, judge
 from edgeloop.models.forecasters import LinearForecaster, Persistence
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.retrain.job import train_and_judge
@@ -327,6 +327,27 @@ def test_a_devices_drift_retrain_postpones_the_refresh_of_a_scope_that_serves_on
 
 
 # -- the promotion rule ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("readings", "promote"), [(2000, True), (100, False)])
+def test_a_large_holdout_lets_a_steadily_better_challenger_in_under_the_margin(
+    readings: int, promote: bool
+) -> None:
+    rng = np.random.default_rng(9)
+    champion = rng.normal(0, 1, readings)
+    challenger = 0.99 * champion + rng.normal(0, 0.05, readings)  # about 1 % better, reading by reading
+    over = champion_margin(challenger, champion, 0.02)
+    assert (over < 0.01) is promote and 0.0 <= over <= 0.02
+    verdict = judge(
+        float(np.sqrt(np.mean(challenger**2))),
+        champion_rmse=float(np.sqrt(np.mean(champion**2))),
+        persistence_rmse=2.0,
+        margin=0.02,
+        champion_margin=over,
+    )
+    assert verdict.promote is promote
+    # The margin over persistence never shrinks.
+    assert not judge(1.0, champion_rmse=1.1, persistence_rmse=1.01, margin=0.02, champion_margin=0.0).promote
 
 
 def test_a_challenger_must_beat_the_champion_and_persistence() -> None:
