@@ -308,7 +308,8 @@ class ModelSettings(_Section):
         0.02,
         ge=0.0,
         lt=1.0,
-        description="A challenger must beat both the champion's and persistence's holdout RMSE by this share",
+        description="A challenger must beat both the champion's and persistence's holdout RMSE by this share "
+        "(the champion's by less when a holdout of 500+ readings shows the difference)",
     )
     probation_samples: int = Field(200, ge=10, description="Scored forecasts a new model serves on probation")
     probation_tolerance: float = Field(
