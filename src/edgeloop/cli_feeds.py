@@ -5,6 +5,7 @@ devices or from a recording.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,10 @@ def simulate(
 
     All devices publish over one connection, as broker.username: on a broker that authorises each
     device (deploy/nats/users.conf) give it a user that may publish every device's telemetry.
+
+    Simulated time starts in the past (2023-11-14) and runs --rate x --interval times faster than real
+    time until it reaches the wall clock; from then on one reading per --interval seconds, so no
+    timestamp is ever in the future.
     """
     from edgeloop.service.publisher import SimulatorPublisher
     from edgeloop.telemetry.simulator import Simulator, parse_drift
@@ -71,7 +76,11 @@ def simulate(
     settings = command_settings(config, {"broker.url": ("--broker", broker)})
     try:
         specs = [parse_drift(text) for text in drift or []]
-        sim = Simulator(devices, seed=seed, interval=interval, drifts=specs)
+        # Live, the simulated clock runs --rate x --interval times faster than real time from a start in
+        # the past; the wall clock keeps it from overtaking real time (the edge drops readings from
+        # the future as ts_out_of_window).
+        clock = None if csv is not None else time.time
+        sim = Simulator(devices, seed=seed, interval=interval, drifts=specs, clock=clock)
     except ValueError as exc:
         fail(f"--drift: {exc}" if drift else str(exc))
     if csv is not None:

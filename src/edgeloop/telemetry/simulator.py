@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,21 @@ def _ar2(tau_s: np.ndarray, period_s: np.ndarray, dt: float) -> tuple[np.ndarray
 
 
 class Simulator:
-    """A fleet of simulated devices; see the module docstring for the signal model."""
+    """A fleet of simulated devices; see the module docstring for the signal model.
+
+    ``clock`` (e.g. ``time.time``) makes it live: it may run faster than real time, from a
+    ``start_ts`` in the past, but never ahead of that clock. Once the simulated time has caught up,
+    :meth:`step` gives a step only when its time has come, one every ``interval`` seconds as real
+    sensors do; an edge drops readings stamped ahead of its clock (``limits.max_future_s``).
+
+    >>> now = 1_700_000_000.0 + 120.0
+    >>> sim = Simulator(1, clock=lambda: now)
+    >>> [len(sim.step()) for _ in range(4)]  # steps at +0, +60 and +120 s are due, +180 s is not yet
+    [1, 1, 1, 0]
+    >>> now += 60.0
+    >>> [r["ts"] - 1_700_000_000.0 for r in sim.step()]
+    [180.0]
+    """
 
     def __init__(
         self,
@@ -81,6 +95,7 @@ class Simulator:
         interval: float = 60.0,
         start_ts: float = 1_700_000_000.0,
         drifts: Sequence[DriftSpec] = (),
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if isinstance(devices, str):
             devices = [devices]  # one name, not a sequence of one-letter devices
@@ -97,6 +112,7 @@ class Simulator:
         self.seed = seed
         self.interval = float(interval)
         self.start_ts = float(start_ts)
+        self.clock = clock
         self._index = {d: i for i, d in enumerate(self.devices)}
         for spec in drifts:
             if spec.device not in self._index:
@@ -310,8 +326,13 @@ class Simulator:
         return value
 
     def step(self) -> list[dict[str, Any]]:
-        """One telemetry payload per device for the next step (``seq`` counts from 0 per device)."""
+        """One telemetry payload per device for the next step (``seq`` counts from 0 per device).
+
+        With a ``clock``, nothing (``[]``) while the next step's time is still ahead of it.
+        """
         seq, ts = self._seq, self.ts_of(self._seq)
+        if self.clock is not None and ts > self.clock():
+            return []
         out = self._advance()
         return [
             {"device": d, "ts": ts, "seq": seq, "temp_c": t, "humidity": h, "voc_ppb": v}
