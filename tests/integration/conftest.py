@@ -15,6 +15,7 @@ import pytest
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.bench.options import BenchOptions
 from edgeloop.config import Settings, load_settings
 from edgeloop.service.edge import EdgeService
 from edgeloop.telemetry.simulator import Simulator
@@ -168,6 +169,23 @@ def bus_settings(
             **extra,
         },
     )
+
+
+def tiny_bench_options(**extra: Any) -> BenchOptions:
+    """``edgeloop bench`` at a tiny scale: every phase in seconds, no first training."""
+    tiny: dict[str, Any] = {
+        "devices": 20,
+        "qos": [1],
+        "ceiling_seconds": 1.0,
+        "max_seconds": 1.0,
+        "step_seconds": 1.5,
+        "steps": 1,
+        "latency_rate": 200.0,
+        "latency_seconds": 2.0,
+        "train_model": False,
+        "window": 200,
+    }
+    return BenchOptions(**{**tiny, **extra})
 
 
 def events_of(collector: Collector, kind: str, scope: str | None = None) -> list[dict[str, Any]]:
