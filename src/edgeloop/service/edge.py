@@ -293,6 +293,7 @@ class EdgeService:
                 self.snapshot_path,
                 interval=s.edge.snapshot_interval,
                 load_model=self._load_label,
+                answered=self._answered,
             )
 
     def _close_storage(self, *, final_snapshot: bool) -> None:
