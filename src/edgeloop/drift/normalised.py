@@ -6,10 +6,14 @@ classes here calibrate the error scale, normalise and clip errors, and keep stat
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from edgeloop.drift.sequential import AdwinTest, PageHinkleyTest
-from edgeloop.drift.windowed import NORMALISED_CLIP, _Calibrating
+from edgeloop.drift.windowed import CALIBRATION_FLOOR, NORMALISED_CLIP, _Calibrating
+
+# RMSE / mean |e| of Gaussian errors: the scale is this times the calibration window's mean |e|.
+GAUSSIAN_RMSE_PER_MAE = math.sqrt(math.pi / 2)
 
 
 class _Sequential(_Calibrating):
@@ -21,13 +25,35 @@ class _Sequential(_Calibrating):
     validation RMSE alone is not trusted as a scale, since a scale 10x too small is exactly what makes
     a sequential test storm. The cost is a blind spot of one window after warm-up, which the relative
     level checks and the model's probation cover.
+
+    The scale is the calibration window's mean |e| x sqrt(pi/2) (its RMSE for Gaussian errors), and
+    never more than its RMSE: with heavy-tailed errors (bursts, spikes) the RMSE is dominated by a few
+    large errors, so |e|/RMSE averages ~0.5 instead of ~0.8 and ``delta`` (in the same units) would
+    tolerate twice the intended rise of the error level. The mean |e| keeps the normal level of the
+    normalised errors, and so the meaning of ``delta`` and ``threshold``, the same for every tail.
     """
 
     def _clear(self) -> None:
         super()._clear()
         self._inv_scale = 0.0
+        self._scale: float | None = None
         self._armed = False
         self._new_test()
+
+    def _arm_scale(self) -> float:
+        """The normalising scale at calibration (see the class docstring); the RMSE reference bounds it."""
+        reference = self._live_reference
+        assert reference is not None
+        if self.calibration == self.window:
+            abs_errors = self._abs_errors_oldest_first()
+            mean_abs = sum(abs_errors) / len(abs_errors) if abs_errors else 0.0
+        else:
+            mean_abs = self._cal_abs_sum / self._cal_n if self._cal_n else 0.0
+        scale = min(reference, GAUSSIAN_RMSE_PER_MAE * mean_abs)
+        val = self._validation_rmse
+        if val is not None:
+            scale = max(scale, CALIBRATION_FLOOR * val)
+        return scale if scale > 0.0 else reference
 
     def _new_test(self) -> None:
         raise NotImplementedError
@@ -44,18 +70,24 @@ class _Sequential(_Calibrating):
 
     def to_state(self) -> dict[str, Any]:
         out = super().to_state()
-        out.update(armed=self._armed, test=self._test_state() if self._armed else None)
+        out.update(armed=self._armed, test=self._test_state() if self._armed else None, scale=self._scale)
         return out
 
     def from_state(self, state: dict[str, Any]) -> None:
         super().from_state(state)
         self._new_test()
         self._armed = False
+        self._scale = None
         if not state["armed"]:
             return
         if self._live_reference is None:
             raise ValueError("an armed detector state without a scale")
-        self._inv_scale = 1.0 / self._live_reference
+        # Snapshots from before the scale was kept normalised by the RMSE reference.
+        scale = float(state.get("scale") or self._live_reference)
+        if not math.isfinite(scale) or scale <= 0.0:
+            raise ValueError(f"an armed detector state with scale {scale}")
+        self._scale = scale
+        self._inv_scale = 1.0 / scale
         self._armed = True
         if state.get("test") is not None:
             self._load_test(state["test"])
@@ -69,7 +101,8 @@ class _Sequential(_Calibrating):
         if not self._armed:
             if not self._try_calibrate():
                 return False
-            self._inv_scale = 1.0 / self._live_reference  # type: ignore[operator]
+            self._scale = self._arm_scale()
+            self._inv_scale = 1.0 / self._scale
             self._armed = True
             alarm = False
             for abs_error in self._abs_errors_oldest_first():
@@ -79,8 +112,8 @@ class _Sequential(_Calibrating):
 
     @property
     def scale(self) -> float | None:
-        """The error scale used to normalise (the calibrated reference RMSE), None until armed."""
-        return self._live_reference
+        """The error scale used to normalise (see the class docstring), None until armed."""
+        return self._scale
 
 
 class PageHinkley(_Sequential):

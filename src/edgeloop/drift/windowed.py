@@ -233,12 +233,14 @@ class _Calibrating(_Windowed):
         super()._clear()
         self._live_reference: float | None = None
         self._cal_sum = 0.0
+        self._cal_abs_sum = 0.0
         self._cal_n = 0
 
     def _push(self, error: float) -> None:
         self._rolling.add(error)
         if self._live_reference is None:
             self._cal_sum += error * error
+            self._cal_abs_sum += abs(error)
             self._cal_n += 1
 
     def _try_calibrate(self) -> bool:
@@ -261,7 +263,12 @@ class _Calibrating(_Windowed):
 
     def to_state(self) -> dict[str, Any]:
         out = super().to_state()
-        out.update(live_reference=self._live_reference, cal_sum=self._cal_sum, cal_n=self._cal_n)
+        out.update(
+            live_reference=self._live_reference,
+            cal_sum=self._cal_sum,
+            cal_abs_sum=self._cal_abs_sum,
+            cal_n=self._cal_n,
+        )
         return out
 
     def from_state(self, state: dict[str, Any]) -> None:
@@ -269,6 +276,9 @@ class _Calibrating(_Windowed):
         self._live_reference = _check_reference(state["live_reference"])
         self._cal_sum = float(state["cal_sum"])
         self._cal_n = int(state["cal_n"])
+        # Snapshots from before the sum of |e| was kept: n x RMSE, its upper bound.
+        default_abs = math.sqrt(max(self._cal_sum, 0.0) * self._cal_n)
+        self._cal_abs_sum = float(state.get("cal_abs_sum", default_abs))
 
     @property
     def reference_rmse(self) -> float | None:
