@@ -99,7 +99,7 @@ class DriftSettings(_Section):
     calibration: int = Field(
         1440,
         ge=10,
-        description="Live errors whose RMSE sets a new model's error scale; cover one cycle (a day at 1/min)",
+        description="Live errors that set a new model's error scale; cover one cycle (a day at 1/min)",
     )
     min_gap: int = Field(500, ge=0, description="Samples between two alarms of one scope (hysteresis)")
     budget: int = Field(3, ge=1, description="At most this many retrains per scope per budget_window samples")
