@@ -1,4 +1,4 @@
-"""edgeloop reads two private paho fields and overrides one private method (see
+"""edgeloop reads private paho fields and overrides private methods (see
 ``edgeloop.adapters.mqtt_client``). This test fails loudly on a paho version nobody checked them on.
 
 To verify a new paho version: read ``Client._update_inflight``, ``_handle_pubackcomp`` and
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import socket
+import threading
 
 import paho.mqtt.client as mqtt
 
@@ -109,3 +111,79 @@ def test_lean_properties_decode_every_publish_as_paho_does() -> None:
             full.qos,
         )
         assert lean.payload == b'{"x": 1}'
+
+
+# sha256 of paho 2.2.0's Client._packet_queue and _send_command_with_mid: _BatchingClient appends to
+# _out_packet as _packet_queue does and sends PUBACKs as _send_command_with_mid packs them.
+PACKET_QUEUE_SHA256 = "e298fa9ab31e5f79c1c6d08d303b049db9a2bcf681dcac1cd510b2fb519d3a26"
+SEND_COMMAND_WITH_MID_SHA256 = "1a771678b66dc9e48c72d825a824a0634506f914ac2b46e7c5d00de7547fc9ff"
+
+
+def _sha(function: object) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()  # type: ignore[arg-type]
+
+
+def test_paho_packet_queue_is_as_read() -> None:
+    assert _sha(mqtt.Client._packet_queue) == PACKET_QUEUE_SHA256, (
+        "paho's Client._packet_queue changed: re-verify _BatchingClient (see this test's docstring)"
+    )
+    assert _sha(mqtt.Client._send_command_with_mid) == SEND_COMMAND_WITH_MID_SHA256, (
+        "paho's Client._send_command_with_mid changed: re-verify _BatchingClient.ack_many"
+    )
+    client = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    assert isinstance(client, mqtt_client._BatchingClient) == mqtt_client.PRIVATE_API_OK
+
+
+def _queued(client: mqtt.Client) -> bytes:
+    return b"".join(bytes(p["packet"]) for p in client._out_packet)
+
+
+def test_ack_many_queues_the_bytes_of_one_ack_each() -> None:
+    mids = [1, 2, 300, 65535]
+    paho = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    for mid in mids:
+        paho.ack(mid, 1)
+    batched = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    mqtt_client.ack_many(batched, mids)
+    assert _queued(paho) and _queued(batched) == _queued(paho)
+    assert len(batched._out_packet) == (1 if mqtt_client.PRIVATE_API_OK else len(mids))
+
+
+class _CountingPair:
+    """Stands in for paho's wake-up socket: counts the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, data: bytes) -> int:
+        self.sent += 1
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_publish_many_wakes_the_network_thread_once() -> None:
+    if not mqtt_client.PRIVATE_API_OK:
+        return  # paho's own path: one wake-up per packet
+    from paho.mqtt.client import _ConnectionState
+
+    client = mqtt_client.make_client(BrokerSettings(), role="t")
+    pair = _CountingPair()
+    # As while connected with a network thread (loop_start); the thread never runs, so nothing is
+    # written to the socket.
+    sock, peer = socket.socketpair()
+    client._sock = sock
+    client._sockpairW = pair
+    client._thread = threading.Thread(target=lambda: None)
+    client._state = _ConnectionState.MQTT_CS_CONNECTED
+    infos = mqtt_client.publish_many(client, [(f"t/{i}", b"x") for i in range(50)], qos=1)
+    assert [i.rc for i in infos] == [mqtt.MQTT_ERR_SUCCESS] * 50
+    assert pair.sent == 1
+    assert len(client._out_packet) == 50
+    client.publish("t/x", b"y", qos=1)  # outside a batch: paho's own wake-up per packet
+    assert pair.sent == 2
+    client._sockpairW = None
+    client._sock = None
+    sock.close()
+    peer.close()

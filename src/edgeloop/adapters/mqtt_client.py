@@ -15,24 +15,29 @@ and ``tests/unit/test_paho_private_api.py`` fails until someone re-reads paho's 
   connection, which paho's public setter refuses;
 - :class:`_LeanProperties` stands in for ``Properties`` where paho decodes an incoming PUBLISH
   (``paho.mqtt._packet.decode_publish``), so an MQTT 5 message without properties costs no
-  property tables (see the class).
+  property tables (see the class);
+- :class:`_BatchingClient` queues a batch of publishes or acknowledgements with one wake-up of the
+  network thread, and a batch of PUBACKs as one write (:func:`publish_many`, :func:`ack_many`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import secrets
 import socket
 import ssl
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt import _packet
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -77,7 +82,92 @@ class _FastAckClient(mqtt.Client):
         return super()._update_inflight()
 
 
-_Client: type[mqtt.Client] = _FastAckClient if PRIVATE_API_OK else mqtt.Client
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id: reason "success"
+
+
+class _BatchingClient(_FastAckClient):
+    """paho's client, queueing a batch of packets from another thread with one wake-up.
+
+    paho's ``_packet_queue`` writes a byte to a socket pair for every packet queued from outside its
+    network thread, to wake that thread's ``select``: one system call per prediction and per
+    acknowledgement, each releasing the GIL to a network thread that then has to get it back. While
+    :meth:`publish_many` runs, packets queued by the calling thread only join paho's outgoing queue
+    (a deque, as paho appends them) and the network thread is woken once at the end; packets queued
+    by any other thread take paho's own path. :meth:`ack_many` sends the PUBACKs of a batch as one
+    packet (the same bytes as paho's ``ack``, one after another), so the network thread writes them
+    with one ``send`` instead of one each.
+    """
+
+    _deferring: int | None = None  # thread id whose packets wait for one wake-up at the end
+    _deferred = False
+
+    def _packet_queue(
+        self,
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: mqtt.MQTTMessageInfo | None = None,
+    ) -> MQTTErrorCode:
+        if self._deferring is None or self._deferring != threading.get_ident() or self._thread is None:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append(
+            {
+                "command": command,
+                "mid": mid,
+                "qos": qos,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": info,
+            }
+        )
+        self._deferred = True
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _wake(self) -> None:
+        # What paho's _packet_queue does after appending, once for the whole batch.
+        self._deferred = False
+        if self._sockpairW is not None:
+            with contextlib.suppress(BlockingIOError):
+                self._sockpairW.send(mqtt.sockpair_data)
+        self._call_socket_register_write()
+
+    def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[mqtt.MQTTMessageInfo]:
+        publish = self.publish
+        self._deferring = threading.get_ident()
+        try:
+            return [publish(topic, payload, qos) for topic, payload in messages]
+        finally:
+            self._deferring = None
+            if self._deferred:
+                self._wake()
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        if self._manual_ack and mids:
+            pack = _PUBACK.pack
+            self._packet_queue(PUBACK, b"".join([pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
+
+
+def publish_many(
+    client: mqtt.Client, messages: Sequence[tuple[str, bytes]], qos: int
+) -> list[mqtt.MQTTMessageInfo]:
+    """``client.publish`` each (topic, payload); one wake-up of paho's network thread on verified paho."""
+    if isinstance(client, _BatchingClient):
+        return client.publish_many(messages, qos)
+    return [client.publish(topic, payload, qos) for topic, payload in messages]
+
+
+def ack_many(client: mqtt.Client, mids: Sequence[int]) -> None:
+    """Acknowledge the QoS 1 deliveries ``mids`` (manual acks); one write on verified paho."""
+    if isinstance(client, _BatchingClient):
+        client.ack_many(mids)
+        return
+    for mid in mids:
+        client.ack(mid, 1)
+
+
+_Client: type[mqtt.Client] = _BatchingClient if PRIVATE_API_OK else mqtt.Client
 if not PRIVATE_API_OK:
     log.warning(
         "paho-mqtt %s is not among the versions edgeloop was verified with (%s): running without the "
