@@ -1,5 +1,5 @@
 """edgeloop reads private paho fields and overrides private methods (see
-``edgeloop.adapters.mqtt_client``). This test fails loudly on a paho version nobody checked them on.
+``edgeloop.adapters.paho_internals``). This test fails loudly on a paho version nobody checked them on.
 
 To verify a new paho version: read ``Client._update_inflight``, ``_handle_pubackcomp`` and
 ``publish`` in paho/mqtt/client.py; the shortcut is valid while ``_out_messages`` holds every
@@ -7,7 +7,12 @@ unacknowledged outgoing message, ``_inflight_messages`` counts those sent, and `
 ``_max_inflight_messages`` per call. Read ``_packet.decode_publish`` and ``properties.Properties``:
 ``_LeanProperties`` is valid while decode_publish builds ``Properties(PacketTypes.PUBLISH)`` by its
 module-global name and calls ``unpack`` once, and ``Properties`` only reads its ``types``, ``names``
-and ``properties`` tables. Then add the version to ``PAHO_VERIFIED`` and update the digests.
+and ``properties`` tables. Read ``_packet_queue``, ``_packet_write`` and ``_send_command_with_mid``:
+``_BatchingClient`` is valid while ``_out_packet`` is a deque of packet dicts written in order and a
+PUBACK is the four bytes ``_send_command_with_mid`` packs. Read ``MQTTMessage`` and every use of
+``.info`` in paho/mqtt/client.py: ``_LeanMessage`` is valid while ``_handle_publish`` and ``publish``
+build messages by the module-global name and only ``publish`` and ``_do_on_publish`` read ``info``,
+both under ``_out_message_mutex``. Then add the version to ``PAHO_VERIFIED`` and update the digests.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from edgeloop.adapters import mqtt_client
+from edgeloop.adapters import mqtt_client, paho_internals
 from edgeloop.config import BrokerSettings
 
 # sha256 of paho 2.2.0's Client._update_inflight source, the code the shortcut stands in front of.
@@ -27,8 +32,8 @@ UPDATE_INFLIGHT_SHA256 = "d11feb21cf855b12bbda2ccccfed5655864a4eec23f19286f4721e
 
 
 def test_paho_version_was_verified() -> None:
-    assert mqtt_client.PAHO_VERSION in mqtt_client.PAHO_VERIFIED, (
-        f"paho-mqtt {mqtt_client.PAHO_VERSION} was not verified for edgeloop's use of its private API; "
+    assert paho_internals.PAHO_VERSION in paho_internals.PAHO_VERIFIED, (
+        f"paho-mqtt {paho_internals.PAHO_VERSION} was not verified for edgeloop's use of its private API; "
         "see this test's docstring, then add it to PAHO_VERIFIED"
     )
 
@@ -47,7 +52,7 @@ def test_paho_internals_are_as_read() -> None:
 
 def test_verified_paho_gets_the_shortcut() -> None:
     client = mqtt_client.make_client(BrokerSettings(), role="t")
-    assert isinstance(client, mqtt_client._FastAckClient) == mqtt_client.PRIVATE_API_OK
+    assert isinstance(client, paho_internals._FastAckClient) == paho_internals.PRIVATE_API_OK
 
 
 # sha256 of paho 2.2.0's _packet.decode_publish source: it builds a Properties by its module-global name
@@ -63,7 +68,7 @@ def test_paho_decode_publish_is_as_read() -> None:
         "paho's _packet.decode_publish changed: re-verify _LeanProperties (see this test's docstring)"
     )
     mqtt_client.make_client(BrokerSettings(), role="t")
-    assert (_packet.Properties is mqtt_client._LeanProperties) == mqtt_client.PRIVATE_API_OK
+    assert (_packet.Properties is paho_internals._LeanProperties) == paho_internals.PRIVATE_API_OK
 
 
 def _property_blocks() -> list[bytes]:
@@ -99,9 +104,9 @@ def test_lean_properties_decode_every_publish_as_paho_does() -> None:
         try:
             full = _packet.decode_publish(0x32, packet, MQTTProtocolVersion.MQTTv5)
         finally:
-            mqtt_client._use_lean_properties()
+            paho_internals._use_lean_stand_ins()
         assert type(lean.properties) is (
-            mqtt_client._LeanProperties if mqtt_client.PRIVATE_API_OK else Properties
+            paho_internals._LeanProperties if paho_internals.PRIVATE_API_OK else Properties
         )
         assert lean.properties.json() == full.properties.json()
         assert (lean.payload, lean.topic, lean.mid, lean.qos) == (
@@ -131,7 +136,7 @@ def test_paho_packet_queue_is_as_read() -> None:
         "paho's Client._send_command_with_mid changed: re-verify _BatchingClient.ack_many"
     )
     client = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
-    assert isinstance(client, mqtt_client._BatchingClient) == mqtt_client.PRIVATE_API_OK
+    assert isinstance(client, paho_internals._BatchingClient) == paho_internals.PRIVATE_API_OK
 
 
 def _queued(client: mqtt.Client) -> bytes:
@@ -144,9 +149,9 @@ def test_ack_many_queues_the_bytes_of_one_ack_each() -> None:
     for mid in mids:
         paho.ack(mid, 1)
     batched = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
-    mqtt_client.ack_many(batched, mids)
+    paho_internals.ack_many(batched, mids)
     assert _queued(paho) and _queued(batched) == _queued(paho)
-    assert len(batched._out_packet) == (1 if mqtt_client.PRIVATE_API_OK else len(mids))
+    assert len(batched._out_packet) == (1 if paho_internals.PRIVATE_API_OK else len(mids))
 
 
 class _CountingPair:
@@ -164,7 +169,7 @@ class _CountingPair:
 
 
 def test_publish_many_wakes_the_network_thread_once() -> None:
-    if not mqtt_client.PRIVATE_API_OK:
+    if not paho_internals.PRIVATE_API_OK:
         return  # paho's own path: one wake-up per packet
     from paho.mqtt.client import _ConnectionState
 
@@ -177,7 +182,7 @@ def test_publish_many_wakes_the_network_thread_once() -> None:
     client._sockpairW = pair
     client._thread = threading.Thread(target=lambda: None)
     client._state = _ConnectionState.MQTT_CS_CONNECTED
-    infos = mqtt_client.publish_many(client, [(f"t/{i}", b"x") for i in range(50)], qos=1)
+    infos = paho_internals.publish_many(client, [(f"t/{i}", b"x") for i in range(50)], qos=1)
     assert [i.rc for i in infos] == [mqtt.MQTT_ERR_SUCCESS] * 50
     assert pair.sent == 1
     assert len(client._out_packet) == 50
@@ -187,3 +192,52 @@ def test_publish_many_wakes_the_network_thread_once() -> None:
     client._sock = None
     sock.close()
     peer.close()
+
+
+# sha256 of paho 2.2.0's MQTTMessage.__init__ and of the Client methods that build messages or read
+# their info: _LeanMessage copies the first and makes info lazily for the others.
+MESSAGE_SHA256 = {
+    "MQTTMessage.__init__": "af92f9a50f5f90e4f45d39c578fe129901f2c7c0f3c4fbb71ae5259f91f34b15",
+    "Client._handle_publish": "1bbaa3ef0e3afc6dea0423a41e67170930c024827e2e8dbf69b5d61c304b675d",
+    "Client.publish": "5c00cd3dcebceaae0eeac2e40402cd18fb64664c78343a6673ce0776a1608ec4",
+    "Client._do_on_publish": "5bbcad6f9447107a5ba9446e6dbdbdf4eedad2734533d900db907240f75b93e4",
+}
+INFO_READS = 11  # occurrences of ".info" in paho/mqtt/client.py
+
+
+def test_paho_message_is_as_read() -> None:
+    import re
+
+    functions = {
+        "MQTTMessage.__init__": paho_internals._PAHO_MESSAGE.__init__,
+        "Client._handle_publish": mqtt.Client._handle_publish,
+        "Client.publish": mqtt.Client.publish,
+        "Client._do_on_publish": mqtt.Client._do_on_publish,
+    }
+    for name, function in functions.items():
+        assert _sha(function) == MESSAGE_SHA256[name], (
+            f"paho's {name} changed: re-verify _LeanMessage (see this test's docstring)"
+        )
+    assert len(re.findall(r"\.info\b", inspect.getsource(mqtt))) == INFO_READS, (
+        "paho reads MQTTMessage.info in more or fewer places: re-verify _LeanMessage"
+    )
+    mqtt_client.make_client(BrokerSettings(), role="t")
+    assert (mqtt.MQTTMessage is paho_internals._LeanMessage) == paho_internals.PRIVATE_API_OK
+
+
+def test_lean_message_is_pahos_with_a_lazy_info() -> None:
+    full = paho_internals._PAHO_MESSAGE(7, b"a/b")
+    lean = paho_internals._LeanMessage(7, b"a/b")
+    for slot in mqtt.MQTTMessage.__slots__:
+        if slot != "info":
+            assert getattr(lean, slot) == getattr(full, slot), slot
+    assert lean.topic == "a/b"
+    info = lean.info
+    assert isinstance(info, mqtt.MQTTMessageInfo) and info.mid == 7 and not info.is_published()
+    assert lean.info is info
+    try:
+        _ = lean.no_such_field  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("unknown attributes must still raise AttributeError")

@@ -44,12 +44,11 @@ from edgeloop.adapters.mqtt_client import (
     BrokerUnavailable,
     Protocol,
     _clamp_inflight,
-    ack_many,
     connect,
     default_client_id,
     make_client,
-    publish_many,
 )
+from edgeloop.adapters.paho_internals import ack_many, publish_many
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError
 
