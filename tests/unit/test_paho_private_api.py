@@ -241,3 +241,98 @@ def test_lean_message_is_pahos_with_a_lazy_info() -> None:
         pass
     else:
         raise AssertionError("unknown attributes must still raise AttributeError")
+
+
+# sha256 of paho 2.2.0's Client._sock_recv and loop_read: _BatchingClient serves the first from its
+# read buffer and repeats the second while that buffer holds bytes.
+READ_SHA256 = {
+    "Client._sock_recv": "c3b9043a46dd81b79a601a321a2479154ec158c75243f4f4ad7431474efa1d62",
+    "Client.loop_read": "4fa11ca2d451dbec3f8518b7ce7578e17513c03d319139017512773b8ec1bded",
+}
+
+
+def test_paho_reads_are_as_read() -> None:
+    for name, function in {
+        "Client._sock_recv": mqtt.Client._sock_recv,
+        "Client.loop_read": mqtt.Client.loop_read,
+    }.items():
+        assert _sha(function) == READ_SHA256[name], (
+            f"paho's {name} changed: re-verify _BatchingClient's buffered reads (see this test's docstring)"
+        )
+
+
+def _publish_packet(mid: int, topic: bytes, payload: bytes) -> bytes:
+    """A QoS 1 MQTT 5 PUBLISH without properties, as a broker sends it."""
+    import struct
+
+    body = struct.pack("!H", len(topic)) + topic + struct.pack("!H", mid) + b"\x00" + payload
+    length, encoded = len(body), b""
+    while True:
+        byte, length = length % 128, length // 128
+        encoded += bytes([byte | (0x80 if length else 0)])
+        if not length:
+            break
+    return b"\x32" + encoded + body
+
+
+def _reading_client() -> tuple[mqtt.Client, list[tuple[int, str, bytes]]]:
+    from paho.mqtt.client import _ConnectionState
+
+    client = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    got: list[tuple[int, str, bytes]] = []
+    client.on_message = lambda _c, _u, m: got.append((m.mid, m.topic, m.payload))
+    client._state = _ConnectionState.MQTT_CS_CONNECTED
+    return client, got
+
+
+def test_one_read_hands_every_packet_it_holds_to_paho() -> None:
+    client, got = _reading_client()
+    sock, peer = socket.socketpair()
+    sock.setblocking(False)
+    client._sock = sock
+    try:
+        # Payload sizes around the length field's one/two byte boundary, so packets straddle reads.
+        sent = [(mid, b"a/%d" % mid, b"x" * (mid % 200)) for mid in range(1, 401)]
+        peer.sendall(b"".join(_publish_packet(mid, topic, payload) for mid, topic, payload in sent))
+        while len(got) < len(sent) and client.loop_read() == mqtt.MQTT_ERR_SUCCESS:
+            if not paho_internals.PRIVATE_API_OK:
+                continue  # paho's own: one packet per call
+            break  # one call takes every packet the socket held
+        assert got == [(mid, topic.decode(), payload) for mid, topic, payload in sent]
+    finally:
+        client._sock = None
+        sock.close()
+        peer.close()
+
+
+def test_bytes_of_a_closed_connection_are_never_read_on_the_next() -> None:
+    client, got = _reading_client()
+    old, old_peer = socket.socketpair()
+    new, new_peer = socket.socketpair()
+    old.setblocking(False)
+    new.setblocking(False)
+    try:
+        client._sock = old
+        first, second = _publish_packet(1, b"a/1", b"one"), _publish_packet(2, b"a/2", b"two")
+        old_peer.sendall(first + second[:5])  # a packet and a half arrive, then the connection drops
+        client.loop_read()
+        assert got[:1] == [(1, "a/1", b"one")]
+        client._sock = new  # as after a reconnect (paho resets its packet reader too)
+        client._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        new_peer.sendall(_publish_packet(3, b"a/3", b"three"))
+        while len(got) < 2 and client.loop_read() == mqtt.MQTT_ERR_SUCCESS:
+            pass
+        assert got == [(1, "a/1", b"one"), (3, "a/3", b"three")]
+    finally:
+        client._sock = None
+        for s in (old, old_peer, new, new_peer):
+            s.close()

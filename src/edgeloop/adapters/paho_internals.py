@@ -5,8 +5,9 @@ and ``tests/unit/test_paho_private_api.py`` fails until someone re-reads paho's 
 
 - :class:`_FastAckClient` skips paho's per-PUBACK rescan of unacknowledged messages when none is
   queued;
-- :class:`_BatchingClient` queues a batch of publishes or acknowledgements with one wake-up of the
-  network thread, and a batch of PUBACKs as one write (:func:`publish_many`, :func:`ack_many`);
+- :class:`_BatchingClient` reads many packets per ``recv`` and queues a batch of publishes or
+  acknowledgements with one wake-up of the network thread, a batch of PUBACKs as one write
+  (:func:`publish_many`, :func:`ack_many`);
 - :class:`_LeanProperties` stands in for ``Properties`` where paho decodes an incoming PUBLISH
   (``paho.mqtt._packet.decode_publish``), so an MQTT 5 message without properties costs no
   property tables;
@@ -62,8 +63,11 @@ class _FastAckClient(mqtt.Client):
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id: reason "success"
 
 
+READ_SIZE = 65536  # most bytes one recv takes from the socket
+
+
 class _BatchingClient(_FastAckClient):
-    """paho's client, queueing a batch of packets from another thread with one wake-up.
+    """paho's client, reading many packets per system call and queueing a batch with one wake-up.
 
     paho's ``_packet_queue`` writes a byte to a socket pair for every packet queued from outside its
     network thread, to wake that thread's ``select``: one system call per prediction and per
@@ -72,11 +76,46 @@ class _BatchingClient(_FastAckClient):
     (a deque, as paho appends them) and the network thread is woken once at the end; packets queued
     by any other thread take paho's own path. :meth:`ack_many` sends the PUBACKs of a batch as one
     packet (the same bytes as paho's ``ack``, one after another), so the network thread writes them
-    with one ``send`` instead of one each.
+    with one ``send`` instead of one each. Reads take what the socket holds (up to
+    :data:`READ_SIZE`) and :meth:`_sock_recv` serves paho's small reads from it; bytes left from a
+    closed connection are never served on the next (they belong to the socket they were read from).
     """
 
     _deferring: int | None = None  # thread id whose packets wait for one wake-up at the end
     _deferred = False
+    # Bytes read from _read_sock but not handed to paho's packet reader yet, from _read_pos on.
+    _read_buf = b""
+    _read_pos = 0
+    _read_sock: Any = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho reads each packet in three or more recv calls (its type, each byte of its length, the
+        # rest), each a system call that releases the GIL. Read what the socket has, up to
+        # READ_SIZE, and hand it out in the pieces paho asks for.
+        buf, pos = self._read_buf, self._read_pos
+        if pos < len(buf) and self._read_sock is self._sock:
+            end = pos + bufsize
+            self._read_pos = end
+            return buf[pos:end]
+        data = super()._sock_recv(max(bufsize, READ_SIZE))
+        if len(data) <= bufsize:
+            self._read_buf, self._read_pos = b"", 0
+            return data
+        self._read_buf, self._read_pos, self._read_sock = data, bufsize, self._sock
+        return data[:bufsize]
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho reads one packet per select() when nothing of ours is in flight (the input side):
+        # go on while read bytes wait here, since select() cannot see them.
+        rc = super().loop_read(max_packets)
+        while (
+            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            and self._read_pos < len(self._read_buf)
+            and self._sock is not None
+            and self._read_sock is self._sock
+        ):
+            rc = super().loop_read(max_packets)
+        return rc
 
     def _packet_queue(
         self,
