@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,16 +22,14 @@ from typing import Any
 import orjson
 import pytest
 from tests.e2e.test_cli_models import make_versions
-from tests.integration.conftest import Collector, events_of, wait_until
+from tests.integration.conftest import BackgroundStream, Collector, bus_settings, events_of, wait_until
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
-from edgeloop.config import load_settings
 from edgeloop.registry.bus import models_topic
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.registry.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, Signer
 from edgeloop.service.edge import EdgeService
-from edgeloop.telemetry.simulator import Simulator
 
 SCOPE = "voc_ppb"
 
@@ -42,29 +39,6 @@ def broker() -> Iterator[MosquittoBroker]:
     b = MosquittoBroker().start()
     yield b
     b.stop()
-
-
-class Stream:
-    """Simulator readings at a steady pace in a thread."""
-
-    def __init__(self, broker: MosquittoBroker, site: str) -> None:
-        self.sim = Simulator(2, seed=3)
-        self.session = MqttSession(broker.settings(), role="stream").start()
-        self.site = site
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for p in self.sim.step():
-                self.session.publish(f"edgeloop/{self.site}/{p['device']}/telemetry", orjson.dumps(p), qos=1)
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.session.close()
 
 
 class Retained:
@@ -112,27 +86,18 @@ def test_cli_decisions_reach_an_edge_over_the_bus_and_a_replay_changes_nothing(
     assert done.stderr.strip().count("\n") == 0 and "distribution.signing_key_file" in done.stderr
     assert "a trainer host" in done.stderr and trainer_models.champion(SCOPE) == 2
 
-    edge_settings = load_settings(
-        None,
-        **{
-            "site": site,
-            "data_dir": tmp_path / "edge",
-            "broker.url": broker.url,
-            "broker.client_id": f"edge-{site}",
-            "store.flush_interval": 0.05,
-            "edge.model_poll_interval": 0.5,
-            "edge.retrain": "mqtt",
-            "mlflow.enabled": False,
-            "model.min_train_samples": 100_000,  # the edge asks for nothing itself
-            "distribution.mode": "bus",
-            "distribution.public_key_file": keys / PUBLIC_KEY_FILE,
-        },
+    edge_settings = bus_settings(
+        broker,
+        site,
+        tmp_path / "edge",
+        f"edge-{site}",
+        **{"distribution.public_key_file": keys / PUBLIC_KEY_FILE},
     )
     edge = EdgeService(edge_settings).start()
     events = Collector(broker, f"edgeloop/{site}/events")
     predictions = Collector(broker, f"edgeloop/{site}/+/prediction")
     retained = Retained(broker, site)
-    stream = Stream(broker, site)
+    stream = BackgroundStream(broker, site)
     topic = models_topic(site, SCOPE)
 
     def serving() -> str | None:

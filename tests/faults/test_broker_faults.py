@@ -370,6 +370,43 @@ def test_edge_waits_for_a_broker_that_starts_later(
         late.stop()
 
 
+def test_readings_answered_before_a_restart_are_not_answered_again(
+    broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory
+) -> None:
+    # What the broker does when an acknowledgement was lost with the connection or the process, and
+    # what a device does when it resends unacknowledged readings: the next run gets them again.
+    env: Mapping[str, str] = edge_env(broker, site, tmp_path / "data")
+    edge = edge_process(env)
+    sink = Sink(broker, site)
+    pub = Publisher(broker, site, devices=20)
+    try:
+        pub.publish(400)
+        assert wait_for(lambda: len(sink) >= 400, 30)
+        assert edge.stop() == 0
+        second = edge_process(env)
+        made = pub.count
+        pub.count = 0
+        pub.publish(400)  # the same 400 readings (device, seq) again ...
+        pub.count = made
+        pub.publish(200)  # ... and 200 new ones
+        answered, lost, duplicated = settle(sink, pub, 30)
+        assert second.stop() == 0
+        stopped = re.findall(r"edge stopped: (\d+) processed, (\d+) dropped", second.log())
+        report(
+            "readings answered before a restart delivered again",
+            published=pub.count,
+            answered=answered,
+            lost=lost,
+            duplicated=duplicated,
+            note=f"400 sent twice; second run (processed, dropped): {stopped}",
+        )
+        assert (answered, lost, duplicated) == (600, 0, 0)
+        assert stopped == [("200", "400")]
+    finally:
+        pub.close()
+        sink.close()
+
+
 def test_edge_sigterm_mid_stream_then_restart(
     broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory
 ) -> None:

@@ -48,6 +48,15 @@ def base_env(mosquitto: MosquittoBroker, data_dir: Path, site: str, **extra: str
     }
 
 
+def trainer_env(
+    env: Mapping[str, str], client_id: str, *, mlflow: bool = False, **extra: str
+) -> dict[str, str]:
+    """``env`` for an ``edgeloop trainer`` of its own client id. ``mlflow``: seconds of MLflow set-up per
+    training, so a kill lands mid-training, and scope names must pass as registered-model names."""
+    more = {"EDGELOOP_MLFLOW_ENABLED": "true"} if mlflow else {}
+    return {**env, "EDGELOOP_BROKER_CLIENT_ID": client_id, **more, **extra}
+
+
 @pytest.fixture
 def site(request: pytest.FixtureRequest) -> str:
     return request.node.name[:24].replace("[", "_").replace("]", "_") + "-" + uuid.uuid4().hex[:6]
@@ -204,12 +213,8 @@ def test_trainer_killed_mid_training_the_edge_re_requests_and_a_restarted_traine
         EDGELOOP_RETRAIN_TIMEOUT="6",
         EDGELOOP_RETRAIN_MAX_ATTEMPTS="5",
     )
-    trainer_env: Mapping[str, str] = {
-        **env,
-        "EDGELOOP_BROKER_CLIENT_ID": f"trainer-{site}",
-        "EDGELOOP_MLFLOW_ENABLED": "true",  # seconds of MLflow set-up: the kill lands mid-training
-    }
-    trainer = TrainerProcess({**trainer_env}, tmp_path / "trainer.log").start()
+    trainer_env_ = trainer_env(env, f"trainer-{site}", mlflow=True)
+    trainer = TrainerProcess(trainer_env_, tmp_path / "trainer.log").start()
     edge = edge_process(env)
     events = Collector(mosquitto, f"edgeloop/{site}/events")
     predictions = Collector(mosquitto, f"edgeloop/{site}/+/prediction")
@@ -219,7 +224,7 @@ def test_trainer_killed_mid_training_the_edge_re_requests_and_a_restarted_traine
         trainer.kill9()
         killed_at = time.monotonic()
         edge.wait_log("timed out after 6 s", 20)
-        trainer = TrainerProcess({**trainer_env}, tmp_path / "trainer.log").start()
+        trainer = TrainerProcess(trainer_env_, tmp_path / "trainer.log").start()
         wait_until(lambda: events_of(events, "model_promoted", "voc_ppb"), 50, "the fleet model")
         recovery = time.monotonic() - killed_at
         published, answered, lost, duplicated = settle(readings, predictions)
@@ -252,6 +257,13 @@ def test_trainer_killed_mid_training_the_edge_re_requests_and_a_restarted_traine
         predictions.close()
 
 
+def seeded_data_dir(path: Path, devices: list[str]) -> Path:
+    """A new data dir whose store already holds enough voc_ppb readings of ``devices`` to train on."""
+    path.mkdir()
+    _seed_store(path / "edgeloop.db", devices)
+    return path
+
+
 def _seed_store(path: Path, devices: list[str], n: int = 300) -> None:
     import math
 
@@ -278,15 +290,9 @@ def _seed_store(path: Path, devices: list[str], n: int = 300) -> None:
 def test_trainer_survives_hostile_requests_and_unusual_scope_names(
     mosquitto: MosquittoBroker, tmp_path: Path, site: str
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     long_device = "x" * 300  # longer than a file name may be
-    _seed_store(data / "edgeloop.db", ["Küche", "dev 1", long_device])
-    env = {
-        **base_env(mosquitto, data, site),
-        "EDGELOOP_BROKER_CLIENT_ID": f"trainer-{site}",
-        "EDGELOOP_MLFLOW_ENABLED": "true",  # registered-model names must take these scopes too
-    }
+    data = seeded_data_dir(tmp_path / "data", ["Küche", "dev 1", long_device])
+    env = trainer_env(base_env(mosquitto, data, site), f"trainer-{site}", mlflow=True)
     trainer = TrainerProcess(env, tmp_path / "trainer.log").start()
     events = Collector(mosquitto, f"edgeloop/{site}/events")
     sender = MqttSession(mosquitto.settings(), role="hostile")

@@ -15,8 +15,10 @@ import pytest
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.bench.options import BenchOptions
 from edgeloop.config import Settings, load_settings
 from edgeloop.service.edge import EdgeService
+from edgeloop.telemetry.simulator import Simulator
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -121,6 +123,69 @@ class SimStream:
 
     def close(self) -> None:
         self.session.close()
+
+
+class BackgroundStream:
+    """Two simulated devices' readings at a steady pace in a thread, to whatever broker is up."""
+
+    def __init__(self, broker: MosquittoBroker, site: str) -> None:
+        self.sim = Simulator(2, seed=3)
+        self.site = site
+        self.session = MqttSession(broker.settings(), role="stream").start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for p in self.sim.step():
+                self.session.publish(f"edgeloop/{self.site}/{p['device']}/telemetry", orjson.dumps(p), qos=1)
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.session.close()
+
+
+def bus_settings(
+    broker: MosquittoBroker, site: str, data_dir: Path, client_id: str, **extra: Any
+) -> Settings:
+    """Settings of an edge or trainer host in ``distribution.mode: bus``: a data dir of its own, champions
+    only over the broker, and an edge that asks for no training itself; ``extra`` are dotted keys."""
+    return load_settings(
+        None,
+        **{
+            "site": site,
+            "data_dir": data_dir,
+            "broker.url": broker.url,
+            "broker.client_id": client_id,
+            "store.flush_interval": 0.05,
+            "edge.model_poll_interval": 0.5,
+            "edge.retrain": "mqtt",
+            "mlflow.enabled": False,
+            "model.min_train_samples": 100_000,
+            "distribution.mode": "bus",
+            **extra,
+        },
+    )
+
+
+def tiny_bench_options(**extra: Any) -> BenchOptions:
+    """``edgeloop bench`` at a tiny scale: every phase in seconds, no first training."""
+    tiny: dict[str, Any] = {
+        "devices": 20,
+        "qos": [1],
+        "ceiling_seconds": 1.0,
+        "max_seconds": 1.0,
+        "step_seconds": 1.5,
+        "steps": 1,
+        "latency_rate": 200.0,
+        "latency_seconds": 2.0,
+        "train_model": False,
+        "window": 200,
+    }
+    return BenchOptions(**{**tiny, **extra})
 
 
 def events_of(collector: Collector, kind: str, scope: str | None = None) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from tests.integration.conftest import tiny_bench_options
 
 from edgeloop.adapters.broker import MosquittoBroker, mosquitto_binary
 from edgeloop.bench.analysis import analyze, passed
@@ -123,19 +124,7 @@ def test_lean_subscriber_receives_every_message_once_and_intact(
 def test_tiny_bench_run_reports_every_phase_without_loss() -> None:
     if mosquitto_binary() is None:
         pytest.skip("no mosquitto binary on PATH or in /usr/sbin (apt-get install mosquitto)")
-    options = BenchOptions(
-        devices=20,
-        qos=[1],
-        ceiling_seconds=1.0,
-        max_seconds=1.0,
-        step_seconds=1.5,
-        steps=1,
-        latency_rate=200.0,
-        latency_seconds=2.0,
-        train_model=False,
-        window=200,
-    )
-    result = Bench(options).run()
+    result = Bench(tiny_bench_options()).run()
 
     assert {"machine", "options", "qos", "targets", "seconds", "broker"} <= result.keys()
     assert result["machine"]["cores_logical"] >= 1

@@ -8,8 +8,8 @@ No timing assertions: only the shape of the results and that nothing is lost or 
 from __future__ import annotations
 
 import pytest
+from tests.integration.conftest import tiny_bench_options
 
-from edgeloop.bench.options import BenchOptions
 from edgeloop.bench.report import format_report
 from edgeloop.bench.run import Bench
 
@@ -18,17 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.timeout(300)
 def test_tiny_nats_bench_run_measures_every_window_without_loss() -> None:
-    options = BenchOptions(
-        devices=20,
-        qos=[1],
-        ceiling_seconds=1.0,
-        max_seconds=1.0,
-        step_seconds=1.5,
-        steps=1,
-        latency_rate=200.0,
-        latency_seconds=2.0,
-        train_model=False,
-        window=200,
+    options = tiny_bench_options(
         nats=True,
         nats_replicas=[1, 2],
         nats_partitions=4,

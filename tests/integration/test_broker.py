@@ -19,11 +19,11 @@ from edgeloop.adapters.broker import (
     EmbeddedBroker,
     MosquittoBroker,
     TlsFiles,
-    _certs_with_openssl,
     broker_answers,
     make_test_certs,
     start_broker,
 )
+from edgeloop.adapters.certs import _certs_with_openssl
 from edgeloop.adapters.mqtt import MqttSession, connect, make_client
 
 pytestmark = pytest.mark.integration

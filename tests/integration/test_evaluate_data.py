@@ -74,7 +74,10 @@ def test_evaluate_writes_json_markdown_and_plots_on_the_control_data(tmp_path: P
     assert m["persistence"]["rmse_vs_persistence"] == 1.0 and m["static"]["rmse_vs_static"] == 1.0
     for name in ("page-hinkley", "river-ph"):  # on a control every alarm is a false alarm
         assert m[name]["false_alarms"] == m[name]["alarms"]
-    assert {c["check"] for c in saved["targets"]} >= {"RMSE <= persistence", "fewer retrains than periodic"}
+    assert {c["check"] for c in saved["targets"]} >= {
+        "RMSE <= persistence",
+        "retrains + refreshes <= half of periodic's",
+    }
     text = (tmp_path / "results.md").read_text()
     assert "## occupancy / co2" in text and "| **page-hinkley** * |" in text
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))

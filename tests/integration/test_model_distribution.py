@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from tests.integration.conftest import Collector, events_of, wait_until
+from tests.integration.conftest import BackgroundStream, Collector, bus_settings, events_of, wait_until
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
 from edgeloop.adapters.store import SampleRow, Store
-from edgeloop.config import Settings, load_settings
+from edgeloop.config import Settings
 from edgeloop.engine.features import training_pairs
 from edgeloop.models.forecasters import LinearForecaster
 from edgeloop.models.modelfile import save_model
@@ -33,7 +33,6 @@ from edgeloop.registry.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, Signer
 from edgeloop.retrain.service import TrainerService
 from edgeloop.scopes import version_label
 from edgeloop.service.edge import EdgeService
-from edgeloop.telemetry.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 SCOPE = "voc_ppb"
@@ -57,29 +56,6 @@ class RawCollector:
         self.messages.append((message.topic, bytes(message.payload)))
 
     def close(self) -> None:
-        self.session.close()
-
-
-class Stream:
-    """Simulator readings at a steady pace in a thread, to whatever broker is up."""
-
-    def __init__(self, broker: MosquittoBroker, site: str) -> None:
-        self.sim = Simulator(2, seed=3)
-        self.site = site
-        self.session = MqttSession(broker.settings(), role="stream").start()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for p in self.sim.step():
-                self.session.publish(f"edgeloop/{self.site}/{p['device']}/telemetry", orjson.dumps(p), qos=1)
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
         self.session.close()
 
 
@@ -127,24 +103,8 @@ def test_trainer_publishes_edge_verifies_serves_refuses_tampered_and_restarts_fr
     Signer.generate().write(keys)
 
     def settings(role: str, **extra: Any) -> Settings:
-        return load_settings(
-            None,
-            **{
-                "site": site,
-                "data_dir": tmp_path / role,
-                "broker.url": broker.url,
-                "broker.client_id": f"{role}-{site}",
-                "broker.connect_wait": 30,
-                "store.flush_interval": 0.05,
-                "edge.model_poll_interval": 0.5,
-                "edge.retrain": "mqtt",
-                "mlflow.enabled": False,
-                "model.min_train_samples": 100_000,  # the edge asks for nothing itself
-                "model.candidates": ["linear"],
-                "distribution.mode": "bus",
-                **extra,
-            },
-        )
+        more = {"broker.connect_wait": 30, "model.candidates": ["linear"], **extra}
+        return bus_settings(broker, site, tmp_path / role, f"{role}-{site}", **more)
 
     (tmp_path / "trainer").mkdir()
     seed_store(tmp_path / "trainer" / "edgeloop.db")
@@ -157,7 +117,7 @@ def test_trainer_publishes_edge_verifies_serves_refuses_tampered_and_restarts_fr
     events = Collector(broker, f"edgeloop/{site}/events")
     models = RawCollector(broker, models_topic(site) + "/+")
     predictions = Collector(broker, f"edgeloop/{site}/+/prediction")
-    stream = Stream(broker, site)
+    stream = BackgroundStream(broker, site)
     edge2: EdgeService | None = None
     try:
         assert trainer.ready.wait(20) and edge.ready.wait(20)
@@ -214,7 +174,7 @@ def test_trainer_publishes_edge_verifies_serves_refuses_tampered_and_restarts_fr
         assert edge2.ready.wait(30), "the restarted edge did not connect"
         assert serving(edge2) == label
         mark = len(predictions.payloads())
-        stream = Stream(broker, site)
+        stream = BackgroundStream(broker, site)
         wait_until(lambda: len(predictions.payloads()) > mark + 20, 20, "predictions after the restart")
         assert {p["predictions"][SCOPE]["model"] for p in predictions.payloads()[mark + 5 :]} == {label}
     finally:

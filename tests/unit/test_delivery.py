@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,3 +36,29 @@ def test_a_device_that_restarts_its_counter_is_not_dropped() -> None:
     assert [memory.seen("d", s, 1000.0 + s) for s in range(5)] == [False] * 5
     assert memory.seen("d", 0, 5000.0) is False  # counter restarted: later timestamp
     assert memory.seen("d", 0, 5000.0) is True  # and its redelivery is recognised
+
+
+def test_the_memory_survives_a_restart_through_its_state() -> None:
+    before = AnsweredMemory(max_devices=3)
+    for seq in (1, 2, 5, 3):  # 4 is a hole: a late reading, not a redelivery
+        assert before.seen("a", seq, 100.0 + seq) is False
+    before.seen("b", 7, 50.0)
+    after = AnsweredMemory(max_devices=3)
+    assert after.load_state(orjson.loads(orjson.dumps(before.to_state()))) == 2
+    assert [after.seen("a", s, 100.0 + s) for s in (1, 2, 3, 5, 4, 6)] == [True] * 4 + [False] * 2
+    assert after.seen("b", 7, 50.0) is True
+
+
+def test_a_damaged_state_loads_what_is_well_formed_and_stays_bounded() -> None:
+    memory = AnsweredMemory(max_devices=2)
+    state = {
+        "x": [3, 1.0, [[0, 3]]],
+        "bad": "no",
+        "neg": [-1, 1.0, []],
+        "nan": [1, "nan", []],
+        "y": [1, 2.0, []],
+    }
+    assert memory.load_state(state) == 2
+    assert memory.load_state([1, 2]) == 0
+    assert len(memory) == 2
+    assert memory.seen("y", 1, 2.0) is True

@@ -24,6 +24,7 @@ from edgeloop.drift import (
     make_detector,
     make_guarded,
 )
+from edgeloop.engine.monitor import RollingRmse as EngineRollingRmse
 from edgeloop.errors import ConfigError
 
 Factory = Callable[[float | None], Detector]
@@ -199,6 +200,22 @@ def test_contract_rolling_rmse_matches_numpy(policy: str) -> None:
         if i in (0, 5, 98, 99, 100, 249, 300, 349, 350, 979):
             expected = math.sqrt(np.mean(errors[max(0, i - 99) : i + 1] ** 2))
             assert det.rolling_rmse == pytest.approx(expected, rel=1e-9), i
+
+
+@pytest.mark.parametrize("policy", list(FACTORIES))
+def test_contract_window_is_the_engines_rolling_rmse(policy: str) -> None:
+    # One rolling RMSE: a detector's window and the engine's error bookkeeping agree to the bit,
+    # glitches leaving the window included (the engine's used to keep their rounding noise).
+    det = FACTORIES[policy](None)
+    engine_side = EngineRollingRmse(100)
+    rng = np.random.default_rng(4)
+    errors = rng.normal(0, 1, 1000)
+    errors[rng.integers(0, 1000, 8)] = 1e12
+    for e in errors.tolist():
+        det.update(e)
+        engine_side.add(e)
+        assert det.rolling_rmse == engine_side.value
+    assert engine_side.value == pytest.approx(math.sqrt(np.mean(errors[-100:] ** 2)), rel=1e-9)
 
 
 @pytest.mark.parametrize("policy", list(FACTORIES))

@@ -239,6 +239,33 @@ def test_window_scoring_counts_detections_delays_and_false_alarms() -> None:
     assert report.score_windows([], [])["median_delay"] is None
 
 
+def test_checks_use_the_issues_bars_and_count_refreshes_apart_on_stationary_data() -> None:
+    def block(dataset: str, **default: float) -> dict[str, object]:
+        strategies = {
+            "persistence": {"rmse": 1.10, "retrains": 0},
+            "static": {"rmse": 1.00, "retrains": 0},
+            "periodic": {"rmse": 0.99, "retrains": 16},
+            "page-hinkley": {"rmse": 0.994, "retrains": 8, "refreshes": 6, "scored": 20_000}
+            | {"retrains_per_10k": 4.0}
+            | default,
+        }
+        return {"dataset": dataset, "target": "x", "strategies": strategies}
+
+    checks = {c["check"]: c["pass"] for c in report.check_targets([block("rec")], "page-hinkley")}
+    # 0.994 is within 0.5 % of periodic's 0.99; 8 trainings are half of periodic's 16.
+    assert checks == {
+        "RMSE <= persistence": True,
+        "RMSE within 0.5 % of best of static/periodic/original": True,
+        "retrains + refreshes <= half of periodic's": True,
+    }
+    checks = {c["check"]: c["pass"] for c in report.check_targets([block("rec", rmse=0.996)], "page-hinkley")}
+    assert not checks["RMSE within 0.5 % of best of static/periodic/original"]
+    (stationary,) = report.check_targets([block("sim:stationary")], "page-hinkley")
+    assert stationary["pass"] and stationary["detail"].startswith("2 in 20000")  # 8 - 6 refreshes
+    (stationary,) = report.check_targets([block("sim:stationary", refreshes=0)], "page-hinkley")
+    assert not stationary["pass"]
+
+
 def test_report_blocks_targets_and_markdown() -> None:
     y = ar_series(1600, shift_at=900, shift=25.0)
     r = TargetReplay(

@@ -3,6 +3,8 @@ refresh, gaps, probation against persistence, the promotion rule, and a sensor r
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,8 @@ from edgeloop.evaluate.datasets import Track
 from edgeloop.evaluate.replay import ReplayConfig, RunResult, TargetReplay
 from edgeloop.evaluate.strategies import parse_strategy
 from edgeloop.lifecycle.floor import Floor
-from edgeloop.lifecycle.promotion import judge
+from edgeloop.lifecycle.probation import judge_probation
+from edgeloop.lifecycle.promotion import champion_margin, judge
 from edgeloop.models.forecasters import LinearForecaster, Persistence
 from edgeloop.models.modelfile import LoadedModel
 from edgeloop.retrain.job import train_and_judge
@@ -172,6 +175,27 @@ def test_probation_keeps_a_model_better_than_the_old_one_even_if_worse_than_pers
     assert out.predictions[-1].forecasts["voc_ppb"].model == PERSISTENCE_VERSION
 
 
+@pytest.mark.parametrize(
+    ("new", "previous", "persistence", "keep"),
+    [
+        (1.0, 1.0, 1.5, True),  # as good as the old one, better than persistence
+        (1.2, 1.0, 1.5, False),  # worse than the model it replaced
+        (1.2, 1.3, 1.0, True),  # worse than persistence, better than the old one: the floor's job
+        (1.2, 1.15, 1.0, False),  # worse than persistence and the old one did better
+        (1.05, 1.0, 1.0, True),  # within the tolerance of both
+    ],
+)
+def test_the_probation_rule_compares_with_the_model_it_replaced_and_with_persistence(
+    new: float, previous: float, persistence: float, keep: bool
+) -> None:
+    verdict = judge_probation(
+        new_rmse=new, previous_rmse=previous, persistence_rmse=persistence, samples=200, tolerance=1.1
+    )
+    assert verdict.keep is keep
+    assert (verdict.reason is None) is keep
+    assert verdict.metrics["samples"] == 200 and verdict.metrics["persistence_rmse"] == persistence
+
+
 # -- gaps --------------------------------------------------------------------------------------------
 
 
@@ -273,7 +297,57 @@ def test_refresh_is_scheduled_in_time_never_sooner_than_half_a_training_window()
     assert len(at) == 8 and spaced(at, 15 + 100, 100)
 
 
+@pytest.mark.parametrize("devices", [("b",), ("a", "b")])
+def test_a_devices_drift_retrain_postpones_the_refresh_of_a_scope_that_serves_only_it(
+    devices: tuple[str, ...],
+) -> None:
+    rng = np.random.default_rng(8)
+    n, onset, every = 4000, 2000, 600  # refresh every 10 h at 1 reading a minute
+    series = {d: 100 + np.cumsum(rng.normal(0, 1, n)) for d in devices}
+    series["b"][onset:] += rng.normal(0, 8, n - onset)
+    eng = engine(retrain_min_samples=60, consolidate_after="0", train_window=1000, refresh_every="10h")
+    eng.install("voc_ppb", offset_model(0.0), probation=False)
+    asked: list[tuple[str, int]] = []
+    for i in range(0, n, 10):
+        out = eng.process([m for d in devices for m in readings(d, series[d][i : i + 10], start=i)])
+        for r in out.retrains:
+            asked.append((r.trigger, i + 10))
+            eng.retrain_finished(r.scope, installed=False)
+    drift = [at for trigger, at in asked if trigger == "drift"]
+    refresh = [at for trigger, at in asked if trigger == "refresh"]
+    assert drift and drift[0] > onset and refresh and refresh[0] < onset
+    after = [at for at in refresh if at > drift[0]]
+    if devices == ("b",):
+        # Its only device was just trained on: the next refresh waits a full span from the drift retrain.
+        assert not after or after[0] >= drift[0] + every
+    else:
+        # Device a's readings were not looked at: the fleet's refresh keeps its schedule.
+        assert after and after[0] < drift[0] + every
+        assert all(0 <= b - a - every < 32 for a, b in itertools.pairwise(refresh))
+
+
 # -- the promotion rule ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("readings", "promote"), [(2000, True), (100, False)])
+def test_a_large_holdout_lets_a_steadily_better_challenger_in_under_the_margin(
+    readings: int, promote: bool
+) -> None:
+    rng = np.random.default_rng(9)
+    champion = rng.normal(0, 1, readings)
+    challenger = 0.99 * champion + rng.normal(0, 0.05, readings)  # about 1 % better, reading by reading
+    over = champion_margin(challenger, champion, 0.02)
+    assert (over < 0.01) is promote and 0.0 <= over <= 0.02
+    verdict = judge(
+        float(np.sqrt(np.mean(challenger**2))),
+        champion_rmse=float(np.sqrt(np.mean(champion**2))),
+        persistence_rmse=2.0,
+        margin=0.02,
+        champion_margin=over,
+    )
+    assert verdict.promote is promote
+    # The margin over persistence never shrinks.
+    assert not judge(1.0, champion_rmse=1.1, persistence_rmse=1.01, margin=0.02, champion_margin=0.0).promote
 
 
 def test_a_challenger_must_beat_the_champion_and_persistence() -> None:

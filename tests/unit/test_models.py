@@ -117,6 +117,24 @@ def test_split_is_time_ordered_per_device() -> None:
         train_candidates([Series("a", np.arange(10.0), np.arange(10.0))], lags=5)
 
 
+def test_the_chosen_model_is_refitted_on_its_holdout_and_keeps_its_holdout_scores() -> None:
+    # The dynamics change in the newest quarter: a model fitted without it has not seen them.
+    y = np.concatenate([ar_series(1500), 100 + 3 * (ar_series(500, seed=3) - 100)])
+    series = [Series("d", np.arange(len(y), dtype=float), y)]
+    served = train_candidates(series, lags=5, candidates=["linear"])
+    stale = train_candidates(series, lags=5, candidates=["linear"], refit=False)
+    assert served.kind == stale.kind == "linear" and served.scores == stale.scores
+    assert served.holdout_errors is not None and len(served.holdout_errors) == len(served.split.val_y)
+    split = served.split
+    everything = LinearForecaster(5).fit(
+        np.vstack([split.train_x, split.val_x]), np.concatenate([split.train_y, split.val_y])
+    )
+    assert np.allclose(served.forecaster.predict(split.val_x), everything.predict(split.val_x))
+    assert rmse(served.forecaster.predict(split.val_x), split.val_y) < rmse(
+        stale.forecaster.predict(split.val_x), split.val_y
+    )
+
+
 def test_registry_champion_pointer_and_rollback(tmp_path: Path) -> None:
     reg = LocalRegistry(tmp_path)
     model = LinearForecaster(5).fit(*training_pairs(ar_series(300), 5))

@@ -86,6 +86,36 @@ def test_step_and_frame_agree() -> None:
     pd.testing.assert_frame_equal(stepped[framed.columns], framed, check_dtype=False)
 
 
+def test_live_simulator_never_runs_ahead_of_the_clock_over_days() -> None:
+    # A live simulator publishes `rate` steps a second of `interval` simulated seconds each, from a
+    # start in the past: the compose simulator (--rate 5, 60 s) ran 300x faster than the wall clock and
+    # overtook it after a few days, and the edge then dropped every reading as ts_out_of_window. Here
+    # the publisher's ticks are driven by hand against an injected clock, two days behind it at first.
+    interval, rate, day = 60.0, 1.0, 86_400.0
+    start = 1_700_000_000.0
+    wall = start + 2 * day
+    sim = Simulator(2, seed=3, interval=interval, start_ts=start, clock=lambda: wall)
+    stamps: list[float] = []
+    caught_up_at = None
+    while wall < start + 4 * day:
+        readings = sim.step()
+        assert all(r["ts"] <= wall for r in readings), (wall - start) / day
+        if readings:
+            assert len(readings) == 2 and readings[0]["seq"] == len(stamps)
+            stamps.append(readings[0]["ts"])
+        elif caught_up_at is None:
+            caught_up_at = wall
+        wall += 1.0 / rate  # the publisher's pacer: one tick every 1/rate seconds of wall time
+    assert caught_up_at is not None
+    # Faster than real time while behind (a step every tick), then one step per interval: the edge
+    # keeps getting readings on time, evenly spaced, over the whole simulated span.
+    last_tick = wall - 1.0 / rate
+    assert len(stamps) == int((last_tick - start) // interval) + 1
+    assert np.allclose(np.diff(stamps), interval)
+    ticks_to_catch_up = (caught_up_at - start - 2 * day) * rate
+    assert ticks_to_catch_up == pytest.approx(2 * day * rate / (interval * rate - 1), abs=2)
+
+
 def test_values_stay_in_plausible_ranges() -> None:
     df = Simulator(4, seed=21).frame(2 * 1440)  # two simulated days
     assert df["temp_c"].between(10, 35).all()

@@ -1,21 +1,16 @@
 """Private MQTT brokers for tests, demos and benchmarks, plus small broker helpers.
 
 :class:`MosquittoBroker` runs a private ``mosquitto`` on a free port of 127.0.0.1 with its own
-config file (never the machine's shared broker on 1883). :class:`EmbeddedBroker` is the fallback when
-no mosquitto binary exists: an in-process amqtt broker, which speaks MQTT 3.1.1 only.
-
->>> port = find_free_port()
->>> 1024 <= port <= 65535
-True
->>> broker_answers("127.0.0.1", port, timeout=0.2)
-False
+config file (never the machine's shared broker on 1883). :class:`EmbeddedBroker`
+(:mod:`edgeloop.adapters.embedded_broker`) is the fallback when no mosquitto binary exists: an
+in-process amqtt broker, which speaks MQTT 3.1.1 only. :func:`start_broker` picks one. The probes
+(:mod:`edgeloop.adapters.broker_probe`) and test certificates (:mod:`edgeloop.adapters.certs`) are
+importable from here too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import getpass
 import hashlib
 import logging
@@ -23,72 +18,33 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
-import struct
 import subprocess
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from edgeloop.adapters.broker_probe import _START_TIMEOUT, broker_answers, find_free_port
+from edgeloop.adapters.certs import TlsFiles, make_test_certs
+from edgeloop.adapters.embedded_broker import EmbeddedBroker
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError
 
+__all__ = [
+    "EmbeddedBroker",
+    "MosquittoBroker",
+    "TlsFiles",
+    "broker_answers",
+    "find_free_port",
+    "make_test_certs",
+    "mosquitto_binary",
+    "mosquitto_password_line",
+    "start_broker",
+]
+
 log = logging.getLogger(__name__)
-
-_START_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a TLS listener: the CA that signed the server cert, the cert and its key."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def find_free_port() -> int:
-    """A TCP port of 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _probe_connect_packet() -> bytes:
-    # A minimal MQTT 3.1.1 CONNECT (clean session, keepalive 10 s) with a random client id.
-    client_id = f"edgeloop-probe-{secrets.token_hex(4)}".encode()
-    variable = b"\x00\x04MQTT\x04\x02\x00\x0a"
-    payload = struct.pack("!H", len(client_id)) + client_id
-    body = variable + payload
-    return bytes([0x10, len(body)]) + body
-
-
-def broker_answers(
-    host: str, port: int, timeout: float = 1.0, ssl_context: ssl.SSLContext | None = None
-) -> bool:
-    """True if an MQTT broker answers on host:port: TCP connect plus a CONNECT/CONNACK round trip.
-
-    Any CONNACK counts, even "not authorized", so a broker requiring a password still answers;
-    a port that accepts TCP but does not speak MQTT does not. Pass ``ssl_context`` for a TLS port.
-    """
-    try:
-        with contextlib.ExitStack() as stack:
-            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
-            if ssl_context is not None:
-                sock = stack.enter_context(ssl_context.wrap_socket(sock, server_hostname=host))
-            sock.sendall(_probe_connect_packet())
-            answer = sock.recv(4)
-            if answer[:1] == b"\x20":
-                sock.sendall(b"\xe0\x00")  # DISCONNECT, so the broker logs a clean goodbye
-                return True
-            return False
-    except (OSError, ssl.SSLError):
-        return False
 
 
 def mosquitto_binary() -> str | None:
@@ -319,104 +275,6 @@ class MosquittoBroker:
         self.stop()
 
 
-class EmbeddedBroker:
-    """An in-process amqtt broker on a free port of 127.0.0.1, run by its own asyncio loop in a thread.
-
-    The fallback when no mosquitto binary exists. amqtt speaks **MQTT 3.1.1 only** (no v5 session
-    expiry, no shared subscriptions), so clients must connect with ``protocol="3.1.1"``: read
-    :attr:`protocol` and pass it to ``make_client``. Anonymous access only.
-    """
-
-    protocol = "3.1.1"
-    tls = None
-
-    def __init__(self) -> None:
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    def settings(self, **overrides: Any) -> BrokerSettings:
-        """BrokerSettings pointing at this broker; overrides win."""
-        return BrokerSettings(**{"url": self.url, **overrides})
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            # Only anonymous auth: the default plugin set adds a $SYS publisher and packet logging.
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        }
-
-    async def _serve(self) -> None:
-        from amqtt.broker import Broker  # imported lazily: amqtt is heavy and only a fallback
-
-        self._stop = asyncio.Event()
-        broker = Broker(self._config())
-        try:
-            await broker.start()
-        except BaseException as exc:
-            self._error = exc
-            self._started.set()
-            return
-        self._started.set()
-        await self._stop.wait()
-        await broker.shutdown()
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        try:
-            self._loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._error = exc
-            self._started.set()
-        finally:
-            self._loop.close()
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            return self
-        self.port = find_free_port()
-        self._started.clear()
-        self._thread = threading.Thread(target=self._run, name=f"amqtt-{self.port}", daemon=True)
-        self._thread.start()
-        if not self._started.wait(_START_TIMEOUT) or self._error is not None:
-            self.stop()
-            raise BrokerError(f"embedded amqtt broker did not start on {self.url}: {self._error}")
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not broker_answers(self.host, self.port, timeout=0.5):
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BrokerError(f"embedded amqtt broker on {self.url} does not answer")
-            time.sleep(0.05)
-        log.info("embedded amqtt broker listening on %s (MQTT 3.1.1)", self.url)
-        return self
-
-    def stop(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed in between
-                loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=10)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
 def start_broker(prefer: Literal["auto", "mosquitto", "amqtt"] = "auto") -> MosquittoBroker | EmbeddedBroker:
     """Start a private broker: mosquitto if its binary exists (or ``prefer="mosquitto"``), else amqtt.
 
@@ -427,106 +285,3 @@ def start_broker(prefer: Literal["auto", "mosquitto", "amqtt"] = "auto") -> Mosq
     if prefer == "mosquitto" or (prefer == "auto" and mosquitto_binary() is not None):
         return MosquittoBroker().start()
     return EmbeddedBroker().start()
-
-
-def make_test_certs(directory: Path, hostname: str = "localhost") -> TlsFiles:
-    """A self-signed CA and a server cert for ``hostname`` and 127.0.0.1, written to ``directory``.
-
-    For tests only (short-lived, unprotected keys). Uses the ``cryptography`` package when importable,
-    else the ``openssl`` CLI.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        _certs_with_openssl(files, hostname)
-    else:
-        _certs_with_cryptography(files, hostname)
-    files.key.chmod(0o600)
-    return files
-
-
-def _certs_with_cryptography(files: TlsFiles, hostname: str) -> None:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeloop test CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-
-
-def _certs_with_openssl(files: TlsFiles, hostname: str) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise BrokerError("making test certificates needs the cryptography package or the openssl CLI")
-    work = files.ca.parent
-    ca_key, csr, ext = work / "ca.key", work / "server.csr", work / "server.ext"
-    ext.write_text(
-        f"subjectAltName=DNS:{hostname},IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
-        "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
-    )
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    commands = [
-        [openssl, "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(files.ca), "-days", "2",
-         "-subj", "/CN=edgeloop test CA", "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        [openssl, "req", "-new", *ec, "-keyout", str(files.key), "-out", str(csr),
-         "-subj", f"/CN={hostname}"],
-        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(files.ca), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-out", str(files.cert), "-days", "2", "-extfile", str(ext)],
-    ]  # fmt: skip
-    for cmd in commands:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise BrokerError(f"openssl failed making test certificates: {done.stderr.strip()}")

@@ -28,9 +28,9 @@ import nats
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from edgeloop.adapters.nats_partitions import FETCH_BATCH
 from edgeloop.adapters.nats_pull import pull
 from edgeloop.adapters.nats_subjects import stream_config
-from edgeloop.adapters.nats_transport import FETCH_BATCH
 from edgeloop.bench.workers import Recorder, _reply_errors
 
 INBOX = 20_000  # edge.inbox_max's default

@@ -36,7 +36,8 @@ class RmseThreshold(_Windowed):
 
     def _decide(self, error: float) -> bool:
         # Compare sums of squares: no sqrt on the hot path.
-        return self._count == self.window and self._sum_sq > self._limit_sq * self.window
+        rolling = self._rolling
+        return rolling.count == self.window and rolling.sum_sq > self._limit_sq * self.window
 
     @property
     def threshold(self) -> float | None:
@@ -80,12 +81,13 @@ class RelativeRmse(_Calibrating):
         super().__init__(window, reference_rmse, calibration)
 
     def _decide(self, error: float) -> bool:
-        if self._count < self.window:
+        rolling = self._rolling
+        if rolling.count < self.window:
             return False
         if self._live_reference is None and not self._try_calibrate():
             return False
         limit = self.factor * self._live_reference  # type: ignore[operator]
-        return self._sum_sq > limit * limit * self.window
+        return rolling.sum_sq > limit * limit * self.window
 
     @property
     def threshold(self) -> float | None:

@@ -13,7 +13,8 @@ the serving model's own live errors.
 
 State is O(window); ``update`` is on the hot path, so it does plain float arithmetic, no numpy.
 
-This module holds that surface and the rolling window and calibration every policy shares; the
+This module holds that surface and the rolling window (:class:`~edgeloop.drift.rolling.RollingRmse`)
+and calibration every policy shares; the
 policies are in :mod:`edgeloop.drift.threshold` (absolute and relative levels) and
 :mod:`edgeloop.drift.normalised` (Page-Hinkley, ADWIN).
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol, runtime_checkable
 
-from edgeloop.packing import pack_floats, unpack_floats
+from edgeloop.drift.rolling import RollingRmse
 
 # A calibrated reference may sit far below the validation RMSE: a validation slice that happened to
 # hold an event (a door opened, a sensor glitch) overstates the error, and trusting it is exactly how
@@ -85,7 +86,7 @@ def _check_reference(reference_rmse: float | None) -> float | None:
 
 
 class _Windowed:
-    """Rolling sum of squared errors over the last ``window`` finite errors, in a ring buffer."""
+    """Rolling RMSE over the last ``window`` finite errors (:class:`~edgeloop.drift.rolling.RollingRmse`)."""
 
     name = "windowed"
 
@@ -94,46 +95,20 @@ class _Windowed:
             raise ValueError(f"window must be >= 2, got {window}")
         self.window = int(window)
         self._validation_rmse = _check_reference(reference_rmse)
-        self._squares = [0.0] * self.window
+        self._rolling = RollingRmse(self.window)
         self._clear()
 
     def _clear(self) -> None:
-        self._pos = 0
-        self._count = 0
-        self._sum_sq = 0.0
+        self._rolling.reset()
         self._samples = 0
         self._ignored = 0
         self._alarms = 0
 
     def _push(self, error: float) -> None:
-        sq = error * error
-        squares = self._squares
-        pos = self._pos
-        resum = False
-        if self._count == self.window:
-            old = squares[pos]
-            self._sum_sq += sq - old
-            # A glitch leaving the window (its square dwarfing everything else) leaves the running sum
-            # as mostly rounding error: re-sum exactly now rather than at the end of the lap.
-            resum = self._sum_sq < old * 1e-3
-        else:
-            self._sum_sq += sq
-            self._count += 1
-        squares[pos] = sq
-        pos += 1
-        if pos == self.window:
-            pos = 0
-            # Add/subtract keeps accumulating rounding error; an exact re-sum once per lap bounds it at
-            # O(1) amortised cost.
-            resum = True
-        if resum:
-            self._sum_sq = math.fsum(squares[: self._count])
-        self._pos = pos
+        self._rolling.add(error)
 
     def _abs_errors_oldest_first(self) -> list[float]:
-        squares = self._squares
-        ordered = squares[self._pos :] + squares[: self._pos] if self._count == self.window else squares
-        return [math.sqrt(sq) for sq in ordered[: self._count]]
+        return [math.sqrt(sq) for sq in self._rolling.squares_oldest_first()]
 
     def update(self, error: float) -> bool:
         """Feed one forecast error; True when this sample raises an alarm."""
@@ -153,7 +128,6 @@ class _Windowed:
 
     def reset(self) -> None:
         """Forget every error seen; behave exactly as freshly built with the same reference."""
-        self._squares = [0.0] * self.window
         self._clear()
 
     def rebase(self, reference_rmse: float | None) -> None:
@@ -163,14 +137,12 @@ class _Windowed:
 
     @property
     def window_full(self) -> bool:
-        return self._count == self.window
+        return self._rolling.full
 
     @property
     def rolling_rmse(self) -> float | None:
         """RMSE of the last ``window`` errors (fewer until the window fills); None before any error."""
-        if self._count == 0:
-            return None
-        return math.sqrt(max(self._sum_sq, 0.0) / self._count)
+        return self._rolling.value
 
     @property
     def threshold(self) -> float | None:
@@ -190,13 +162,16 @@ class _Windowed:
 
     def to_state(self) -> dict[str, Any]:
         """Everything :meth:`from_state` needs to continue exactly where this detector is (JSON-able)."""
+        # The window's fields stay flat under their own names (not RollingRmse.to_state's): snapshots
+        # written before the window became a RollingRmse load unchanged.
+        rolling = self._rolling.to_state()
         return {
             "policy": self.name,
             "window": self.window,
-            "squares": pack_floats(self._squares),
-            "pos": self._pos,
-            "count": self._count,
-            "sum_sq": self._sum_sq,
+            "squares": rolling["buf"],
+            "pos": rolling["i"],
+            "count": rolling["n"],
+            "sum_sq": rolling["sum"],
             "samples": self._samples,
             "ignored": self._ignored,
             "alarms": self._alarms,
@@ -212,12 +187,9 @@ class _Windowed:
         if state["policy"] != self.name or int(state["window"]) != self.window:
             found = f"{state['policy']}/{state['window']}"
             raise ValueError(f"detector state of {found} does not fit {self.name}/{self.window}")
-        squares = unpack_floats(state["squares"], self.window)
-        pos, count = int(state["pos"]), int(state["count"])
-        if not (0 <= pos < self.window and 0 <= count <= self.window):
-            raise ValueError("detector state out of range")
-        self._squares, self._pos, self._count = squares, pos, count
-        self._sum_sq = float(state["sum_sq"])
+        self._rolling.restore(
+            state["squares"], int(state["pos"]), int(state["count"]), float(state["sum_sq"])
+        )
         self._samples = int(state["samples"])
         self._ignored = int(state["ignored"])
         self._alarms = int(state["alarms"])
@@ -264,16 +236,17 @@ class _Calibrating(_Windowed):
         self._cal_n = 0
 
     def _push(self, error: float) -> None:
-        super()._push(error)
+        self._rolling.add(error)
         if self._live_reference is None:
             self._cal_sum += error * error
             self._cal_n += 1
 
     def _try_calibrate(self) -> bool:
-        if self._live_reference is not None or self._count < self.window or self._cal_n < self.calibration:
+        rolling = self._rolling
+        if self._live_reference is not None or rolling.count < self.window or self._cal_n < self.calibration:
             return False
         if self.calibration == self.window:
-            live = math.sqrt(max(self._sum_sq, 0.0) / self._count)
+            live = math.sqrt(max(rolling.sum_sq, 0.0) / rolling.count)
         else:
             live = math.sqrt(max(self._cal_sum, 0.0) / self._cal_n)
         val = self._validation_rmse

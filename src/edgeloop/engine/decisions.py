@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from edgeloop.engine.outputs import EngineOutput, RetrainRequest, Rollback
 from edgeloop.engine.track import _Serving, _Track
 from edgeloop.lifecycle.floor import Floor
-from edgeloop.scopes import scope_of
+from edgeloop.lifecycle.probation import judge_probation, probation_rmses
+from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, format_ts
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 def probation(
     engine: Engine, track: _Track, value: float, error: float, p_err: float, out: EngineOutput
 ) -> None:
+    """Score a reading on probation; at its end apply the rule of :mod:`edgeloop.lifecycle.probation`."""
     if track.shadow_forecast is None:
         return
     scope = engine._serving_scope(track.device, track.target)
@@ -39,39 +41,25 @@ def probation(
     serving.probation_left -= 1
     if serving.probation_left > 0:
         return
-    new_rmse = (serving.sq_new / serving.n) ** 0.5
-    old_rmse = (serving.sq_old / serving.n) ** 0.5
-    persist_rmse = (serving.sq_persist / serving.n) ** 0.5
-    metrics = {
-        "probation_rmse": new_rmse,
-        "previous_rmse": old_rmse,
-        "persistence_rmse": persist_rmse,
-        "samples": serving.n,
-    }
-    tol = engine.probation_tolerance
-    reason = None
-    if new_rmse > old_rmse * tol:
-        reason = (
-            f"live RMSE {new_rmse:.4g} on probation > {tol:g} x {old_rmse:.4g} of the model it replaced, "
-            f"on the same {serving.n} readings"
-        )
-    elif new_rmse > persist_rmse * tol and old_rmse < new_rmse:
-        # Worse than persistence, and the model it replaced did better: restore that one (the
-        # floor then judges it). Worse than persistence but better than the old one: keep it and
-        # let the floor serve persistence.
-        reason = (
-            f"live RMSE {new_rmse:.4g} on probation > {tol:g} x persistence's {persist_rmse:.4g}, and "
-            f"the model it replaced did better ({old_rmse:.4g}), on the same {serving.n} readings"
-        )
-    if reason is not None:
+    new_rmse, old_rmse, persist_rmse = probation_rmses(
+        serving.sq_new, serving.sq_old, serving.sq_persist, serving.n
+    )
+    verdict = judge_probation(
+        new_rmse=new_rmse,
+        previous_rmse=old_rmse,
+        persistence_rmse=persist_rmse,
+        samples=serving.n,
+        tolerance=engine.probation_tolerance,
+    )
+    if not verdict.keep:
         rejected, restored = serving.model, serving.previous
         out.events.append(
             Event(
                 "model_rolled_back",
                 scope,
                 engine.stream_ts,
-                reason=reason,
-                metrics=metrics,
+                reason=verdict.reason or "",
+                metrics=dict(verdict.metrics),
                 version=restored.label,
                 previous_version=rejected.label,
             )
@@ -238,8 +226,39 @@ def maybe_refresh(engine: Engine, track: _Track, ts: float, out: EngineOutput) -
         return
     if ts < due or scope in engine.pending:
         return
+    if track.regime_ts is not None and len(engine._tracks_served_by(scope)) == 1:
+        # Its only device has a drift retrain or a consolidation coming, on the same newest
+        # readings: that one takes the refresh's place (and restarts its clock, see postpone_refresh).
+        return
     engine._refresh_at[scope] = ts + refresh_seconds(engine, track)
     request(engine, scope, "refresh", f"scheduled refresh every {refresh_text(engine)}", None, out, {})
+
+
+def postpone_refresh(engine: Engine, scope: str) -> None:
+    """A device's drift or consolidation retrain restarts the refresh clock of the scope serving it,
+    if that scope serves no other device.
+
+    Such a retrain has just trained challengers on the device's newest readings and judged them
+    against the serving model on its newest holdout: a refresh soon after would repeat that
+    comparison on much the same readings, and each costs a training. A fleet scope serving other
+    devices keeps its schedule (their readings were not looked at).
+    """
+    if engine.refresh_every is None:
+        return
+    target, device = parse_scope(scope)
+    if device is None:
+        return  # a fleet scope's own request: the refresh schedules itself (see maybe_refresh)
+    track = engine.tracks.get((device, target))
+    if track is None or track.interval is None:
+        return
+    serving = engine._serving_scope(device, target)
+    if serving not in engine._refresh_at:
+        return  # no refresh scheduled for it (yet)
+    if serving != scope and len(engine._tracks_served_by(serving)) != 1:
+        return
+    engine._refresh_at[serving] = max(
+        engine._refresh_at[serving], engine.stream_ts + refresh_seconds(engine, track)
+    )
 
 
 def refresh_seconds(engine: Engine, track: _Track) -> float:
@@ -268,6 +287,7 @@ def request(
     metrics: dict[str, float | int | None],
 ) -> None:
     engine.pending.add(scope)
+    postpone_refresh(engine, scope)
     out.retrains.append(
         RetrainRequest(scope, trigger, reason, since_ts=since_ts, requested_ts=engine.stream_ts)
     )

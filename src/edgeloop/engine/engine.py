@@ -42,10 +42,11 @@ from edgeloop.engine import decisions, status
 from edgeloop.engine import state as _state
 from edgeloop.engine.cadence import Cadence
 from edgeloop.engine.outputs import EngineOutput, RetrainRequest, Rollback
-from edgeloop.engine.rows import SampleRow, ServedModel, StatusRow
+from edgeloop.engine.rows import SampleRow, StatusRow
+from edgeloop.engine.serving import ModelSlots
 from edgeloop.engine.track import _Serving, _Track
+from edgeloop.engine.waves import _collect_online, _Learn, _predict
 from edgeloop.lifecycle.floor import Floor
-from edgeloop.scopes import parse_scope, scope_of
 from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, Forecast, Prediction, Telemetry
 
 __all__ = ["Engine", "EngineOutput", "GuardFactory", "RetrainRequest", "Rollback"]
@@ -58,45 +59,7 @@ GuardFactory = Callable[[float | None], DriftGuard]
 _Scored = tuple[_Track, float, "float | None", "float | None", bool]
 
 
-class _Learn:
-    """The (window, reading) pairs of one wave for one online forecaster: one vectorised update."""
-
-    __slots__ = ("devices", "forecaster", "values", "windows")
-
-    def __init__(self, forecaster: Any) -> None:
-        self.forecaster = forecaster
-        self.windows: list[list[float]] = []
-        self.values: list[float] = []
-        self.devices: list[str] = []
-
-    def apply(self) -> None:
-        self.forecaster.update(
-            np.asarray(self.windows, dtype=np.float64), np.asarray(self.values), self.devices
-        )
-
-
-def _collect_online(
-    learn: dict[int, _Learn], serving: _Serving, device: str, oldest: float, hist: list[float]
-) -> None:
-    """Queue the window that forecast ``hist[-1]`` for the serving model (and its probation shadow)."""
-    for model in (serving.model, serving.previous):
-        if model is None or not getattr(model.forecaster, "online", False):
-            continue
-        batch = learn.get(id(model.forecaster))
-        if batch is None:
-            batch = learn[id(model.forecaster)] = _Learn(model.forecaster)
-        batch.windows.append([oldest, *hist[:-1]])
-        batch.values.append(hist[-1])
-        batch.devices.append(device)
-
-
-def _predict(forecaster: Any, windows: np.ndarray, members: list[_Track]) -> np.ndarray:
-    if getattr(forecaster, "online", False):
-        return np.asarray(forecaster.predict(windows, [t.device for t in members]))
-    return np.asarray(forecaster.predict(windows))
-
-
-class Engine:
+class Engine(ModelSlots):
     """See the module docstring. Not thread-safe: one thread drives it."""
 
     def __init__(
@@ -155,64 +118,6 @@ class Engine:
         self._refresh_at: dict[str, float] = {}  # scope -> stream time its next refresh is due
         self._deferred: list[Event] = []  # events of install(), emitted with the next batch
 
-    # -- models ---------------------------------------------------------------------------------
-    def install(self, scope: str, model: ServedModel, *, probation: bool = True) -> None:
-        """Serve ``model`` for ``scope`` from the next wave on; the one it replaces is kept for probation."""
-        current = self.serving.get(scope)
-        if current is not None and current.model.label == model.label:
-            return
-        previous = current.model if current is not None else self._fallback_model(scope)
-        self.serving[scope] = _Serving(
-            model=model,
-            previous=previous if probation else None,
-            probation_left=self.probation_samples if probation and previous is not None else 0,
-        )
-        self.pending.discard(scope)
-        self._refresh_at.pop(scope, None)  # a new model restarts its scope's refresh clock
-        fleet = parse_scope(scope)[1] is None
-        # A refresh replaces a model by a validated, slightly better one trained on the same stream:
-        # its error scale barely moves, so detectors keep their calibration (recalibrating would
-        # leave every device of the scope blind to drift for drift.calibration readings).
-        refresh = model.meta.get("trigger") == "refresh"
-        for track in self._tracks_served_by(scope):
-            if not refresh:
-                track.guard.model_changed(model.val_rmse)
-            track.model_rmse.reset()
-            track.since_model = [0, 0.0, 0.0, 0.0]
-            track.shadow_forecast = None
-            decisions.reset_floor(self, track, f"{model.label} now serves", model.label)
-            if fleet and track.status in ("drifting", "retraining"):
-                continue  # a new fleet model does not cancel a device's own drift retrain
-            track.status = "probation" if probation and previous is not None else "healthy"
-            track.alarm_ts = None
-
-    def uninstall(self, scope: str) -> None:
-        """Stop serving ``scope``'s model: its devices fall back to the fleet model or persistence."""
-        if self.serving.pop(scope, None) is not None:
-            for track in self._tracks_served_by(scope):
-                fallback = self._fallback_model(scope)
-                track.guard.model_changed(fallback.val_rmse if fallback else None)
-                track.model_rmse.reset()
-                track.since_model = [0, 0.0, 0.0, 0.0]
-                decisions.reset_floor(
-                    self, track, f"{scope}'s model was withdrawn", fallback.label if fallback else None
-                )
-
-    def retrain_finished(self, scope: str, *, installed: bool) -> None:
-        """The adapter reports a retrain's end; a failed or rejected one may be asked again later."""
-        self.pending.discard(scope)
-        if not installed:
-            target, device = parse_scope(scope)
-            if device is None:
-                # Not enough or not good enough data yet: ask again once twice as much has arrived.
-                self._initial_threshold[target] = self.samples_per_target[target] * 2
-            # Only the device's own drift retrain ends its wait; a rejected fleet refresh, or a
-            # device refresh while the device still collects data after an alarm, leaves it going.
-            for track in self._tracks_served_by(scope) if device is not None else ():
-                if track.status == "retraining":
-                    track.status = "healthy"
-                    track.alarm_ts = None
-
     # -- state across restarts (see edgeloop.engine.state) ---------------------------------------
     def export_state(self) -> dict[str, Any]:
         """Per-device state as JSON-able data, for a snapshot."""
@@ -221,10 +126,6 @@ class Engine:
     def import_state(self, state: Any, load_model: _state.ModelLoader | None = None) -> _state.RestoreReport:
         """Continue from :meth:`export_state` output; call after installing models, before any reading."""
         return _state.import_state(self, state, load_model)
-
-    def serving_label(self, device: str, target: str) -> str:
-        serving = self._resolve(device, target)
-        return serving.model.label if serving else PERSISTENCE_VERSION
 
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, batch: Iterable[Telemetry]) -> EngineOutput:
@@ -474,30 +375,6 @@ class Engine:
             if device not in self._heard:  # a track made outside process() still counts and can age out
                 self._heard[device] = self._heard_ts
         return track
-
-    def _serving_scope(self, device: str, target: str) -> str:
-        own = scope_of(target, device)
-        return own if own in self.serving else target
-
-    def _resolve(self, device: str, target: str) -> _Serving | None:
-        return self.serving.get(scope_of(target, device)) or self.serving.get(target)
-
-    def _fallback_model(self, scope: str) -> ServedModel | None:
-        target, device = parse_scope(scope)
-        if device is not None and target in self.serving:
-            return self.serving[target].model
-        return None
-
-    def _tracks_served_by(self, scope: str) -> list[_Track]:
-        target, device = parse_scope(scope)
-        if device is not None:
-            track = self.tracks.get((device, target))
-            return [track] if track is not None else []
-        return [
-            t
-            for (d, tg), t in self.tracks.items()
-            if tg == target and scope_of(target, d) not in self.serving
-        ]
 
     # -- status ---------------------------------------------------------------------------------
     def status_rows(self, wall_now: float) -> list[StatusRow]:

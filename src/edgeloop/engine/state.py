@@ -36,7 +36,7 @@ without a model asks again at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +67,14 @@ class RestoreReport:
     probations: int = 0  # models whose probation continues
 
 
-def export_state(engine: Engine) -> dict[str, Any]:
-    """The engine's state as a JSON-able dict (orjson); cost is about linear in devices x window."""
-    state = _export_header(engine)
+def export_state(engine: Engine, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The engine's state as a JSON-able dict (orjson); cost is about linear in devices x window.
+
+    ``extra`` adds the caller's own top-level keys (the edge's memory of answered readings); they
+    travel in the same file, so both are replaced by one atomic write, and :func:`import_state`
+    ignores them.
+    """
+    state = _export_header(engine, extra)
     state["tracks"] = [_export_track(engine, t) for t in engine.tracks.values()]
     return state
 
@@ -84,11 +89,11 @@ class Exporter:
     stayed after the snapshot was written).
     """
 
-    def __init__(self, engine: Engine, chunk: int = 200) -> None:
+    def __init__(self, engine: Engine, chunk: int = 200, extra: Mapping[str, Any] | None = None) -> None:
         self._engine = engine
         self._chunk = chunk
-        # The same document as orjson.dumps(export_state(engine)): the header's keys, then "tracks".
-        self._parts = [orjson.dumps(_export_header(engine))[:-1] + b',"tracks":[']
+        # The same document as orjson.dumps(export_state(engine, extra)): the header's keys, then "tracks".
+        self._parts = [orjson.dumps(_export_header(engine, extra))[:-1] + b',"tracks":[']
         self._keys = list(engine.tracks)
         self._first = True
         self._pos = 0
@@ -112,8 +117,9 @@ class Exporter:
         return self._parts
 
 
-def _export_header(engine: Engine) -> dict[str, Any]:
+def _export_header(engine: Engine, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {
+        **(extra or {}),
         "format": FORMAT,
         "lags": engine.lags,
         "window": engine.window,

@@ -4,7 +4,8 @@ Definitions (all over the scored readings: each device's readings after its trai
 
 - RMSE: of the one-step forecast errors, pooled over devices; per segment between ground-truth
   onsets (simulator, CSV with onsets) or over fixed fifths (recordings).
-- retrains: trainings run (drift, periodic); ``promoted`` of them served, ``rolled back`` failed probation.
+- retrains: trainings run (drift, consolidation, refresh, periodic); ``refreshes``: the scheduled
+  ones among them; ``promoted`` of them served, ``rolled back`` failed probation.
 - detection: a labelled window is an onset plus ``horizon`` readings (cut at the next onset) or a
   labelled anomaly window (NAB); its first alarm is a detection, with delay = alarm - window start.
 - false alarms: alarms in no window, on data with ground truth (simulator, NAB, and controls, where
@@ -120,6 +121,8 @@ def run_metrics(header: TargetHeader, run: RunResult, strategy: Strategy) -> dic
         "segments": seg_rmse,
         "scored": scored,
         "retrains": len(run.retrains),
+        # Scheduled champion/challenger refreshes, counted apart from retrains asked for by drift.
+        "refreshes": sum(r.trigger == "refresh" for r in run.retrains),
         "promoted": decisions.count("promoted"),
         "rejected": decisions.count("rejected"),
         "failed": decisions.count("failed"),
@@ -196,8 +199,18 @@ def target_report(
     }
 
 
+# Issue 9's bars: within 0.5 % of the best of static, periodic and the original rule.
+BEST_TOLERANCE = 1.005
+
+
 def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[str, Any]]:
-    """Each target of the issue, per data set and target, with the numbers behind pass/fail."""
+    """Each target of issue 9, per data set and target, with the numbers behind pass/fail.
+
+    The bars are the issue's: RMSE no worse than persistence's, within 0.5 % of the best of static,
+    periodic and the original rule, at most 1 % above River's ARF, at most half as many retrains
+    (refreshes included) as periodic; on stationary simulator data at most one retrain asked for by
+    drift per 10,000 readings (refreshes counted apart, and shown beside it).
+    """
     out: list[dict[str, Any]] = []
     for b in blocks:
         m = b["strategies"]
@@ -222,8 +235,8 @@ def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[s
             if rivals:
                 best = min(rivals, key=lambda k: rivals[k])
                 add(
-                    "RMSE <= best of static/periodic/original",
-                    d["rmse"] <= rivals[best],
+                    "RMSE within 0.5 % of best of static/periodic/original",
+                    d["rmse"] <= BEST_TOLERANCE * rivals[best],
                     f"{d['rmse']:.4g} vs {best} {rivals[best]:.4g} ({d['rmse'] / rivals[best]:.3f}x)",
                 )
             if "river-arf" in m and m["river-arf"]["rmse"]:
@@ -235,16 +248,20 @@ def check_targets(blocks: Sequence[dict[str, Any]], default: str) -> list[dict[s
                 )
             if "periodic" in m:
                 add(
-                    "fewer retrains than periodic",
-                    d["retrains"] < m["periodic"]["retrains"],
+                    "retrains + refreshes <= half of periodic's",
+                    2 * d["retrains"] <= m["periodic"]["retrains"],
                     f"{d['retrains']} vs {m['periodic']['retrains']}",
                 )
         if b["dataset"] == "sim:stationary":
-            rate = d["retrains_per_10k"] or 0.0
+            # Refreshes are counted apart (issue 9): the bar is on retrains that drift alarms ask for.
+            refreshes = d.get("refreshes", 0)
+            drift = d["retrains"] - refreshes
+            rate = 1e4 * drift / d["scored"] if d["scored"] else 0.0
             add(
-                "<= 1 retrain per 10,000 readings",
+                "<= 1 drift retrain per 10,000 readings",
                 rate <= 1.0,
-                f"{d['retrains']} in {d['scored']} ({rate:.2f}/10k)",
+                f"{drift} in {d['scored']} ({rate:.2f}/10k); refreshes apart: {refreshes} "
+                f"({d['retrains_per_10k'] or 0.0:.2f}/10k with them)",
             )
         if b["dataset"] == "sim:regime_change" and "river-ph" in m:
             r = m["river-ph"]

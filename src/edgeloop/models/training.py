@@ -57,6 +57,8 @@ class TrainResult:
     mean_rmse: float
     split: Split
     fitted: dict[str, Forecaster] = field(default_factory=dict)
+    # The chosen kind's forecast errors on the validation readings (as scored: before any refit).
+    holdout_errors: np.ndarray | None = None
 
     @property
     def val_rmse(self) -> float:
@@ -174,27 +176,44 @@ def train_candidates(
     rounds: int = 200,
     seed: int = 0,
     min_validation: int = 0,
+    refit: bool = True,
 ) -> TrainResult:
-    """Fit every candidate on the training part, score it on the validation part, :func:`select` one."""
+    """Fit every candidate on the training part, score it on the validation part, :func:`select` one.
+
+    With ``refit`` the chosen kind is then fitted once more on the training *and* validation parts,
+    and that is the model served: the validation part is the newest stretch of the window, the one
+    most like the readings to come, and a model fitted without it starts out a quarter of a window
+    stale. Its scores stay those of the first fit (the only honest holdout scores there are); a
+    champion it is judged against later never saw that later holdout, because the newest readings
+    of a later window come after this one's end.
+    """
     split = split_series(series, lags, validation_fraction, min_validation)
     kinds = list(dict.fromkeys(["persistence", *candidates]))
     scores: dict[str, float] = {}
     fitted: dict[str, Forecaster] = {}
     sq_errors: dict[str, np.ndarray] = {}
+    errors: dict[str, np.ndarray] = {}
     for kind in kinds:
         model = make_forecaster(kind, lags, rounds=rounds, seed=seed).fit(split.train_x, split.train_y)
         fitted[kind] = model
         # As each would serve: an online model learns through the holdout (holdout_forecast).
         diff = holdout_forecast(model, split.val_x, split.val_y) - split.val_y
+        errors[kind] = diff
         sq_errors[kind] = diff * diff
         scores[kind] = float(np.sqrt(np.mean(sq_errors[kind]))) if len(diff) else float("nan")
     best = select(kinds, sq_errors)
+    served = fitted[best]
+    if refit and best != "persistence" and len(split.val_y):
+        served = make_forecaster(best, lags, rounds=rounds, seed=seed).fit(
+            np.vstack([split.train_x, split.val_x]), np.concatenate([split.train_y, split.val_y])
+        )
     return TrainResult(
-        forecaster=fitted[best],
+        forecaster=served,
         kind=best,
         scores=scores,
         persistence_rmse=scores["persistence"],
         mean_rmse=rmse(split.val_mean_forecast, split.val_y),
         split=split,
         fitted=fitted,
+        holdout_errors=errors[best],
     )

@@ -17,7 +17,7 @@ from typing import Any
 from edgeloop.adapters.store import BaseStore, Series, open_store
 from edgeloop.config import Settings
 from edgeloop.errors import ModelFileError
-from edgeloop.lifecycle.promotion import judge
+from edgeloop.lifecycle.promotion import champion_margin, judge
 from edgeloop.models.forecasters import holdout_forecast, rmse
 from edgeloop.models.modelfile import LoadedModel, save_model
 from edgeloop.models.training import NotEnoughData, TrainResult, train_candidates
@@ -98,11 +98,13 @@ def train_and_judge(settings: Settings, series: list[Series], current: LoadedMod
         min_validation=settings.model.min_validation_samples,
     )
     champion_label = current.label if current is not None else "persistence"
-    champion_rmse = (
-        rmse(holdout_forecast(current.forecaster, result.split.val_x, result.split.val_y), result.split.val_y)
-        if current is not None
-        else result.persistence_rmse
-    )
+    val_x, val_y = result.split.val_x, result.split.val_y
+    champion_rmse, over = result.persistence_rmse, None
+    if current is not None:
+        champion_errors = holdout_forecast(current.forecaster, val_x, val_y) - val_y
+        champion_rmse = rmse(champion_errors + val_y, val_y)
+        if result.holdout_errors is not None:
+            over = champion_margin(result.holdout_errors, champion_errors, settings.model.promotion_margin)
     judgement = judge(
         result.val_rmse,
         champion_rmse=champion_rmse,
@@ -111,6 +113,7 @@ def train_and_judge(settings: Settings, series: list[Series], current: LoadedMod
         candidate=result.kind,
         champion=champion_label,
         candidate_is_persistence=result.kind == "persistence",
+        champion_margin=over,
     )
     return Verdict(result, champion_label, champion_rmse, judgement.promote, judgement.reason)
 

@@ -5,10 +5,15 @@ A QoS 1 reading is acknowledged to the broker only after its prediction was hand
 row to the store writer, so a crash or shutdown in between makes the broker deliver it again. The
 price of at-least-once is duplicates: a redelivered reading whose first copy was answered (its
 PUBACK lost with a broker crash, or sent on a connection that then dropped). :class:`AnsweredMemory`
-recognises them.
+recognises them, also across a restart: it travels in the edge's state snapshot
+(:meth:`AnsweredMemory.to_state`), so a reading answered by the previous run and delivered again to
+this one is dropped as a duplicate instead of answered twice.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 from edgeloop.adapters.transport import Received
 
@@ -86,3 +91,31 @@ class AnsweredMemory:
                 state.holes[i : i + 1] = [r for r in ((start, seq), (seq + 1, end)) if r[0] < r[1]]
                 return True
         return False
+
+    def to_state(self) -> dict[str, list[Any]]:
+        """JSON-able copy, least recent device first: ``{device: [high, ts, [[start, end], ...]]}``."""
+        return {d: [a.high, a.ts, [list(h) for h in a.holes]] for d, a in self._last.items()}
+
+    def load_state(self, state: Any) -> int:
+        """Add :meth:`to_state` output of an earlier run (kept: the ``max_devices`` most recent).
+
+        Entries that are not well formed are skipped; returns how many devices are remembered from it.
+        """
+        if not isinstance(state, dict):
+            return 0
+        loaded = 0
+        for device, entry in state.items():
+            try:
+                high, ts, holes = entry
+                answered = _Answered(int(high), float(ts))
+                answered.holes = [(int(a), int(b)) for a, b in holes][-self.MAX_HOLES :]
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if not isinstance(device, str) or answered.high < 0 or not math.isfinite(answered.ts):
+                continue
+            self._last.pop(device, None)
+            self._last[device] = answered
+            loaded += 1
+        while len(self._last) > self.max_devices:
+            del self._last[next(iter(self._last))]
+        return min(loaded, len(self._last))

@@ -150,7 +150,8 @@ def run_demo(
 ) -> dict[str, Any]:
     console = Console()
     prepare_data_dir(settings.data_dir, console)
-    simulator = Simulator(devices, seed=seed, drifts=[drift] if drift else [])
+    # Never ahead of the edge's clock, however long the demo runs (see Simulator's clock).
+    simulator = Simulator(devices, seed=seed, drifts=[drift] if drift else [], clock=time.time)
     with broker_for(settings, console) as (live_settings, protocol):
         edge = EdgeService(live_settings, protocol=protocol)
         dash = None

@@ -272,6 +272,7 @@ class EdgeService(AnswerPath):
                 self.snapshot_path,
                 interval=s.edge.snapshot_interval,
                 load_model=self._load_label,
+                answered=self._answered,
             )
 
     def _close_storage(self, *, final_snapshot: bool) -> None:
