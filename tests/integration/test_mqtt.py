@@ -240,3 +240,57 @@ def test_failing_handler_does_not_stop_delivery(mosquitto: MosquittoBroker, uniq
         _publish_all(mosquitto.settings(), f"{unique_topic}/t", 3)
         assert got.wait_for(3, timeout=5)
     assert sorted(got.payloads) == ["0", "1", "2"]
+
+
+@integration
+def test_batched_publishes_and_acks_arrive_once(mosquitto: MosquittoBroker, unique_topic: str) -> None:
+    """publish_many and ack_many (one wake-up, one write per batch) deliver and settle every message:
+    a session resumed after the batched acks gets nothing again, one resumed without them gets all."""
+    settings = mosquitto.settings()
+    topic = f"{unique_topic}/dev-1/telemetry"
+    count = 300
+
+    def receive(client_id: str, *, ack: bool) -> list[str]:
+        got: list[mqtt.MQTTMessage] = []
+        cv = threading.Condition()
+
+        def on_message(message: mqtt.MQTTMessage) -> None:
+            with cv:
+                got.append(message)
+                cv.notify_all()
+
+        session = MqttSession(
+            settings,
+            role="edge",
+            client_id=client_id,
+            clean_start=False,
+            session_expiry=300,
+            on_message=on_message,
+            manual_ack=True,
+        )
+        with session:
+            session.subscribe([topic], qos=1)
+            with cv:
+                cv.wait_for(lambda: len(got) >= count, 10)
+            if ack:
+                for start in range(0, len(got), 128):
+                    session.ack_many([m.mid for m in got[start : start + 128]], session.connection)
+                # The broker handles a client's packets in order: once it acknowledged this, it
+                # has taken the acks (closing at once may lose acks, with or without batching).
+                session.publish(f"{unique_topic}/sync", b"", qos=1).wait_for_publish(5)
+        return [m.payload.decode() for m in got]
+
+    client_id = f"edge-{uuid.uuid4().hex[:8]}"
+    with MqttSession(settings, role="edge", client_id=client_id, clean_start=False, session_expiry=300) as s:
+        s.subscribe([topic], qos=1)  # the session exists, so what is published next is queued for it
+    with MqttSession(settings, role="test-pub") as pub:
+        infos = pub.publish_many([(topic, str(i)) for i in range(count)], qos=1)
+        assert all(info.rc == mqtt.MQTT_ERR_SUCCESS for info in infos)
+        infos[-1].wait_for_publish(10)
+        assert all(info.is_published() for info in infos)
+        assert pub.outgoing == 0
+
+    expected = [str(i) for i in range(count)]
+    assert sorted(receive(client_id, ack=False), key=int) == expected
+    assert sorted(receive(client_id, ack=True), key=int) == expected  # redelivered: never acked
+    assert receive(client_id, ack=False) == []  # the batched acks settled every one

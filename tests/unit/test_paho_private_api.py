@@ -1,5 +1,5 @@
-"""edgeloop reads two private paho fields and overrides one private method (see
-``edgeloop.adapters.mqtt_client``). This test fails loudly on a paho version nobody checked them on.
+"""edgeloop reads private paho fields and overrides private methods (see
+``edgeloop.adapters.paho_internals``). This test fails loudly on a paho version nobody checked them on.
 
 To verify a new paho version: read ``Client._update_inflight``, ``_handle_pubackcomp`` and
 ``publish`` in paho/mqtt/client.py; the shortcut is valid while ``_out_messages`` holds every
@@ -7,17 +7,24 @@ unacknowledged outgoing message, ``_inflight_messages`` counts those sent, and `
 ``_max_inflight_messages`` per call. Read ``_packet.decode_publish`` and ``properties.Properties``:
 ``_LeanProperties`` is valid while decode_publish builds ``Properties(PacketTypes.PUBLISH)`` by its
 module-global name and calls ``unpack`` once, and ``Properties`` only reads its ``types``, ``names``
-and ``properties`` tables. Then add the version to ``PAHO_VERIFIED`` and update the digests.
+and ``properties`` tables. Read ``_packet_queue``, ``_packet_write`` and ``_send_command_with_mid``:
+``_BatchingClient`` is valid while ``_out_packet`` is a deque of packet dicts written in order and a
+PUBACK is the four bytes ``_send_command_with_mid`` packs. Read ``MQTTMessage`` and every use of
+``.info`` in paho/mqtt/client.py: ``_LeanMessage`` is valid while ``_handle_publish`` and ``publish``
+build messages by the module-global name and only ``publish`` and ``_do_on_publish`` read ``info``,
+both under ``_out_message_mutex``. Then add the version to ``PAHO_VERIFIED`` and update the digests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import socket
+import threading
 
 import paho.mqtt.client as mqtt
 
-from edgeloop.adapters import mqtt_client
+from edgeloop.adapters import mqtt_client, paho_internals
 from edgeloop.config import BrokerSettings
 
 # sha256 of paho 2.2.0's Client._update_inflight source, the code the shortcut stands in front of.
@@ -25,8 +32,8 @@ UPDATE_INFLIGHT_SHA256 = "d11feb21cf855b12bbda2ccccfed5655864a4eec23f19286f4721e
 
 
 def test_paho_version_was_verified() -> None:
-    assert mqtt_client.PAHO_VERSION in mqtt_client.PAHO_VERIFIED, (
-        f"paho-mqtt {mqtt_client.PAHO_VERSION} was not verified for edgeloop's use of its private API; "
+    assert paho_internals.PAHO_VERSION in paho_internals.PAHO_VERIFIED, (
+        f"paho-mqtt {paho_internals.PAHO_VERSION} was not verified for edgeloop's use of its private API; "
         "see this test's docstring, then add it to PAHO_VERIFIED"
     )
 
@@ -45,7 +52,7 @@ def test_paho_internals_are_as_read() -> None:
 
 def test_verified_paho_gets_the_shortcut() -> None:
     client = mqtt_client.make_client(BrokerSettings(), role="t")
-    assert isinstance(client, mqtt_client._FastAckClient) == mqtt_client.PRIVATE_API_OK
+    assert isinstance(client, paho_internals._FastAckClient) == paho_internals.PRIVATE_API_OK
 
 
 # sha256 of paho 2.2.0's _packet.decode_publish source: it builds a Properties by its module-global name
@@ -61,7 +68,7 @@ def test_paho_decode_publish_is_as_read() -> None:
         "paho's _packet.decode_publish changed: re-verify _LeanProperties (see this test's docstring)"
     )
     mqtt_client.make_client(BrokerSettings(), role="t")
-    assert (_packet.Properties is mqtt_client._LeanProperties) == mqtt_client.PRIVATE_API_OK
+    assert (_packet.Properties is paho_internals._LeanProperties) == paho_internals.PRIVATE_API_OK
 
 
 def _property_blocks() -> list[bytes]:
@@ -97,9 +104,9 @@ def test_lean_properties_decode_every_publish_as_paho_does() -> None:
         try:
             full = _packet.decode_publish(0x32, packet, MQTTProtocolVersion.MQTTv5)
         finally:
-            mqtt_client._use_lean_properties()
+            paho_internals._use_lean_stand_ins()
         assert type(lean.properties) is (
-            mqtt_client._LeanProperties if mqtt_client.PRIVATE_API_OK else Properties
+            paho_internals._LeanProperties if paho_internals.PRIVATE_API_OK else Properties
         )
         assert lean.properties.json() == full.properties.json()
         assert (lean.payload, lean.topic, lean.mid, lean.qos) == (
@@ -109,3 +116,223 @@ def test_lean_properties_decode_every_publish_as_paho_does() -> None:
             full.qos,
         )
         assert lean.payload == b'{"x": 1}'
+
+
+# sha256 of paho 2.2.0's Client._packet_queue and _send_command_with_mid: _BatchingClient appends to
+# _out_packet as _packet_queue does and sends PUBACKs as _send_command_with_mid packs them.
+PACKET_QUEUE_SHA256 = "e298fa9ab31e5f79c1c6d08d303b049db9a2bcf681dcac1cd510b2fb519d3a26"
+SEND_COMMAND_WITH_MID_SHA256 = "1a771678b66dc9e48c72d825a824a0634506f914ac2b46e7c5d00de7547fc9ff"
+
+
+def _sha(function: object) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()  # type: ignore[arg-type]
+
+
+def test_paho_packet_queue_is_as_read() -> None:
+    assert _sha(mqtt.Client._packet_queue) == PACKET_QUEUE_SHA256, (
+        "paho's Client._packet_queue changed: re-verify _BatchingClient (see this test's docstring)"
+    )
+    assert _sha(mqtt.Client._send_command_with_mid) == SEND_COMMAND_WITH_MID_SHA256, (
+        "paho's Client._send_command_with_mid changed: re-verify _BatchingClient.ack_many"
+    )
+    client = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    assert isinstance(client, paho_internals._BatchingClient) == paho_internals.PRIVATE_API_OK
+
+
+def _queued(client: mqtt.Client) -> bytes:
+    return b"".join(bytes(p["packet"]) for p in client._out_packet)
+
+
+def test_ack_many_queues_the_bytes_of_one_ack_each() -> None:
+    mids = [1, 2, 300, 65535]
+    paho = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    for mid in mids:
+        paho.ack(mid, 1)
+    batched = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    paho_internals.ack_many(batched, mids)
+    assert _queued(paho) and _queued(batched) == _queued(paho)
+    assert len(batched._out_packet) == (1 if paho_internals.PRIVATE_API_OK else len(mids))
+
+
+class _CountingPair:
+    """Stands in for paho's wake-up socket: counts the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, data: bytes) -> int:
+        self.sent += 1
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_publish_many_wakes_the_network_thread_once() -> None:
+    if not paho_internals.PRIVATE_API_OK:
+        return  # paho's own path: one wake-up per packet
+    from paho.mqtt.client import _ConnectionState
+
+    client = mqtt_client.make_client(BrokerSettings(), role="t")
+    pair = _CountingPair()
+    # As while connected with a network thread (loop_start); the thread never runs, so nothing is
+    # written to the socket.
+    sock, peer = socket.socketpair()
+    client._sock = sock
+    client._sockpairW = pair
+    client._thread = threading.Thread(target=lambda: None)
+    client._state = _ConnectionState.MQTT_CS_CONNECTED
+    infos = paho_internals.publish_many(client, [(f"t/{i}", b"x") for i in range(50)], qos=1)
+    assert [i.rc for i in infos] == [mqtt.MQTT_ERR_SUCCESS] * 50
+    assert pair.sent == 1
+    assert len(client._out_packet) == 50
+    client.publish("t/x", b"y", qos=1)  # outside a batch: paho's own wake-up per packet
+    assert pair.sent == 2
+    client._sockpairW = None
+    client._sock = None
+    sock.close()
+    peer.close()
+
+
+# sha256 of paho 2.2.0's MQTTMessage.__init__ and of the Client methods that build messages or read
+# their info: _LeanMessage copies the first and makes info lazily for the others.
+MESSAGE_SHA256 = {
+    "MQTTMessage.__init__": "af92f9a50f5f90e4f45d39c578fe129901f2c7c0f3c4fbb71ae5259f91f34b15",
+    "Client._handle_publish": "1bbaa3ef0e3afc6dea0423a41e67170930c024827e2e8dbf69b5d61c304b675d",
+    "Client.publish": "5c00cd3dcebceaae0eeac2e40402cd18fb64664c78343a6673ce0776a1608ec4",
+    "Client._do_on_publish": "5bbcad6f9447107a5ba9446e6dbdbdf4eedad2734533d900db907240f75b93e4",
+}
+INFO_READS = 11  # occurrences of ".info" in paho/mqtt/client.py
+
+
+def test_paho_message_is_as_read() -> None:
+    import re
+
+    functions = {
+        "MQTTMessage.__init__": paho_internals._PAHO_MESSAGE.__init__,
+        "Client._handle_publish": mqtt.Client._handle_publish,
+        "Client.publish": mqtt.Client.publish,
+        "Client._do_on_publish": mqtt.Client._do_on_publish,
+    }
+    for name, function in functions.items():
+        assert _sha(function) == MESSAGE_SHA256[name], (
+            f"paho's {name} changed: re-verify _LeanMessage (see this test's docstring)"
+        )
+    assert len(re.findall(r"\.info\b", inspect.getsource(mqtt))) == INFO_READS, (
+        "paho reads MQTTMessage.info in more or fewer places: re-verify _LeanMessage"
+    )
+    mqtt_client.make_client(BrokerSettings(), role="t")
+    assert (mqtt.MQTTMessage is paho_internals._LeanMessage) == paho_internals.PRIVATE_API_OK
+
+
+def test_lean_message_is_pahos_with_a_lazy_info() -> None:
+    full = paho_internals._PAHO_MESSAGE(7, b"a/b")
+    lean = paho_internals._LeanMessage(7, b"a/b")
+    for slot in mqtt.MQTTMessage.__slots__:
+        if slot != "info":
+            assert getattr(lean, slot) == getattr(full, slot), slot
+    assert lean.topic == "a/b"
+    info = lean.info
+    assert isinstance(info, mqtt.MQTTMessageInfo) and info.mid == 7 and not info.is_published()
+    assert lean.info is info
+    try:
+        _ = lean.no_such_field  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("unknown attributes must still raise AttributeError")
+
+
+# sha256 of paho 2.2.0's Client._sock_recv and loop_read: _BatchingClient serves the first from its
+# read buffer and repeats the second while that buffer holds bytes.
+READ_SHA256 = {
+    "Client._sock_recv": "c3b9043a46dd81b79a601a321a2479154ec158c75243f4f4ad7431474efa1d62",
+    "Client.loop_read": "4fa11ca2d451dbec3f8518b7ce7578e17513c03d319139017512773b8ec1bded",
+}
+
+
+def test_paho_reads_are_as_read() -> None:
+    for name, function in {
+        "Client._sock_recv": mqtt.Client._sock_recv,
+        "Client.loop_read": mqtt.Client.loop_read,
+    }.items():
+        assert _sha(function) == READ_SHA256[name], (
+            f"paho's {name} changed: re-verify _BatchingClient's buffered reads (see this test's docstring)"
+        )
+
+
+def _publish_packet(mid: int, topic: bytes, payload: bytes) -> bytes:
+    """A QoS 1 MQTT 5 PUBLISH without properties, as a broker sends it."""
+    import struct
+
+    body = struct.pack("!H", len(topic)) + topic + struct.pack("!H", mid) + b"\x00" + payload
+    length, encoded = len(body), b""
+    while True:
+        byte, length = length % 128, length // 128
+        encoded += bytes([byte | (0x80 if length else 0)])
+        if not length:
+            break
+    return b"\x32" + encoded + body
+
+
+def _reading_client() -> tuple[mqtt.Client, list[tuple[int, str, bytes]]]:
+    from paho.mqtt.client import _ConnectionState
+
+    client = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    got: list[tuple[int, str, bytes]] = []
+    client.on_message = lambda _c, _u, m: got.append((m.mid, m.topic, m.payload))
+    client._state = _ConnectionState.MQTT_CS_CONNECTED
+    return client, got
+
+
+def test_one_read_hands_every_packet_it_holds_to_paho() -> None:
+    client, got = _reading_client()
+    sock, peer = socket.socketpair()
+    sock.setblocking(False)
+    client._sock = sock
+    try:
+        # Payload sizes around the length field's one/two byte boundary, so packets straddle reads.
+        sent = [(mid, b"a/%d" % mid, b"x" * (mid % 200)) for mid in range(1, 401)]
+        peer.sendall(b"".join(_publish_packet(mid, topic, payload) for mid, topic, payload in sent))
+        while len(got) < len(sent) and client.loop_read() == mqtt.MQTT_ERR_SUCCESS:
+            if not paho_internals.PRIVATE_API_OK:
+                continue  # paho's own: one packet per call
+            break  # one call takes every packet the socket held
+        assert got == [(mid, topic.decode(), payload) for mid, topic, payload in sent]
+    finally:
+        client._sock = None
+        sock.close()
+        peer.close()
+
+
+def test_bytes_of_a_closed_connection_are_never_read_on_the_next() -> None:
+    client, got = _reading_client()
+    old, old_peer = socket.socketpair()
+    new, new_peer = socket.socketpair()
+    old.setblocking(False)
+    new.setblocking(False)
+    try:
+        client._sock = old
+        first, second = _publish_packet(1, b"a/1", b"one"), _publish_packet(2, b"a/2", b"two")
+        old_peer.sendall(first + second[:5])  # a packet and a half arrive, then the connection drops
+        client.loop_read()
+        assert got[:1] == [(1, "a/1", b"one")]
+        client._sock = new  # as after a reconnect (paho resets its packet reader too)
+        client._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        new_peer.sendall(_publish_packet(3, b"a/3", b"three"))
+        while len(got) < 2 and client.loop_read() == mqtt.MQTT_ERR_SUCCESS:
+            pass
+        assert got == [(1, "a/1", b"one"), (3, "a/3", b"three")]
+    finally:
+        client._sock = None
+        for s in (old, old_peer, new, new_peer):
+            s.close()

@@ -48,6 +48,7 @@ from edgeloop.adapters.mqtt_client import (
     default_client_id,
     make_client,
 )
+from edgeloop.adapters.paho_internals import ack_many, publish_many
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError
 
@@ -180,7 +181,9 @@ class MqttSession:
         self._closing = False
         self._cancel = threading.Event()
         self._last_publish: mqtt.MQTTMessageInfo | None = None
-        self._unacked: deque[mqtt.MQTTMessageInfo] = deque()  # QoS>0 publishes, oldest first
+        # QoS>0 publishes not known to be acknowledged, oldest first: (last message of a batch, count)
+        self._unacked: deque[tuple[mqtt.MQTTMessageInfo, int]] = deque()
+        self._outgoing = 0
         self.disconnects = 0
         self.taken_over = 0  # disconnects because another client connected with our client id
         self.connection = 0  # incremented on every successful connect
@@ -245,6 +248,11 @@ class MqttSession:
         if qos > 0 and connection == self.connection and self.connected:
             self.client.ack(mid, qos)
 
+    def ack_many(self, mids: list[int], connection: int) -> None:
+        """Acknowledge QoS 1 deliveries ``mids``, all received on ``connection``, in one write."""
+        if mids and connection == self.connection and self.connected:
+            ack_many(self.client, mids)
+
     def close(self, drain_timeout: float = 10.0) -> None:
         """Send what is still queued (up to ``drain_timeout`` s), disconnect, stop the network thread.
 
@@ -293,9 +301,26 @@ class MqttSession:
         info = self.client.publish(topic, payload, qos, retain)
         self._last_publish = info
         if qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._unacked.append(info)
+            self._unacked.append((info, 1))
+            self._outgoing += 1
             self._prune_acknowledged()
         return info
+
+    def publish_many(self, messages: list[tuple[str, bytes]], qos: int) -> list[mqtt.MQTTMessageInfo]:
+        """Publish each (topic, payload) at ``qos``, with one wake-up of paho's network thread."""
+        infos = publish_many(self.client, messages, qos)
+        if infos:
+            self._last_publish = infos[-1]
+            if qos:
+                ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+                # A batch counts as acknowledged once its last message is (the broker acknowledges in
+                # order), so the bookkeeping costs one entry per batch rather than per message.
+                accepted = sum(1 for info in infos if info.rc == ok)
+                if accepted:
+                    self._unacked.append((infos[-1], accepted))
+                    self._outgoing += accepted
+                    self._prune_acknowledged()
+        return infos
 
     @property
     def outgoing(self) -> int:
@@ -307,18 +332,18 @@ class MqttSession:
         broker's acknowledgements should wait while this is high.
         """
         self._prune_acknowledged()
-        return len(self._unacked)
+        return self._outgoing
 
     def _prune_acknowledged(self) -> None:
         # Runs after every QoS>0 publish: a try costs nothing here, a contextlib.suppress per call did.
         unacked = self._unacked
         while unacked:
             try:
-                if not unacked[0].is_published():
+                if not unacked[0][0].is_published():
                     return
             except (RuntimeError, ValueError):  # refused by paho: nothing to wait for
                 pass
-            unacked.popleft()
+            self._outgoing -= unacked.popleft()[1]
 
     # -- paho callbacks (run on paho's network thread) --------------------------------------------
 

@@ -6,16 +6,10 @@ waiting out (nothing listens yet, no answer, broker busy) raise its subclass :cl
 so a service can wait for a broker that boots after it while a wrong password or an untrusted
 certificate still fails at once.
 
-Three uses of paho internals, all limited to the paho versions they were read against
-(:data:`PAHO_VERIFIED`); on any other version they are left out (slower or less strict, never wrong)
-and ``tests/unit/test_paho_private_api.py`` fails until someone re-reads paho's code:
-
-- :class:`_Client` skips paho's per-PUBACK rescan of unacknowledged messages when none is queued;
-- :func:`_clamp_inflight` lowers paho's in-flight limit to the broker's Receive Maximum on an open
-  connection, which paho's public setter refuses;
-- :class:`_LeanProperties` stands in for ``Properties`` where paho decodes an incoming PUBLISH
-  (``paho.mqtt._packet.decode_publish``), so an MQTT 5 message without properties costs no
-  property tables (see the class).
+The client is paho's with the stand-ins of :mod:`edgeloop.adapters.paho_internals` on the paho
+versions they were verified with; :func:`_clamp_inflight` also lowers paho's in-flight limit to the
+broker's Receive Maximum on an open connection (a private field, which paho's public setter refuses),
+under the same guard.
 """
 
 from __future__ import annotations
@@ -30,14 +24,18 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
-import paho.mqtt
 import paho.mqtt.client as mqtt
-from paho.mqtt import _packet
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgeloop.adapters.paho_internals import (
+    PAHO_VERSION,
+    PRIVATE_API_OK,
+    _Client,
+    _use_lean_stand_ins,
+)
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError, ConfigError
 
@@ -49,81 +47,9 @@ MAX_QUEUED = 100_000  # beyond the in-flight window; publish() returns MQTT_ERR_
 Protocol = Literal["5", "3.1.1"]
 PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 
-# paho versions whose Client._update_inflight, _out_messages, _inflight_messages and
-# _max_inflight_messages, and whose _packet.decode_publish and Properties, were read and found to
-# behave as _Client, _clamp_inflight and _LeanProperties assume.
-PAHO_VERIFIED = frozenset({"2.2.0"})
-PAHO_VERSION: str = paho.mqtt.__version__
-PRIVATE_API_OK = PAHO_VERSION in PAHO_VERIFIED
-
 
 class BrokerUnavailable(BrokerError):
     """The broker cannot be reached right now (refused, no answer, busy); waiting may help."""
-
-
-class _FastAckClient(mqtt.Client):
-    """paho's client, minus a rescan that cost the edge a third of its CPU at QoS 1.
-
-    On every PUBACK paho walks all unacknowledged messages looking for queued ones to send (up to
-    1,000 with our in-flight limit). When every stored message is already in flight there is nothing
-    to find, so the walk is skipped; otherwise paho's own code runs unchanged. Measured by
-    ``benchmarks/bench_paho_inflight.py``: 117 us of CPU per PUBACK with 999 in flight without it,
-    0.1 us with it (58% of a core at 5,000 predictions/s, on a loaded 2-core machine).
-    """
-
-    def _update_inflight(self) -> MQTTErrorCode:
-        if len(self._out_messages) <= self._inflight_messages:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._update_inflight()
-
-
-_Client: type[mqtt.Client] = _FastAckClient if PRIVATE_API_OK else mqtt.Client
-if not PRIVATE_API_OK:
-    log.warning(
-        "paho-mqtt %s is not among the versions edgeloop was verified with (%s): running without the "
-        "PUBACK rescan shortcut (QoS 1 publishing is slower)",
-        PAHO_VERSION,
-        ", ".join(sorted(PAHO_VERIFIED)),
-    )
-
-
-class _LeanProperties(Properties):
-    """paho's ``Properties`` without rebuilding its lookup tables for every incoming message.
-
-    paho 2.2 decodes each MQTT 5 PUBLISH into a new ``Properties``, whose constructor builds three
-    tables (28 names, 27 property types) and whose ``unpack`` first clears every name: about 10 us per
-    message on the bench machine, where the whole decode of a v3.1.1 PUBLISH takes 2 us. The tables
-    are the same for every instance and paho only reads them, so this class shares one copy; and a
-    PUBLISH without properties (a zero length byte, what devices send) is unpacked to exactly what
-    paho's ``unpack`` gives a fresh object: no attributes, one byte consumed. Anything else takes
-    paho's own ``unpack``.
-    """
-
-    _tables: tuple[Any, Any, Any] | None = None
-
-    def __init__(self, packetType: int) -> None:
-        tables = _LeanProperties._tables
-        if tables is None:
-            full = Properties(packetType)
-            tables = _LeanProperties._tables = (full.types, full.names, full.properties)
-        object.__setattr__(self, "packetType", packetType)
-        object.__setattr__(self, "types", tables[0])
-        object.__setattr__(self, "names", tables[1])
-        object.__setattr__(self, "properties", tables[2])
-
-    def unpack(self, buffer: bytes | bytearray) -> tuple[Properties, int]:
-        if buffer[:1] == b"\x00" and not self.__dict__.keys() - _TABLE_FIELDS:
-            return self, 1
-        return super().unpack(buffer)
-
-
-_TABLE_FIELDS = frozenset({"packetType", "types", "names", "properties"})
-
-
-def _use_lean_properties() -> None:
-    """Let paho decode incoming PUBLISH packets with :class:`_LeanProperties` (verified paho only)."""
-    if PRIVATE_API_OK and _packet.Properties is Properties:
-        _packet.Properties = _LeanProperties  # type: ignore[misc]
 
 
 def _tls_context(settings: BrokerSettings) -> ssl.SSLContext:
@@ -179,7 +105,7 @@ def make_client(
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
     v5 = protocol == "5"
-    _use_lean_properties()
+    _use_lean_stand_ins()
     client = _Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id or settings.client_id or default_client_id(role),

@@ -70,15 +70,16 @@ class MqttTransport:
     # -- paho's thread: enqueue only --------------------------------------------------------------
     def _on_message(self, message: Any) -> None:
         connection = self.session.connection
-        if message.topic == self.events_topic:
+        topic = message.topic  # decoded by paho on every access
+        if topic == self.events_topic:
             self.control(message.payload)
             self.session.ack(message.mid, message.qos, connection)
             return
-        if self.models is not None and message.topic.startswith(self.models_prefix):
-            self.models((message.topic, message.payload))
+        if self.models is not None and topic.startswith(self.models_prefix):
+            self.models((topic, message.payload))
             self.session.ack(message.mid, message.qos, connection)
             return
-        self.inbox.put_waiting(Received(message.topic, message.payload, message.mid, message.qos, connection))
+        self.inbox.put_waiting(Received(topic, message.payload, message.mid, message.qos, connection))
 
     @property
     def connected(self) -> bool:
@@ -106,10 +107,16 @@ class MqttTransport:
         )
 
     def ack(self, batch: Sequence[Received]) -> None:
-        ack = self.session.ack
+        # One write per connection the batch arrived on (almost always one); QoS 0 needs none.
+        by_connection: dict[int, list[int]] = {}
         for item in batch:
             if item.qos:
-                ack(item.mid, item.qos, item.connection)
+                mids = by_connection.get(item.connection)
+                if mids is None:
+                    mids = by_connection[item.connection] = []
+                mids.append(item.mid)
+        for connection, mids in by_connection.items():
+            self.session.ack_many(mids, connection)
 
     @property
     def busy(self) -> bool:
@@ -122,18 +129,18 @@ class MqttTransport:
     def publish(self, messages: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], int, str]:
         """Hand predictions to paho; returns those it refused (kept for a retry at QoS>0)."""
         qos = self.settings.broker.qos
-        publish = self.outbox.publish
         refused: list[tuple[str, bytes]] = []
         failed = 0
-        last_rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        for topic, payload in messages:
-            rc = publish(topic, payload, qos=qos).rc
+        last_rc = ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+        no_conn = MQTTErrorCode.MQTT_ERR_NO_CONN
+        for message, info in zip(messages, self.outbox.publish_many(messages, qos), strict=True):
+            rc = info.rc
             # At QoS>0 paho keeps a message published while disconnected and sends it on reconnect.
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (qos and rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+            if rc == ok or (qos and rc == no_conn):
                 continue
             failed += 1
             if qos:
-                refused.append((topic, payload))
+                refused.append(message)
             last_rc = rc
         return refused, failed, mqtt_error_string(last_rc) if failed else ""
 

@@ -103,6 +103,13 @@ def bench(
     mlflow: Annotated[
         bool, typer.Option(help="Let retrains log to MLflow (slower; off by default).")
     ] = False,
+    reliability: Annotated[
+        bool,
+        typer.Option(
+            help="--no-reliability: run the edge without its delivery guarantees (QoS 1 acked on receipt,"
+            " no state snapshots, unbounded inbox) to measure what they cost; never for production."
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Write the JSON results here.")] = Path("build/bench.json"),
     keep: Annotated[bool, typer.Option(help="Keep the temp dir (edge logs, configs, stores).")] = False,
@@ -150,6 +157,7 @@ def bench(
         window=window,
         seed=seed,
         mlflow=mlflow,
+        reliability=reliability,
         keep=keep,
     )
     try:

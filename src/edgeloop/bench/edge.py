@@ -56,6 +56,11 @@ def edge_config(
     }
     if options.candidates:
         config["model"]["candidates"] = options.candidates
+    if not options.reliability:
+        # With bench/unreliable.py's ack on receipt: no snapshots, and nothing bounds the readings
+        # taken in but the edge's pace (the broker's flow control never fills, the inbox is unbounded).
+        config["edge"].update(snapshot_interval=0, inbox_max=10**9)
+        config["broker"]["receive_maximum"] = 65535
     config["broker"].pop("password", None)
     return config
 

@@ -28,6 +28,8 @@ class BenchOptions:
     seed: int = 0
     interval: float = 5.0
     mlflow: bool = False
+    # False: the edge without issue 8's delivery guarantees (bench/unreliable.py), to measure their cost
+    reliability: bool = True
     keep: bool = False
     # --broker nats: the NATS JetStream windows after the Mosquitto ones (see bench/nats_run.py)
     nats: bool = False

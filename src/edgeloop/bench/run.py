@@ -75,7 +75,11 @@ class Bench:
         self._tmp = Path(tempfile.gettempdir())  # a private dir is made by run()
         self._edge: EdgeProcess | None = None
         # How the edge and `edgeloop train` are started (a seam for profiling a patched edge).
-        self.edgeloop_command = [sys.executable, "-m", "edgeloop"]
+        self.edgeloop_command = [
+            sys.executable,
+            "-m",
+            "edgeloop" if options.reliability else "edgeloop.bench.unreliable",
+        ]
 
     # -- set-up -----------------------------------------------------------------------------------
     def _broker_dict(self) -> dict[str, Any]:

@@ -26,6 +26,11 @@ unacknowledged.
 Readings the transport marks ``replay`` (NATS: a partition's history, when this replica takes it
 over) go through the engine only, to rebuild the devices' state; they are not answered again. A
 transport that rebuilds state that way replaces the local state snapshot.
+
+The service is in three parts: this module (start-up, the loop, storage, health, shutdown),
+:mod:`edgeloop.service.answering` (the batch path) and :mod:`edgeloop.service.lifecycle_control`
+(events, retrains, control events, models from the bus); :func:`build_engine` is in
+:mod:`edgeloop.service.engine_setup`.
 """
 
 from __future__ import annotations
@@ -41,61 +46,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from edgeloop.adapters.mqtt import default_client_id, topic_for
 from edgeloop.adapters.mqtt_transport import MqttTransport
 from edgeloop.adapters.transport import Inbox, make_transport
 from edgeloop.adapters.writer import StoreWriter, check_data_dir
-from edgeloop.config import Settings, Span
-from edgeloop.drift import make_guarded
-from edgeloop.engine.engine import Engine, EngineOutput, Rollback
+from edgeloop.config import Settings
 from edgeloop.engine.rows import ServedModel
-from edgeloop.errors import BrokerError, MessageError, ModelFileError
-from edgeloop.lifecycle.retrains import Failure, Retrains, RetryPolicy
-from edgeloop.registry.bus import BundleRefused, edge_verifier, install_bundle, models_topic, open_bundle
+from edgeloop.errors import BrokerError, ModelFileError
+from edgeloop.lifecycle.retrains import Retrains, RetryPolicy
+from edgeloop.registry.bus import edge_verifier, models_topic
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.retrain.dispatch import Dispatcher, LocalDispatcher, MqttDispatcher
-from edgeloop.retrain.job import RetrainOutcome
 from edgeloop.scopes import parse_label
-from edgeloop.service import alerts, health, metrics
+from edgeloop.service import health, metrics
+from edgeloop.service.answering import AnswerPath
 from edgeloop.service.delivery import AnsweredMemory, Received
+from edgeloop.service.engine_setup import build_engine
 from edgeloop.service.model_sync import ModelSync
 from edgeloop.service.statekeeper import StateKeeper
-from edgeloop.telemetry.schema import Event, Telemetry, TelemetryParser, parser_from_settings
+from edgeloop.telemetry.schema import Event, TelemetryParser, parser_from_settings
+
+__all__ = ["LOOP_STALL", "EdgeService", "EdgeStats", "build_engine"]
 
 log = logging.getLogger(__name__)
 
-DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about dropped messages
 PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refused
 SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
 OUTBOX_BUSY_PAUSE = 0.005  # seconds the loop sleeps while the outbox is busy (it keeps ticking)
 LOOP_STALL = 60.0  # seconds without a pass of the message loop before /healthz fails
 WRITER_STALL = 120.0  # the same for the store writer (one commit may wait 30 s on a locked database)
-
-
-def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
-    """The engine as the live edge configures it; the evaluator and benchmarks use this too."""
-    drift = settings.drift
-    return Engine(
-        targets=settings.model.targets,
-        lags=settings.model.lags,
-        guard_factory=lambda reference: make_guarded(drift, reference),
-        window=drift.window,
-        min_train_samples=settings.model.min_train_samples,
-        retrain_min_samples=settings.model.retrain_min_samples,
-        probation_samples=settings.model.probation_samples,
-        probation_tolerance=settings.model.probation_tolerance,
-        auto_train=auto_train,
-        floor_margin=settings.model.floor_margin,
-        floor_window=settings.model.floor_window,
-        gap_intervals=settings.model.gap_intervals,
-        consolidate_after=Span.parse(settings.model.consolidate_after),
-        refresh_every=Span.parse(settings.model.refresh_every),
-        train_window=settings.model.train_window,
-        max_devices=settings.limits.max_devices,
-        device_idle_s=settings.limits.device_idle_s,
-    )
 
 
 @dataclass
@@ -114,7 +93,7 @@ class EdgeStats:
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
 
 
-class EdgeService:
+class EdgeService(AnswerPath):
     """Runs until :meth:`stop`; construct, then :meth:`run` (blocking) or :meth:`start` (a thread)."""
 
     def __init__(
@@ -393,313 +372,3 @@ class EdgeService:
                 if wait <= 0:
                     break
         return batch
-
-    # -- the batch path ---------------------------------------------------------------------------
-    def _handle(self, batch: list[Received]) -> None:
-        if any(item.replay for item in batch):
-            # A device's history always precedes its live readings in the inbox: rebuild in order.
-            start = 0
-            for end in range(1, len(batch) + 1):
-                if end == len(batch) or batch[end].replay != batch[start].replay:
-                    part = batch[start:end]
-                    if part[0].replay:
-                        self._rebuild(part)
-                    else:  # replay comes from NATS, whose publish never refuses: no _unsent to keep
-                        self._answer(part)
-                    start = end
-            return
-        self._answer(batch)
-
-    def _rebuild(self, history: list[Received]) -> None:
-        """Feed readings answered before (by any replica) to the engine: state only, nothing sent."""
-        readings: list[Telemetry] = []
-        seen = self._answered.seen
-        for item in history:
-            try:
-                reading = self.parser.parse(item.topic, item.payload)
-            except MessageError:
-                continue  # dropped when it was answered, too
-            if not seen(reading.device, reading.seq, reading.ts):
-                readings.append(reading)
-        if not readings:
-            return
-        out = self.engine.process(readings)
-        # Its predictions, rows and events went out when the readings were answered. Retrain requests
-        # are kept: the engine now waits for their answer, and a repeated retrain is harmless.
-        for request in out.retrains:
-            self.stats.retrains_requested += 1
-            self.retrains.add(request)
-        if out.retrains:
-            self._dispatch_due()
-        self.stats.rebuilt += len(readings)
-
-    def _answer(self, batch: list[Received]) -> None:
-        readings: list[Telemetry] = []
-        seen = self._answered.seen
-        for item in batch:
-            try:
-                reading = self.parser.parse(item.topic, item.payload)
-            except MessageError as exc:
-                self._dropped(exc, item.topic)
-                continue
-            if seen(reading.device, reading.seq, reading.ts):
-                self._dropped(MessageError("duplicate", f"seq {reading.seq} answered before"), item.topic)
-                continue
-            readings.append(reading)
-        self.stats.received += len(batch)
-        metrics.RECEIVED.inc(len(batch))
-        if not readings:
-            self._ack(batch)
-            return
-        with metrics.BATCH_SECONDS.time():
-            out = self.engine.process(readings)
-        for reading, reason in out.dropped:
-            limits = self.settings.limits
-            detail = (
-                f"no room for device {reading.device[:40]!r}: {limits.max_devices} devices kept, none "
-                f"silent for limits.device_idle_s={limits.device_idle_s:g} s"
-            )
-            self._dropped(MessageError(reason, detail), "the engine")
-        if out.evicted:
-            metrics.EVICTED.inc(out.evicted)
-        topics = self._prediction_topics
-        if len(topics) > 2 * self.settings.limits.max_devices:
-            topics.clear()  # bounded like the engine's devices; rebuilt as devices speak
-        template, site = self._prediction_template, self.site
-        messages = []
-        for p in out.predictions:
-            topic = topics.get(p.device)
-            if topic is None:
-                topic = topics[p.device] = template.format(site=site, device=p.device)
-            messages.append((topic, p.to_json()))
-        unsent = self._publish(messages)
-        self.stats.processed += len(readings) - len(out.dropped)
-        assert self.writer is not None
-        self.writer.put(samples=out.samples)
-        if unsent:
-            self._unsent, self._unacked = unsent, batch
-        else:
-            self._ack(batch)
-        self._after_engine(out)
-
-    def _outbox_busy(self) -> bool:
-        # Backpressure for our own output: see Transport.busy.
-        return self.transport.busy
-
-    def _publish(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-        """Hand predictions to the transport; returns those it refused (kept for a retry at QoS>0)."""
-        refused, failed, why = self.transport.publish(messages)
-        if failed:
-            self._publish_failed(failed, why, retried=bool(refused))
-        sent = len(messages) - failed
-        self.stats.predictions += sent
-        metrics.PREDICTIONS.inc(sent)
-        return refused
-
-    def _publish_failed(self, count: int, why: str, *, retried: bool) -> None:
-        self.stats.publish_failures += count
-        metrics.PUBLISH_FAILURES.inc(count)
-        now = time.monotonic()
-        if now - self._last_publish_log >= DROP_LOG_INTERVAL:
-            self._last_publish_log = now
-            log.warning(
-                "the transport refused %d prediction(s) (%s); %s",
-                count,
-                why,
-                "retrying; their readings stay unacknowledged meanwhile" if retried else "lost (QoS 0)",
-            )
-
-    def _retry_unsent(self) -> bool:
-        """Publish refused predictions again; True once all are out and their batch is acknowledged."""
-        self._unsent = self._publish(self._unsent)
-        if self._unsent:
-            return False
-        batch, self._unacked = self._unacked, []
-        self._ack(batch)
-        return True
-
-    def _ack(self, batch: list[Received]) -> None:
-        self.transport.ack(batch)
-
-    def _after_engine(self, out: EngineOutput) -> None:
-        for request in out.retrains:
-            self.stats.retrains_requested += 1
-            metrics.RETRAINS.labels(trigger=request.trigger).inc()
-            request_id = self.retrains.add(request)
-            for event in out.events:
-                if event.kind == "retrain_requested" and event.scope == request.scope:
-                    event.request_id = request_id
-        self._emit(out.events)
-        if out.retrains:
-            self._dispatch_due()
-        for rollback in out.rollbacks:
-            self._persist_rollback(rollback)
-
-    def _dropped(self, exc: MessageError, topic: str) -> None:
-        self.stats.dropped[exc.reason] += 1
-        self._dropped_since_log[exc.reason] += 1
-        metrics.DROPPED.labels(reason=exc.reason).inc()
-        now = time.monotonic()
-        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-            log.warning(
-                "dropped telemetry: %s (last: %s on %s)",
-                dict(self._dropped_since_log),
-                str(exc)[:120],
-                topic[:80],
-            )
-            self._dropped_since_log.clear()
-            self._last_drop_log = now
-
-    def _emit(self, events: list[Event]) -> None:
-        alerts.offer(self, self.settings, events, self.transport.publish_alert)
-        if not events:
-            return
-        assert self.writer is not None
-        self.writer.put(events=events)
-        for event in events:
-            self.stats.events.append(event)
-            metrics.EVENTS.labels(kind=event.kind).inc()
-            log.info("event %s %s: %s", event.kind, event.scope, event.reason)
-            self.transport.publish_event(self._events_topic, orjson.dumps(event.to_dict(self.site)))
-
-    # -- retrains: the bookkeeping decides, the dispatcher moves the attempts ----------------------
-    def _dispatch_due(self) -> None:
-        for attempt in self.retrains.due():
-            log.info(
-                "retrain of %s dispatched (attempt %d of %d, request %s)",
-                attempt.scope,
-                attempt.number,
-                self.retrains.policy.max_attempts,
-                attempt.request_id,
-            )
-            self.dispatcher.submit(attempt)
-
-    def _check_retrains(self) -> None:
-        if not len(self.retrains):
-            return
-        for failure in self.retrains.expired():
-            self.dispatcher.cancel(failure.request_id)
-            self._retrain_failed(failure)
-        self._dispatch_due()
-
-    def _retrain_failed(self, failure: Failure) -> None:
-        self.stats.retrains_failed += 1
-        log.warning("retrain of %s failed (attempt %d): %s", failure.scope, failure.attempt, failure.reason)
-        self._emit([failure.event(self.engine.stream_ts)])
-        if failure.gave_up:
-            self.engine.retrain_finished(failure.scope, installed=False)
-
-    def _retrain_answered(self, request_id: str | None, scope: str, *, installed: bool) -> None:
-        done = self.retrains.answered(request_id) if request_id else self.retrains.answered_scope(scope)
-        if done is not None:
-            self.engine.retrain_finished(done, installed=installed)
-
-    def _handle_outcomes(self) -> None:
-        for report in self.dispatcher.poll():
-            if report.kind == "started":
-                self.retrains.started(report.request_id)
-            elif report.kind == "failed":
-                failure = self.retrains.failed(report.request_id, report.reason, report.attempt)
-                if failure is not None:
-                    self._retrain_failed(failure)
-            elif report.outcome is not None:
-                self._apply_outcome(report.outcome, report.request_id)
-
-    def _apply_outcome(self, outcome: RetrainOutcome, request_id: str | None = None) -> None:
-        events = [Event.from_dict(e) for e in outcome.events]
-        for event in events:
-            event.request_id = event.request_id or request_id
-        self._emit(events)
-        installed = False
-        if outcome.decision == "promoted" and outcome.version is not None:
-            installed = self._install(outcome.scope, outcome.version)
-        self._retrain_answered(request_id, outcome.scope, installed=installed)
-
-    def _handle_control(self) -> None:
-        """Events from other processes (trainer service, other replicas): swap models they promote.
-
-        Answers carrying a request id settle that request; the edge's own events come back here
-        too and change nothing (their request is already settled, or the attempt is not in flight).
-        """
-        self._receive_models()  # first: a trainer publishes the model before the event promoting it
-        while True:
-            try:
-                payload = self._control.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                event = Event.from_dict(orjson.loads(payload))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                log.warning("ignored an unreadable event on %s", self._events_topic)
-                continue
-            rid = event.request_id
-            if event.kind == "retrain_started" and rid:
-                self.retrains.started(rid)
-            elif event.kind == "retrain_failed" and rid:
-                attempt = event.metrics.get("attempt")
-                failure = self.retrains.failed(
-                    rid,
-                    f"trainer: {event.reason}",
-                    int(attempt) if isinstance(attempt, int | float) else None,
-                )
-                if failure is not None:
-                    self._retrain_failed(failure)
-            elif event.version and (
-                event.kind == "model_promoted" or (event.kind == "retrain_finished" and not event.metrics)
-            ):
-                # (a retrain_finished naming a version: a trainer pool answered from a training it had)
-                try:
-                    scope, version = parse_label(event.version)
-                except ValueError:
-                    continue
-                serving = self.engine.serving.get(scope)
-                installed = serving is not None and serving.model.label == event.version
-                if not installed and self.model_verifier is None:
-                    # (bus mode: only a signed model message installs anything)
-                    installed = self._install(scope, version)
-                self._retrain_answered(rid, scope, installed=installed)
-            elif event.kind == "model_rejected" or (event.kind == "retrain_finished" and not event.metrics):
-                self._retrain_answered(rid, event.scope, installed=False)
-            elif event.kind == "model_rolled_back":
-                self._sync_models()
-
-    # -- models -----------------------------------------------------------------------------------
-    def _receive_models(self) -> None:
-        """Verify, cache and serve signed champions from the bus; refuse and report anything else."""
-        verifier = self.model_verifier
-        while verifier is not None:
-            try:
-                topic, payload = self._model_messages.get_nowait()
-            except queue.Empty:
-                return
-            if not payload:
-                continue  # a retained message cleared
-            name = topic[len(self._models_prefix) :]
-            try:
-                bundle = open_bundle(payload, verifier, topic_name=name)
-                result = install_bundle(self.registry, bundle, lags=self.settings.model.lags)
-            except BundleRefused as exc:
-                self.models.refuse(exc.scope or name, exc.label, f"model message on {topic}", exc.reason)
-                continue
-            except OSError as exc:  # the cache cannot be written: nothing installed, the old one serves
-                self.models.refuse(name, None, f"model message on {topic}", f"cannot cache it: {exc}")
-                continue
-            if result == "installed" and bundle.version is not None:
-                log.info(
-                    "verified %s (key %s, epoch %d) from the bus", bundle.label, bundle.key_id, bundle.epoch
-                )
-                self.models.install(bundle.scope, bundle.version)
-            elif result == "cleared":
-                log.info("verified %s (key %s): no champion of its own any more", bundle.label, bundle.key_id)
-                self._sync_models()
-            else:
-                log.debug("%s from the bus: %s (epoch %d)", bundle.label, result, bundle.epoch)
-
-    def _install(self, scope: str, version: int) -> bool:
-        return self.models.install(scope, version)
-
-    def _sync_models(self) -> None:
-        self.models.sync()
-
-    def _persist_rollback(self, rollback: Rollback) -> None:
-        self.models.record_rollback(rollback)
