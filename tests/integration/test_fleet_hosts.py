@@ -534,9 +534,10 @@ def test_three_hosts_pool_signed_distribution_and_exactly_once(
     assert duplicated == 0 and all(n == 1 for n in sent.values())
 
     # 5. Trained exactly once: every request trained to the end by one trainer; the drifted device's
-    #    first request (the one whose trainer was killed) trained by the other one, once.
-    rid = promoted["request_id"]
-    assert rid == recording.events("retrain_requested", DRIFTED)[0]["request_id"]
+    #    first request (the one whose trainer was killed) trained by the other one, once. Its verdict
+    #    may be a rejection (a fast retrain on the first readings after the alarm need not beat
+    #    persistence); the device's model then comes from a later request.
+    rid = recording.events("retrain_requested", DRIFTED)[0]["request_id"]
     trainings: Counter[str] = Counter()
     for t in trainers.values():
         for line in t.log().splitlines():
@@ -549,7 +550,8 @@ def test_three_hosts_pool_signed_distribution_and_exactly_once(
     for r in {e["request_id"] for e in verdicts}:
         versions = {e["version"] for e in verdicts if e["request_id"] == r}
         assert len(versions) == 1, f"request {r} answered with {versions}"
-    assert {e["version"] for e in verdicts if e["request_id"] == rid} == {label}
+    assert any(e["request_id"] == rid for e in verdicts), "the killed request was never answered"
+    assert {e["version"] for e in verdicts if e["request_id"] == promoted["request_id"]} == {label}
     for name, edge in edges.items():
         assert edge.alive(), edge.log()[-3000:]
     assert trainers[other].alive()

@@ -253,21 +253,26 @@ class MqttSession:
         if mids and connection == self.connection and self.connected:
             ack_many(self.client, mids)
 
-    def close(self, drain_timeout: float = 10.0) -> None:
+    def close(self, drain_timeout: float = 10.0) -> bool:
         """Send what is still queued (up to ``drain_timeout`` s), disconnect, stop the network thread.
 
         Acknowledgements queued before this call are sent before the DISCONNECT (paho sends in order).
+        Returns True if every message published was confirmed (acknowledged by the broker at QoS 1,
+        written at QoS 0), False if some may have been lost with the connection.
         """
         self._closing = True
         last = self._last_publish
+        delivered = last is None
         if last is not None and self.connected:
             # paho sends in order, so once the last publish is out, every earlier one is too. Not queued
             # (disconnected meanwhile): nothing to wait for.
             with contextlib.suppress(RuntimeError, ValueError):
                 last.wait_for_publish(drain_timeout)
+                delivered = last.is_published()
         self.client.disconnect()
         self.client.loop_stop()
         self._connected.clear()
+        return delivered
 
     def subscribe(
         self, filters: list[str], qos: int = 1, shared_group: str | None = None, *, timeout: float = 10

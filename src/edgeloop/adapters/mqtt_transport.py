@@ -150,6 +150,7 @@ class MqttTransport:
     def publish_alert(self, topic: str, payload: bytes) -> Any:
         return self.session.publish(topic, payload)
 
-    def close(self) -> None:
-        self.outbox.close()  # waits until the last prediction is out
+    def close(self) -> bool:
+        delivered = self.outbox.close()  # waits until the broker has the last prediction
         self.session.close()  # the acks queued before go out before its DISCONNECT
+        return delivered

@@ -189,13 +189,15 @@ class NatsTransport(PartitionOwner):
     def busy(self) -> bool:
         return not self.connected or self._queued - self._done > OPS_HIGH_WATER
 
-    def close(self, drain_timeout: float = 10.0) -> None:
+    def close(self, drain_timeout: float = 10.0) -> bool:
         if not self._thread.is_alive():
-            return
+            return False
         try:
             self._call(self._close(drain_timeout), timeout=drain_timeout + 15)
+            return True
         except Exception:  # closing must not raise over the edge's shutdown
             log.exception("closing the NATS connection failed")
+            return False
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)

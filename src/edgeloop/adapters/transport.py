@@ -103,8 +103,9 @@ class Transport(Protocol):
     def busy(self) -> bool:
         """True while the output side should not get more (disconnected, or much unacknowledged)."""
 
-    def close(self) -> None:
-        """Send what was handed over (acks included), then disconnect."""
+    def close(self) -> bool:
+        """Send what was handed over (acks included), then disconnect; True if the broker confirmed
+        every prediction handed over (none can have been lost with the connection)."""
 
     def describe(self) -> str:
         """One phrase for the start-up log line: what this transport listens to."""

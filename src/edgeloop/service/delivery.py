@@ -5,9 +5,9 @@ A QoS 1 reading is acknowledged to the broker only after its prediction was hand
 row to the store writer, so a crash or shutdown in between makes the broker deliver it again. The
 price of at-least-once is duplicates: a redelivered reading whose first copy was answered (its
 PUBACK lost with a broker crash, or sent on a connection that then dropped). :class:`AnsweredMemory`
-recognises them, also across a restart: it travels in the edge's state snapshot
-(:meth:`AnsweredMemory.to_state`), so a reading answered by the previous run and delivered again to
-this one is dropped as a duplicate instead of answered twice.
+recognises them, also across a restart: it travels in the state snapshot written at shutdown once
+the broker confirmed every prediction (:meth:`AnsweredMemory.to_state`), so a reading answered by the
+previous run and delivered again to this one is dropped as a duplicate instead of answered twice.
 """
 
 from __future__ import annotations

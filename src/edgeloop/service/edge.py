@@ -275,9 +275,9 @@ class EdgeService(AnswerPath):
                 answered=self._answered,
             )
 
-    def _close_storage(self, *, final_snapshot: bool) -> None:
+    def _close_storage(self, *, final_snapshot: bool, delivered: bool = False) -> None:
         if self.state is not None:
-            self.state.close(final=final_snapshot)
+            self.state.close(final=final_snapshot, delivered=delivered)
         if self.writer is not None:
             if final_snapshot:
                 self.writer.put(status=self.engine.status_rows(time.time()))
@@ -334,11 +334,12 @@ class EdgeService(AnswerPath):
         if not self._unsent and self.transport.connected:  # else predictions would die in its queue
             self._drain(deadline)
         self.subscribed = False
-        self.transport.close()  # predictions first, then the acks queued above, then disconnect
+        # Predictions first, then the acks queued above, then disconnect.
+        delivered = self.transport.close() and not self._unsent
         left = len(self._unacked) + self._inbox.qsize() + self.inbox.left
         if left:
             log.warning("%d readings left unacknowledged at shutdown; the broker delivers them again", left)
-        self._close_storage(final_snapshot=True)
+        self._close_storage(final_snapshot=True, delivered=delivered)
         self.dispatcher.close()
         log.info(
             "edge stopped: %d processed, %d dropped", self.stats.processed, sum(self.stats.dropped.values())

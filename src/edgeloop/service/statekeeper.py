@@ -10,11 +10,12 @@ Measured per 1,000 devices (one target, window 100): export 11-60 ms of loop tim
 slices (idle vs. shared machine), serialising 11-18 ms and writing with fsync ~25 ms on the background
 thread, 2.1 MB on disk; restoring takes ~160 ms at start.
 
-The edge's memory of answered readings (:class:`~edgeloop.service.delivery.AnsweredMemory`) is saved in
-the same snapshot, as it was when the snapshot started: every reading it names is in the device
-state saved after it. So after a restart the broker's redelivery of a reading the previous run
-answered (its acknowledgement lost with the connection or the process) is dropped as a duplicate;
-readings answered after the last snapshot of a killed edge may still be answered twice.
+The edge's memory of answered readings (:class:`~edgeloop.service.delivery.AnsweredMemory`) goes into
+the last snapshot only, written at shutdown after the broker confirmed every prediction: so after
+a restart the broker's redelivery of a reading the previous run answered (its acknowledgement lost
+with the connection) is dropped as a duplicate. A periodic snapshot never carries it: a reading is
+remembered when its prediction is handed to the client, and a kill before the broker has that
+prediction must let the redelivered reading be answered again (twice at worst, never not at all).
 """
 
 from __future__ import annotations
@@ -86,16 +87,15 @@ class StateKeeper:
             if now < self._next or processed == self._mark:
                 return
             self._mark = processed
-            self._exporter = Exporter(self.engine, extra=self._extra())
+            self._exporter = Exporter(self.engine)
         state = self._exporter.step()
         if state is not None:
             self._exporter = None
             self._next = now + self.interval
             self.writer.submit(state)
 
-    def close(self, *, final: bool) -> None:
-        """Stop the writer; with ``final``, write the state as it is now first."""
-        self.writer.close(export_state(self.engine, self._extra()) if final else None)
-
-    def _extra(self) -> dict[str, object]:
-        return {} if self.answered is None else {ANSWERED_KEY: self.answered.to_state()}
+    def close(self, *, final: bool, delivered: bool = False) -> None:
+        """Stop the writer; with ``final``, write the state as it is now first, with the memory of
+        answered readings if ``delivered`` (the broker confirmed every prediction handed over)."""
+        extra = {ANSWERED_KEY: self.answered.to_state()} if delivered and self.answered is not None else {}
+        self.writer.close(export_state(self.engine, extra) if final else None)
