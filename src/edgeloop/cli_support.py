@@ -5,6 +5,7 @@ and running a server child process that one signal stops entirely.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import subprocess
@@ -116,11 +117,16 @@ def _explain_config_error(
 
 
 def stop_on_signals(stop: Any) -> None:
+    """SIGTERM/SIGINT call ``stop``; SIGUSR1 prints every thread's stack to stderr (the log), so a
+    process that seems stuck can be looked into without stopping it: ``kill -USR1 <pid>``."""
+
     def handler(signum: int, _frame: Any) -> None:
         stop()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    with contextlib.suppress(ValueError, RuntimeError, OSError):  # stderr closed or not a file
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def confirm(question: str) -> None:

@@ -153,8 +153,14 @@ class EdgeProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Stuck: ask for every thread's stack (the edge prints them on SIGUSR1), then kill, and
+            # show the log so the failure says where it hung.
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
             self.proc.kill()
-            return self.proc.wait(10)
+            code = self.proc.wait(10)
+            print(f"edge did not stop within {timeout:g} s of SIGTERM; its log:\n{self.log()[-20000:]}")
+            return code
 
 
 @pytest.fixture

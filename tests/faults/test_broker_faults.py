@@ -335,6 +335,20 @@ def test_two_edges_with_one_client_id_say_why(
     assert first.alive() and second.alive()
 
 
+def test_sigusr1_prints_every_threads_stack_and_the_edge_goes_on(
+    broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory
+) -> None:
+    """A seemingly stuck edge can be looked into without stopping it (``kill -USR1 <pid>``)."""
+    edge = edge_process(edge_env(broker, site, tmp_path / "data"))
+    edge.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+    assert wait_for(lambda: "Current thread" in edge.log(), 10), edge.log()[-2000:]
+    log = edge.log()
+    assert "edgeloop-edge" in log or "in run" in log  # the message loop's frame is among them
+    assert log.count("Thread 0x") >= 2  # paho's network threads and the store writer too
+    assert edge.alive()
+    assert edge.stop() == 0
+
+
 def test_edge_waits_for_a_broker_that_starts_later(
     site: str, tmp_path: Path, edge_process: EdgeFactory
 ) -> None:

@@ -35,6 +35,8 @@ The service is in three parts: this module (start-up, the loop, storage, health,
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import gc
 import logging
 import queue
@@ -74,6 +76,7 @@ PUBLISH_RETRY_PAUSE = 0.05  # seconds between retries of predictions paho refuse
 SHUTDOWN_RETRY_S = 5.0  # how long shutdown answers the inbox and retries refused predictions
 OUTBOX_BUSY_PAUSE = 0.005  # seconds the loop sleeps while the outbox is busy (it keeps ticking)
 LOOP_STALL = 60.0  # seconds without a pass of the message loop before /healthz fails
+SHUTDOWN_STUCK_S = 25.0  # a shutdown still running after this prints every thread's stack to the log
 WRITER_STALL = 120.0  # the same for the store writer (one commit may wait 30 s on a locked database)
 
 
@@ -328,6 +331,19 @@ class EdgeService(AnswerPath):
         # sends the predictions and acks before its DISCONNECT. Deliveries after this point stay
         # unacknowledged and come again to the next run (with a persistent session).
         self.inbox.accepting = False
+        # Every step below is bounded; if the whole still hangs (a supervisor would kill us at its
+        # grace period, with nothing to show why), leave the stacks of all threads in the log.
+        watchdog = threading.current_thread() is threading.main_thread()
+        if watchdog:
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                faulthandler.dump_traceback_later(SHUTDOWN_STUCK_S, exit=False)
+        try:
+            self._shutdown_steps()
+        finally:
+            if watchdog:
+                faulthandler.cancel_dump_traceback_later()
+
+    def _shutdown_steps(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_RETRY_S
         while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
             time.sleep(PUBLISH_RETRY_PAUSE)
