@@ -7,12 +7,14 @@ persistent sessions too, so what is counted as lost was lost by the edge or the 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +171,32 @@ def edge_env(broker: MosquittoBroker, site: str, data_dir: Path, **extra: str) -
     }
 
 
+@dataclass
+class Traffic:
+    """An edge with the default broker config, and the devices and consumer around it."""
+
+    env: Mapping[str, str]  # start a second edge with it to restart on the same data folder
+    edge: EdgeProcess
+    sink: Sink
+    pub: Publisher
+
+
+@contextlib.contextmanager
+def traffic(
+    broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory, devices: int
+) -> Iterator[Traffic]:
+    """Start an edge, then a prediction sink and a publisher of ``devices``; close both after."""
+    env = edge_env(broker, site, tmp_path / "data")
+    edge = edge_process(env)
+    sink = Sink(broker, site)
+    pub = Publisher(broker, site, devices=devices)
+    try:
+        yield Traffic(env, edge, sink, pub)
+    finally:
+        pub.close()
+        sink.close()
+
+
 def processed(edge: EdgeProcess) -> int:
     """Readings the edge's engine answered, from its shutdown line (the edge must have stopped)."""
     return sum(int(n) for n in re.findall(r"edge stopped: (\d+) processed", edge.log()))
@@ -195,10 +223,8 @@ def restart_scenario(
 ) -> dict[str, Any]:
     """Readings before, during (buffered by the devices, as a device does while its broker is away)
     and after a broker restart; the devices reconnect once the edge has subscribed again."""
-    edge = edge_process(edge_env(broker, site, tmp_path / "data"))
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=20)
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=20) as t:
+        edge, sink, pub = t.edge, t.sink, t.pub
         pub.start(rate=400)
         time.sleep(2.0)  # before
         pub.stop()
@@ -226,9 +252,6 @@ def restart_scenario(
             "processed": processed(edge),
             "resent": sink.resent(),
         }
-    finally:
-        pub.close()
-        sink.close()
 
 
 def check_restart(got: dict[str, Any], scenario: str) -> None:
@@ -263,22 +286,20 @@ def test_burst_is_answered_with_bounded_memory(
     broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory
 ) -> None:
     total = 100_000
-    edge = edge_process(edge_env(broker, site, tmp_path / "data"))
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=1000)
     rss: list[float] = []
     sampling = threading.Event()
 
-    def sample() -> None:
+    def sample(edge: EdgeProcess) -> None:
         while not sampling.is_set():
             rss.append(edge.rss_mb())
             time.sleep(0.2)
 
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=1000) as t:
+        edge, sink, pub = t.edge, t.sink, t.pub
         pub.publish(2000)  # warm up: every device seen once, lag windows full
         assert wait_for(lambda: len(sink) >= 2000, 30)
         baseline = edge.rss_mb()
-        sampler = threading.Thread(target=sample, daemon=True)
+        sampler = threading.Thread(target=sample, args=(edge,), daemon=True)
         sampler.start()
         started = time.monotonic()
         pub.publish(total)
@@ -303,9 +324,6 @@ def test_burst_is_answered_with_bounded_memory(
         assert edge.alive()
         assert lost == 0 and duplicated == 0
         assert peak < baseline + 150, f"edge RSS grew from {baseline:.0f} MB to {peak:.0f} MB"
-    finally:
-        pub.close()
-        sink.close()
 
 
 def test_two_edges_with_one_client_id_say_why(
@@ -389,11 +407,8 @@ def test_readings_answered_before_a_restart_are_not_answered_again(
 ) -> None:
     # What the broker does when an acknowledgement was lost with the connection or the process, and
     # what a device does when it resends unacknowledged readings: the next run gets them again.
-    env: Mapping[str, str] = edge_env(broker, site, tmp_path / "data")
-    edge = edge_process(env)
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=20)
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=20) as t:
+        env, edge, sink, pub = t.env, t.edge, t.sink, t.pub
         pub.publish(400)
         assert wait_for(lambda: len(sink) >= 400, 30)
         assert edge.stop() == 0
@@ -416,19 +431,13 @@ def test_readings_answered_before_a_restart_are_not_answered_again(
         )
         assert (answered, lost, duplicated) == (600, 0, 0)
         assert stopped == [("200", "400")]
-    finally:
-        pub.close()
-        sink.close()
 
 
 def test_edge_sigterm_mid_stream_then_restart(
     broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory
 ) -> None:
-    env: Mapping[str, str] = edge_env(broker, site, tmp_path / "data")
-    edge = edge_process(env)
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=50)
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=50) as t:
+        env, edge, sink, pub = t.env, t.edge, t.sink, t.pub
         pub.start(rate=2500)
         time.sleep(2.0)
         assert edge.stop() == 0
@@ -451,6 +460,3 @@ def test_edge_sigterm_mid_stream_then_restart(
         )
         assert second.alive()
         assert lost == 0 and duplicated == 0
-    finally:
-        pub.close()
-        sink.close()
