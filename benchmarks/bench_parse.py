@@ -20,7 +20,7 @@ import msgspec
 import orjson
 
 from edgeloop.config import Settings
-from edgeloop.telemetry.schema import parser_from_settings
+from edgeloop.telemetry.parser import parser_from_settings
 from edgeloop.telemetry.simulator import Simulator
 
 

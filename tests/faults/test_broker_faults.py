@@ -12,137 +12,17 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from paho.mqtt.enums import MQTTErrorCode
+from tests.faults.broker_traffic import EdgeFactory, Publisher, Sink, edge_env, traffic
 from tests.faults.conftest import EdgeProcess, count_answers, report
 
 from edgeloop.adapters.broker import MosquittoBroker, find_free_port, mosquitto_binary
-from edgeloop.adapters.mqtt import MqttSession
-
-EdgeFactory = Callable[..., EdgeProcess]
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs the mosquitto binary")
-
-
-class Sink:
-    """Every prediction of a site, from a persistent QoS 1 session that outlives broker restarts."""
-
-    def __init__(self, broker: MosquittoBroker, site: str) -> None:
-        self._payloads: list[bytes] = []
-        self.first_at: list[float] = []  # arrival time of each payload (monotonic)
-        self._lock = threading.Lock()
-        self.session = MqttSession(
-            broker.settings(reconnect_max_delay=1.0),
-            role="sink",
-            client_id=f"sink-{site}",
-            clean_start=False,
-            session_expiry=600,
-            on_message=self._on,
-        )
-        self.session.start()
-        self.session.subscribe([f"edgeloop/{site}/+/prediction"], qos=1)
-
-    def _on(self, message: Any) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._payloads.append(message.payload)
-            self.first_at.append(now)
-
-    def __len__(self) -> int:
-        return len(self._payloads)
-
-    def answers(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [orjson.loads(p) for p in self._payloads]
-
-    def resent(self) -> int:
-        """Byte-identical repeats: one prediction delivered again by MQTT QoS 1, not answered twice."""
-        with self._lock:
-            return len(self._payloads) - len(set(self._payloads))
-
-    def close(self) -> None:
-        self.session.close()
-
-
-class Publisher:
-    """QoS 1 readings of many devices from a persistent session (paho resends what is unacknowledged)."""
-
-    def __init__(self, broker: MosquittoBroker, site: str, devices: int) -> None:
-        self.broker = broker
-        self.site = site
-        self.devices = [f"dev-{i:03d}" for i in range(devices)]
-        self.sent: dict[str, set[int]] = {d: set() for d in self.devices}
-        self.count = 0
-        self._buffer: list[tuple[str, bytes]] = []
-        self.session = self._session()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _session(self) -> MqttSession:
-        session = MqttSession(
-            self.broker.settings(reconnect_max_delay=1.0),
-            role="pub",
-            client_id=f"pub-{self.site}",
-            clean_start=False,
-            session_expiry=600,
-        )
-        return session.start()
-
-    def _next(self) -> tuple[str, bytes]:
-        device = self.devices[self.count % len(self.devices)]
-        seq = self.count // len(self.devices)
-        self.sent[device].add(seq)
-        self.count += 1
-        payload = orjson.dumps({"ts": 1_700_000_000 + 60 * seq, "seq": seq, "voc_ppb": 100 + seq % 13})
-        return f"edgeloop/{self.site}/{device}/telemetry", payload
-
-    def _send(self, topic: str, payload: bytes) -> None:
-        while self.session.client.publish(topic, payload, qos=1).rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            time.sleep(0.01)  # paho's own queue is full: wait for the broker's acks
-
-    def publish(self, n: int) -> None:
-        """Publish ``n`` readings round-robin over the devices as fast as paho takes them."""
-        for _ in range(n):
-            self._send(*self._next())
-
-    def buffer(self, n: int) -> None:
-        """Make ``n`` readings while the broker is away; :meth:`reconnect` publishes them."""
-        self._buffer += [self._next() for _ in range(n)]
-
-    def reconnect(self) -> None:
-        self.session = self._session()
-        for topic, payload in self._buffer:
-            self._send(topic, payload)
-        self._buffer.clear()
-
-    def start(self, rate: float) -> None:
-        """Publish ``rate`` readings per second in a thread until :meth:`stop`."""
-        self._stop.clear()
-
-        def run() -> None:
-            start, base = time.monotonic(), self.count
-            while not self._stop.is_set():
-                due = base + int((time.monotonic() - start) * rate) - self.count
-                if due > 0:
-                    self.publish(due)
-                time.sleep(0.01)
-
-        self._thread = threading.Thread(target=run, name="publisher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def close(self) -> None:
-        self.stop()
-        self.session.close(drain_timeout=30)
 
 
 @pytest.fixture
@@ -155,18 +35,6 @@ def broker() -> Iterator[MosquittoBroker]:
     b = MosquittoBroker(persistence=True, autosave_interval=1).start()
     yield b
     b.stop()
-
-
-def edge_env(broker: MosquittoBroker, site: str, data_dir: Path, **extra: str) -> dict[str, str]:
-    """The default broker config of an edge; training is kept out (it is not what is tested here)."""
-    return {
-        "EDGELOOP_BROKER_URL": broker.url,
-        "EDGELOOP_SITE": site,
-        "EDGELOOP_DATA_DIR": str(data_dir),
-        "EDGELOOP_MLFLOW_ENABLED": "false",
-        "EDGELOOP_MODEL_MIN_TRAIN_SAMPLES": str(10**9),
-        **extra,
-    }
 
 
 def processed(edge: EdgeProcess) -> int:
@@ -195,10 +63,8 @@ def restart_scenario(
 ) -> dict[str, Any]:
     """Readings before, during (buffered by the devices, as a device does while its broker is away)
     and after a broker restart; the devices reconnect once the edge has subscribed again."""
-    edge = edge_process(edge_env(broker, site, tmp_path / "data"))
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=20)
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=20) as t:
+        edge, sink, pub = t.edge, t.sink, t.pub
         pub.start(rate=400)
         time.sleep(2.0)  # before
         pub.stop()
@@ -226,9 +92,6 @@ def restart_scenario(
             "processed": processed(edge),
             "resent": sink.resent(),
         }
-    finally:
-        pub.close()
-        sink.close()
 
 
 def check_restart(got: dict[str, Any], scenario: str) -> None:
@@ -263,22 +126,20 @@ def test_burst_is_answered_with_bounded_memory(
     broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory
 ) -> None:
     total = 100_000
-    edge = edge_process(edge_env(broker, site, tmp_path / "data"))
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=1000)
     rss: list[float] = []
     sampling = threading.Event()
 
-    def sample() -> None:
+    def sample(edge: EdgeProcess) -> None:
         while not sampling.is_set():
             rss.append(edge.rss_mb())
             time.sleep(0.2)
 
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=1000) as t:
+        edge, sink, pub = t.edge, t.sink, t.pub
         pub.publish(2000)  # warm up: every device seen once, lag windows full
         assert wait_for(lambda: len(sink) >= 2000, 30)
         baseline = edge.rss_mb()
-        sampler = threading.Thread(target=sample, daemon=True)
+        sampler = threading.Thread(target=sample, args=(edge,), daemon=True)
         sampler.start()
         started = time.monotonic()
         pub.publish(total)
@@ -303,9 +164,6 @@ def test_burst_is_answered_with_bounded_memory(
         assert edge.alive()
         assert lost == 0 and duplicated == 0
         assert peak < baseline + 150, f"edge RSS grew from {baseline:.0f} MB to {peak:.0f} MB"
-    finally:
-        pub.close()
-        sink.close()
 
 
 def test_two_edges_with_one_client_id_say_why(
@@ -389,11 +247,8 @@ def test_readings_answered_before_a_restart_are_not_answered_again(
 ) -> None:
     # What the broker does when an acknowledgement was lost with the connection or the process, and
     # what a device does when it resends unacknowledged readings: the next run gets them again.
-    env: Mapping[str, str] = edge_env(broker, site, tmp_path / "data")
-    edge = edge_process(env)
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=20)
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=20) as t:
+        env, edge, sink, pub = t.env, t.edge, t.sink, t.pub
         pub.publish(400)
         assert wait_for(lambda: len(sink) >= 400, 30)
         assert edge.stop() == 0
@@ -416,19 +271,13 @@ def test_readings_answered_before_a_restart_are_not_answered_again(
         )
         assert (answered, lost, duplicated) == (600, 0, 0)
         assert stopped == [("200", "400")]
-    finally:
-        pub.close()
-        sink.close()
 
 
 def test_edge_sigterm_mid_stream_then_restart(
     broker: MosquittoBroker, site: str, tmp_path: Path, edge_process: EdgeFactory
 ) -> None:
-    env: Mapping[str, str] = edge_env(broker, site, tmp_path / "data")
-    edge = edge_process(env)
-    sink = Sink(broker, site)
-    pub = Publisher(broker, site, devices=50)
-    try:
+    with traffic(broker, site, tmp_path, edge_process, devices=50) as t:
+        env, edge, sink, pub = t.env, t.edge, t.sink, t.pub
         pub.start(rate=2500)
         time.sleep(2.0)
         assert edge.stop() == 0
@@ -451,6 +300,3 @@ def test_edge_sigterm_mid_stream_then_restart(
         )
         assert second.alive()
         assert lost == 0 and duplicated == 0
-    finally:
-        pub.close()
-        sink.close()

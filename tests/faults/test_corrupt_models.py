@@ -26,7 +26,8 @@ from edgeloop.adapters.mqtt import MqttSession
 from edgeloop.adapters.store import Series
 from edgeloop.models.modelfile import META_FILE, MODEL_FILE, save_model, sha256_bytes
 from edgeloop.models.training import train_candidates
-from edgeloop.registry.local import CHAMPION_FILE, LocalRegistry
+from edgeloop.registry.local import LocalRegistry
+from edgeloop.registry.pointer import CHAMPION_FILE
 from edgeloop.scopes import version_label
 from edgeloop.telemetry.simulator import Simulator
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from tests.faults.conftest import EdgeProcess, report
-from tests.faults.test_training_faults import (
+from tests.faults.training_support import (
     Readings,
     TrainerProcess,
     base_env,

@@ -19,7 +19,7 @@ from edgeloop.models.training import train_candidates
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.scopes import version_label
 from edgeloop.service.edge import build_engine
-from edgeloop.telemetry.schema import parser_from_settings
+from edgeloop.telemetry.parser import parser_from_settings
 from edgeloop.telemetry.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[2]

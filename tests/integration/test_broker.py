@@ -24,7 +24,8 @@ from edgeloop.adapters.broker import (
     start_broker,
 )
 from edgeloop.adapters.certs import _certs_with_openssl
-from edgeloop.adapters.mqtt import MqttSession, connect, make_client
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.adapters.mqtt_client import connect, make_client
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from edgeloop.config import ModelSettings, Settings
 from edgeloop.evaluate.cli import evaluate, evaluate_command
 from edgeloop.evaluate.datasets import DatasetOptions, load_dataset, tracks
-from edgeloop.evaluate.replay import ReplayConfig
+from edgeloop.evaluate.runs import ReplayConfig
 from edgeloop.evaluate.strategies import parse_strategies
 from edgeloop.telemetry.recordings import load_nab_windows
 from edgeloop.telemetry.simulator import DriftSpec, Simulator

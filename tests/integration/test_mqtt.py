@@ -12,7 +12,8 @@ import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from edgeloop.adapters.broker import MosquittoBroker, find_free_port
-from edgeloop.adapters.mqtt import MqttSession, connect, default_client_id, make_client
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.adapters.mqtt_client import connect, default_client_id, make_client
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError, ConfigError
 

@@ -9,7 +9,8 @@ import pytest
 from tests.conftest import TEST_PASSWORD, TEST_USER
 
 from edgeloop.adapters.broker import MosquittoBroker, find_free_port
-from edgeloop.adapters.mqtt import BrokerUnavailable, MqttSession
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.adapters.mqtt_client import BrokerUnavailable
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError
 

@@ -21,7 +21,8 @@ from edgeloop.evaluate.datasets import (
     tracks,
 )
 from edgeloop.evaluate.labels import Label
-from edgeloop.evaluate.replay import ReplayConfig, TargetReplay, _batches
+from edgeloop.evaluate.replay import TargetReplay, _batches
+from edgeloop.evaluate.runs import ReplayConfig
 from edgeloop.evaluate.strategies import (
     DEFAULT_POLICY,
     STRATEGY_NAMES,

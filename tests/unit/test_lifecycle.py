@@ -12,7 +12,8 @@ from edgeloop.adapters.store import Series
 from edgeloop.config import DriftSettings, ModelSettings, Settings, Span
 from edgeloop.engine.engine import Engine, EngineOutput
 from edgeloop.evaluate.datasets import Track
-from edgeloop.evaluate.replay import ReplayConfig, RunResult, TargetReplay
+from edgeloop.evaluate.replay import TargetReplay
+from edgeloop.evaluate.runs import ReplayConfig, RunResult
 from edgeloop.evaluate.strategies import parse_strategy
 from edgeloop.lifecycle.floor import Floor
 from edgeloop.lifecycle.probation import judge_probation

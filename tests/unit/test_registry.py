@@ -22,7 +22,8 @@ from edgeloop.engine.features import training_pairs
 from edgeloop.errors import ModelFileError
 from edgeloop.models.forecasters import LinearForecaster, Persistence
 from edgeloop.models.modelfile import META_FILE, MODEL_FILE, save_model, sha256_bytes
-from edgeloop.registry.local import CHAMPION_FILE, JOURNAL_FILE, LocalRegistry
+from edgeloop.registry.local import LocalRegistry
+from edgeloop.registry.pointer import CHAMPION_FILE, JOURNAL_FILE
 from edgeloop.scopes import MAX_DIRNAME, decode_scope, encode_scope, scope_dirname, version_label
 
 SCOPE = "voc_ppb"
@@ -247,7 +248,7 @@ def test_stray_files_and_folders_are_ignored_with_one_warning(
     (root / "voc_ppb" / "v01").mkdir()
     (root / "voc_ppb" / "notes.txt").write_text("hi")
     os.mkdir(os.fsencode(root) + b"/\xff-not-utf8")
-    with caplog.at_level(logging.WARNING, logger="edgeloop.registry.local"):
+    with caplog.at_level(logging.WARNING, logger="edgeloop.registry.versions"):
         for _ in range(3):  # polls
             assert reg.scopes() == [SCOPE]
             assert reg.versions(SCOPE) == [1]

@@ -11,16 +11,9 @@ from hypothesis import strategies as st
 
 from edgeloop.config import Settings
 from edgeloop.errors import MessageError
-from edgeloop.telemetry.schema import (
-    REJECT_REASONS,
-    Event,
-    Forecast,
-    Prediction,
-    TelemetryParser,
-    check_device,
-    parse_ts,
-    parser_from_settings,
-)
+from edgeloop.telemetry.fields import check_device, parse_ts
+from edgeloop.telemetry.parser import TelemetryParser, parser_from_settings
+from edgeloop.telemetry.schema import REJECT_REASONS, Event, Forecast, Prediction
 
 TARGETS = ["temp_c", "humidity", "voc_ppb"]
 

@@ -8,7 +8,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from edgeloop.telemetry.schema import TelemetryParser
+from edgeloop.telemetry.parser import TelemetryParser
 from edgeloop.telemetry.simulator import DRIFT_KINDS, FIELDS, DriftSpec, Simulator, parse_drift
 
 RANGES = {"temp_c": (-80.0, 150.0), "humidity": (0.0, 100.0), "voc_ppb": (0.0, 1e6)}

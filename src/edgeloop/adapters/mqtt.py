@@ -1,30 +1,20 @@
-"""MQTT plumbing on paho-mqtt 2 (callback API v2, MQTT v5 by default).
+"""MQTT plumbing on paho-mqtt 2 (callback API v2, MQTT v5 by default): one long-lived session.
 
 :class:`MqttSession` owns one client for a long-running service: it waits for the broker at start
 (``broker.connect_wait``), tracks ``connected``, subscribes every wanted filter again on every
 connect, names the cause when another client takes our client id, and adds jitter to paho's reconnect
-backoff. Building and connecting a client is in :mod:`edgeloop.adapters.mqtt_client`.
+backoff (:mod:`edgeloop.adapters.backoff`). Building and connecting a client is in
+:mod:`edgeloop.adapters.mqtt_client`; topic names are in :mod:`edgeloop.adapters.topics`.
 
 Re-subscribing on every connect, whatever "session present" says: Mosquitto 2.0 restarted with
 persistence restores a session without its ``$share`` subscriptions, so trusting the flag leaves a
 service deaf. A repeated SUBSCRIBE for a filter the broker still holds is harmless (it replaces it).
-
-Reconnect backoff: paho 2.2 waits ``min_delay`` after a lost connection and doubles the wait on each
-failed attempt up to ``max_delay`` with **no jitter**, so a fleet of edges that lost the same broker
-reconnects in lock-step. :class:`MqttSession` draws each wait from [d/2, d] of the doubled delay d.
-
->>> shared_filter("edgeloop/lab/+/telemetry", "edge")
-'$share/edge/edgeloop/lab/+/telemetry'
->>> topic_for("edgeloop/{site}/{device}/prediction", site="lab", device="dev-1")
-'edgeloop/lab/dev-1/prediction'
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import re
 import threading
 import time
 from collections import deque
@@ -36,10 +26,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgeloop.adapters.backoff import jittered_backoff
 from edgeloop.adapters.mqtt_client import (
-    MAX_INFLIGHT,
-    MAX_QUEUED,
-    RECONNECT_MIN_DELAY,
     SESSION_TAKEN_OVER,
     BrokerUnavailable,
     Protocol,
@@ -49,81 +37,18 @@ from edgeloop.adapters.mqtt_client import (
     make_client,
 )
 from edgeloop.adapters.paho_internals import ack_many, publish_many
+from edgeloop.adapters.topics import shared_filter
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError
 
-__all__ = [
-    "MAX_INFLIGHT",
-    "MAX_QUEUED",
-    "BrokerUnavailable",
-    "MqttSession",
-    "connect",
-    "default_client_id",
-    "jittered_backoff",
-    "make_client",
-    "shared_filter",
-    "topic_for",
-]
+__all__ = ["MqttSession"]
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
-_WILDCARDS = re.compile(r"[/+#]")
 TAKEOVER_STABLE_S = 10.0  # a connection the broker closes sooner than this counts towards a takeover
 TAKEOVER_SUSPECT = 3  # such closes in a row before the log names a client id clash as the likely cause
-
-
-def shared_filter(topic_filter: str, group: str | None) -> str:
-    """The MQTT v5 shared-subscription form of ``topic_filter`` for ``group`` (unchanged when None).
-
-    >>> shared_filter("a/#", None)
-    'a/#'
-    >>> shared_filter("a/#", "g/1")
-    Traceback (most recent call last):
-    ...
-    ValueError: shared group name must not contain '/', '+' or '#': 'g/1'
-    """
-    if not group:
-        return topic_filter
-    if _WILDCARDS.search(group):
-        raise ValueError(f"shared group name must not contain '/', '+' or '#': {group!r}")
-    if topic_filter.startswith("$share/"):
-        raise ValueError(f"topic filter is already shared: {topic_filter!r}")
-    return f"$share/{group}/{topic_filter}"
-
-
-def topic_for(template: str, **fields: str) -> str:
-    """Fill ``{site}``/``{device}`` (or any named field) of a topic template.
-
-    A value holding '/', '+' or '#' would change the topic's structure, so it is refused.
-
-    >>> topic_for("edgeloop/{site}/events", site="s1")
-    'edgeloop/s1/events'
-    >>> topic_for("edgeloop/{site}/{device}/prediction", site="s1")
-    Traceback (most recent call last):
-    ...
-    ValueError: topic template 'edgeloop/{site}/{device}/prediction' needs field 'device'
-    """
-    for name, value in fields.items():
-        if not value or _WILDCARDS.search(value):
-            raise ValueError(f"topic field {name}={value!r} must be non-empty without '/', '+' or '#'")
-    try:
-        return template.format(**fields)
-    except KeyError as exc:
-        raise ValueError(f"topic template {template!r} needs field {exc.args[0]!r}") from None
-
-
-def jittered_backoff(attempt: int, cap: float, base: float = RECONNECT_MIN_DELAY) -> float:
-    """Seconds before reconnect ``attempt`` n (1, 2, ...): uniform in [d/2, d], d = min(cap, base * 2^(n-1)).
-
-    >>> all(0.25 <= jittered_backoff(1, 30) <= 0.5 for _ in range(100))
-    True
-    >>> all(15 <= jittered_backoff(12, 30) <= 30 for _ in range(100))
-    True
-    """
-    delay = min(cap, base * 2 ** min(attempt - 1, 30))
-    return random.uniform(delay / 2, delay)
 
 
 class MqttSession:

@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgeloop.adapters.backoff import RECONNECT_MIN_DELAY
 from edgeloop.adapters.paho_internals import (
     PAHO_VERSION,
     PRIVATE_API_OK,
@@ -41,7 +42,6 @@ from edgeloop.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
-RECONNECT_MIN_DELAY = 0.5
 MAX_INFLIGHT = 1000  # QoS>0 messages on the wire at once; paho's default of 20 caps throughput
 MAX_QUEUED = 100_000  # beyond the in-flight window; publish() returns MQTT_ERR_QUEUE_SIZE past this
 Protocol = Literal["5", "3.1.1"]

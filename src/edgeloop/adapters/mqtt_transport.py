@@ -16,7 +16,8 @@ from typing import Any
 from paho.mqtt.client import error_string as mqtt_error_string
 from paho.mqtt.enums import MQTTErrorCode
 
-from edgeloop.adapters.mqtt import MqttSession, topic_for
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.adapters.topics import topic_for
 from edgeloop.adapters.transport import Inbox, Received
 from edgeloop.config import Settings
 from edgeloop.registry.bus import models_topic

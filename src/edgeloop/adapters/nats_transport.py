@@ -42,10 +42,11 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig
 
-from edgeloop.adapters.mqtt import jittered_backoff, topic_for
+from edgeloop.adapters.backoff import jittered_backoff
 from edgeloop.adapters.mqtt_client import _tls_context
 from edgeloop.adapters.nats_partitions import LEASE_TTL, PartitionOwner
 from edgeloop.adapters.nats_subjects import Subjects, _name, stream_config
+from edgeloop.adapters.topics import topic_for
 from edgeloop.adapters.transport import Inbox, Received
 from edgeloop.config import Settings
 from edgeloop.errors import BrokerError, ConfigError

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edgeloop.adapters.mqtt import topic_for
+from edgeloop.adapters.topics import topic_for
 from edgeloop.bench import BenchError
 from edgeloop.bench.options import BenchOptions
 from edgeloop.bench.usage import Watch

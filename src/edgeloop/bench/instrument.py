@@ -28,7 +28,8 @@ from typing import Any
 import psutil
 
 from edgeloop.adapters.broker import MosquittoBroker
-from edgeloop.adapters.mqtt import MqttSession, topic_for
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.adapters.topics import topic_for
 from edgeloop.bench.lean import LeanSubscriber
 from edgeloop.bench.loadgen import LoadGenerator, unique_client_id
 from edgeloop.config import BrokerSettings

@@ -27,7 +27,8 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 
-from edgeloop.adapters.mqtt import make_client, topic_for
+from edgeloop.adapters.mqtt_client import make_client
+from edgeloop.adapters.topics import topic_for
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError
 from edgeloop.telemetry.simulator import Simulator

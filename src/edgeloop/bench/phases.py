@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from edgeloop.adapters.mqtt import topic_for
+from edgeloop.adapters.topics import topic_for
 from edgeloop.bench import BenchError
 from edgeloop.bench.analysis import analyze, passed
 from edgeloop.bench.edge import EdgeProcess, clean_env

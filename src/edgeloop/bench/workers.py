@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from edgeloop.adapters.mqtt import MqttSession, shared_filter
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.adapters.topics import shared_filter
 from edgeloop.bench import BenchError
 from edgeloop.bench.lean import LeanSubscriber
 from edgeloop.bench.loadgen import LoadGenerator, SendLog, unique_client_id

@@ -15,7 +15,8 @@ from edgeloop.engine.track import _Serving, _Track
 from edgeloop.lifecycle.floor import Floor
 from edgeloop.lifecycle.probation import judge_probation, probation_rmses
 from edgeloop.scopes import parse_scope, scope_of
-from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event, format_ts
+from edgeloop.telemetry.fields import format_ts
+from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event
 
 if TYPE_CHECKING:
     from edgeloop.engine.engine import Engine

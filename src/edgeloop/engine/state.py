@@ -89,11 +89,11 @@ class Exporter:
     stayed after the snapshot was written).
     """
 
-    def __init__(self, engine: Engine, chunk: int = 200, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, engine: Engine, chunk: int = 200) -> None:
         self._engine = engine
         self._chunk = chunk
-        # The same document as orjson.dumps(export_state(engine, extra)): the header's keys, then "tracks".
-        self._parts = [orjson.dumps(_export_header(engine, extra))[:-1] + b',"tracks":[']
+        # The same document as orjson.dumps(export_state(engine)): the header's keys, then "tracks".
+        self._parts = [orjson.dumps(_export_header(engine))[:-1] + b',"tracks":[']
         self._keys = list(engine.tracks)
         self._first = True
         self._pos = 0

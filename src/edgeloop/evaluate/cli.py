@@ -34,7 +34,8 @@ from edgeloop.evaluate.datasets import (
     expand_specs,
     load_dataset,
 )
-from edgeloop.evaluate.replay import ReplayConfig, RunResult, TargetHeader, run_unit
+from edgeloop.evaluate.replay import run_unit
+from edgeloop.evaluate.runs import ReplayConfig, RunResult, TargetHeader
 from edgeloop.evaluate.strategies import DEFAULT_POLICY, Strategy, parse_strategies
 
 log = logging.getLogger(__name__)

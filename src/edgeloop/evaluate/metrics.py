@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeloop.evaluate.replay import RunResult, TargetHeader
+from edgeloop.evaluate.runs import RunResult, TargetHeader
 from edgeloop.evaluate.strategies import Strategy
 
 SEGMENTS_FIFTHS = 5

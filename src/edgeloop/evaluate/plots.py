@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeloop.evaluate.replay import RunResult, TargetHeader
+from edgeloop.evaluate.runs import RunResult, TargetHeader
 from edgeloop.evaluate.strategies import Strategy
 
 _COLORS = {

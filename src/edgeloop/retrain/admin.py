@@ -131,7 +131,9 @@ def record_events(settings: Settings, events: list[Event], *, timeout: float = 3
         store.close()
     import orjson
 
-    from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
+    from edgeloop.adapters.mqtt import MqttSession
+    from edgeloop.adapters.mqtt_client import default_client_id
+    from edgeloop.adapters.topics import topic_for
 
     session = MqttSession(settings.broker, role="admin", client_id=default_client_id("admin"))
     try:
@@ -188,7 +190,8 @@ def decision_publisher(settings: Settings, signer: Signer | None) -> Iterator[Pu
     if signer is None:
         yield None
         return
-    from edgeloop.adapters.mqtt import MqttSession, default_client_id
+    from edgeloop.adapters.mqtt import MqttSession
+    from edgeloop.adapters.mqtt_client import default_client_id
     from edgeloop.retrain.service import publish_champion
 
     # Its own client id: broker.client_id names the service of this host, which it would disconnect.

@@ -23,7 +23,8 @@ from edgeloop.models.modelfile import LoadedModel, save_model
 from edgeloop.models.training import NotEnoughData, TrainResult, train_candidates
 from edgeloop.registry.local import LocalRegistry
 from edgeloop.scopes import parse_scope, version_label
-from edgeloop.telemetry.schema import Event, format_ts
+from edgeloop.telemetry.fields import format_ts
+from edgeloop.telemetry.schema import Event
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,10 @@ from typing import Any
 
 import orjson
 
-from edgeloop.adapters.mqtt import MqttSession, default_client_id, topic_for
+from edgeloop.adapters.mqtt import MqttSession
+from edgeloop.adapters.mqtt_client import default_client_id
 from edgeloop.adapters.store import open_store
+from edgeloop.adapters.topics import topic_for
 from edgeloop.config import Settings
 from edgeloop.errors import BrokerError
 from edgeloop.lifecycle.retrains import Attempt
@@ -46,7 +48,8 @@ from edgeloop.retrain.dispatch import request_from_json
 from edgeloop.retrain.job import RetrainOutcome, run_retrain
 from edgeloop.retrain.pool import ANSWERS_KEPT, PUBLISH_WAIT, TrainerPool, _Parked, presence_topic
 from edgeloop.retrain.reuse import Finished, FinishedTrainings, verdict
-from edgeloop.telemetry.schema import Event, format_ts
+from edgeloop.telemetry.fields import format_ts
+from edgeloop.telemetry.schema import Event
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from edgeloop.errors import MessageError
 from edgeloop.service import metrics
 from edgeloop.service.delivery import AnsweredMemory, Received
 from edgeloop.service.lifecycle_control import LifecycleControl
-from edgeloop.telemetry.schema import Telemetry, TelemetryParser
+from edgeloop.telemetry.parser import TelemetryParser
+from edgeloop.telemetry.schema import Telemetry
 
 if TYPE_CHECKING:
     pass

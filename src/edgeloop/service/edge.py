@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeloop.adapters.mqtt import default_client_id, topic_for
+from edgeloop.adapters.mqtt_client import default_client_id
 from edgeloop.adapters.mqtt_transport import MqttTransport
+from edgeloop.adapters.topics import topic_for
 from edgeloop.adapters.transport import Inbox, make_transport
 from edgeloop.adapters.writer import StoreWriter, check_data_dir
 from edgeloop.config import Settings
@@ -66,7 +67,8 @@ from edgeloop.service.delivery import AnsweredMemory, Received
 from edgeloop.service.engine_setup import build_engine
 from edgeloop.service.model_sync import ModelSync
 from edgeloop.service.statekeeper import StateKeeper
-from edgeloop.telemetry.schema import Event, TelemetryParser, parser_from_settings
+from edgeloop.telemetry.parser import TelemetryParser, parser_from_settings
+from edgeloop.telemetry.schema import Event
 
 __all__ = ["LOOP_STALL", "EdgeService", "EdgeStats", "build_engine"]
 

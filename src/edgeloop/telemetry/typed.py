@@ -1,6 +1,6 @@
 """The parser's fast path: a well-formed reading decoded straight into a typed struct (msgspec).
 
-:class:`edgeloop.telemetry.schema.TelemetryParser` validates a payload field by field from a dict that
+:class:`edgeloop.telemetry.parser.TelemetryParser` validates a payload field by field from a dict that
 ``orjson.loads`` built: about 6 us per reading, most of it Python. msgspec decodes the same bytes into a
 struct with the fields the parser reads, typed (``float`` for targets, ``int`` for ``seq``) and skips
 every other field in C, about 0.5 us; the few checks left (device, timestamp window, ranges) are plain
