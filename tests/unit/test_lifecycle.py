@@ -90,6 +90,44 @@ def test_a_bad_model_is_demoted_within_the_window_and_restored_when_it_recovers(
     ].forecasts["voc_ppb"].model == ("voc_ppb:v1")
 
 
+def overshoot_model(factor: float) -> LoadedModel:
+    """Forecasts the last reading plus ``factor`` x the last change: on an AR(1) of the changes with
+    coefficient 0.5, ``factor`` 1.0 overshoots the expected change twice over."""
+    lin = LinearForecaster(5)
+    lin.coef, lin.intercept = np.array([0.0, 0.0, 0.0, -factor, 1.0 + factor]), 0.0
+    return LoadedModel("voc_ppb:v1", lin, {"scores": {"val_rmse": 1.0}})
+
+
+@pytest.mark.parametrize("shrink", [True, False])
+def test_the_soft_floor_serves_a_share_of_an_overshooting_models_change(shrink: bool) -> None:
+    rng = np.random.default_rng(5)
+    steps = np.zeros(3000)
+    for i in range(1, len(steps)):
+        steps[i] = 0.5 * steps[i - 1] + rng.normal(0, 1)
+    values = 100 + np.cumsum(steps)
+    eng = engine(floor_window=100, floor_shrink=shrink)
+    eng.install("voc_ppb", overshoot_model(1.0), probation=False)
+    served = np.array([f.forecasts["voc_ppb"].value for f in eng.process(readings("d", values)).predictions])
+    own = values[4:-1] + (values[4:-1] - values[3:-2])  # the model's own forecast of readings 5..
+    track = eng.tracks[("d", "voc_ppb")]
+    assert not track.demoted
+    late = slice(500, None)  # well after the first window, when the weight is used
+    if shrink:
+        # The least-squares weight of a forecast change twice the expected one is about 1/2.
+        assert 0.35 < track.floor.weight < 0.65
+        rmse_served = np.sqrt(np.mean((values[5:][late] - served[4:-1][late]) ** 2))
+        rmse_own = np.sqrt(np.mean((values[5:][late] - own[late]) ** 2))
+        assert rmse_served < 0.9 * rmse_own
+        # ... and the model label stays the model's: it is served, only scaled.
+        assert (
+            eng.process(readings("d", values[-1:], start=3000)).predictions[0].forecasts["voc_ppb"].model
+            == "voc_ppb:v1"
+        )
+    else:
+        assert track.floor.weight == 1.0
+        np.testing.assert_allclose(served[4:-1], own)
+
+
 def test_a_new_model_ends_a_demotion() -> None:
     rng = np.random.default_rng(1)
     eng = engine(floor_window=50)

@@ -69,6 +69,11 @@ class ModelSettings(_Section):
     floor_window: int = Field(
         300, ge=20, description="Scored forecasts (exponential window) over which the floor compares them"
     )
+    floor_shrink: bool = Field(
+        True,
+        description="Serve the last reading plus the model's forecast change times its least-squares weight "
+        "(0-1) against the actual changes over floor_window readings",
+    )
     gap_intervals: float = Field(
         5.0,
         gt=1.0,

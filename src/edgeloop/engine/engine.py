@@ -76,6 +76,7 @@ class Engine(ModelSlots):
         auto_train: bool = True,
         floor_margin: float | None = 0.02,
         floor_window: int = 300,
+        floor_shrink: bool = True,
         gap_intervals: float | None = 5.0,
         consolidate_after: Span | None = None,
         refresh_every: Span | None = None,
@@ -109,6 +110,7 @@ class Engine(ModelSlots):
         # Lifecycle knobs; None switches a mechanism off (the evaluator's baselines do).
         self.floor_margin = floor_margin
         self.floor_window = floor_window
+        self.floor_shrink = floor_shrink
         self.gap_intervals = gap_intervals
         self.consolidate_after = (
             consolidate_after if consolidate_after and not consolidate_after.off else None
@@ -296,7 +298,13 @@ class Engine(ModelSlots):
                 track.last_forecast = track.hist[-1]
                 track.last_model = PERSISTENCE_VERSION
             else:
-                track.last_forecast = own
+                # The soft floor: the model's forecast change, scaled by its recent least-squares weight.
+                weight = floor.weight if floor is not None else 1.0
+                if weight == 1.0:
+                    track.last_forecast = own
+                else:
+                    last = track.hist[-1]
+                    track.last_forecast = last + weight * (own - last)
                 track.last_model = label
             track.shadow_forecast = shadow[k] if shadow is not None else None
 
@@ -369,7 +377,11 @@ class Engine(ModelSlots):
         if track is None:
             serving = self._resolve(device, target)
             guard = self.guard_factory(serving.model.val_rmse if serving else None)
-            floor = Floor(self.floor_margin, self.floor_window) if self.floor_margin is not None else None
+            floor = (
+                Floor(self.floor_margin, self.floor_window, shrink=self.floor_shrink)
+                if self.floor_margin is not None
+                else None
+            )
             track = _Track(device, target, self.window, guard, floor, Cadence(self.gap_intervals))
             self.tracks[(device, target)] = track
             if device not in self._heard:  # a track made outside process() still counts and can age out

@@ -24,6 +24,16 @@ shadow) and when to *restore* it.
   that wins the quiet hours and loses the bursts looks fine most of the time yet ends worse than
   persistence, RMSE being dominated by the bursts.
 
+Between the two, a soft floor (``shrink``): the device is served the last reading plus the model's
+forecast change times ``weight``, the least-squares weight of the model's forecast changes against
+the actual changes over the last ``window`` readings (exponentially weighted), clipped to [0, 1]. A
+model that predicts the direction of change but overshoots it is pulled towards the last value by
+as much as its own recent errors show; one that adds nothing but noise gets a weight near 0 and
+serves close to persistence before the floor has the evidence to demote it (on bursty CO2 the
+hard floor alone left the default 0.02 % behind persistence). Clipped at 1: the weight never
+amplifies a model's change. It is 1 (the model as validated) for the first ``window`` readings of
+each model, and nothing else (demotion, drift, probation) sees it: they judge the model itself.
+
 Nothing is decided before ``window`` readings. O(1) memory and a few float operations per reading.
 
 >>> import numpy as np
@@ -39,6 +49,17 @@ Nothing is decided before ``window`` readings. O(1) memory and a few float opera
 >>> floor = Floor(margin=0.02, window=100)
 >>> [i for i, s in enumerate(steps) if floor.update(rng.normal(0, 1), s)]
 []
+>>> round(float(floor.weight), 1)  # and its errors are its own: half of each is served
+0.5
+>>> floor = Floor(margin=0.02, window=100)
+>>> noise = rng.normal(0, 1, 2000)  # forecast changes unrelated to the actual ones
+>>> _ = [floor.update(s - c, s) for s, c in zip(steps, noise)]
+>>> abs(floor.weight) < 0.2
+True
+>>> floor = Floor(margin=0.02, window=100)
+>>> _ = [floor.update(-0.5 * s, s) for s in steps]  # forecasts 1.5x the actual change
+>>> round(float(floor.weight), 2)
+0.67
 """
 
 from __future__ import annotations
@@ -57,6 +78,7 @@ class Floor:
     """The floor of one device and target; see the module docstring."""
 
     __slots__ = (
+        "cross",
         "cusum",
         "demoted",
         "diff_sq",
@@ -68,15 +90,19 @@ class Floor:
         "n",
         "scale",
         "short_model",
+        "shrink",
         "since",
+        "spread",
+        "weight",
         "window",
     )
 
-    def __init__(self, margin: float, window: int) -> None:
+    def __init__(self, margin: float, window: int, *, shrink: bool = True) -> None:
         if margin < 0 or window < 1:
             raise ValueError(f"margin must be >= 0 and window >= 1, got {margin}, {window}")
         self.margin = margin
         self.window = window
+        self.shrink = shrink
         self.demoted = False
         self.long_view = False  # whether the last demotion came from the long view
         self.reset()
@@ -93,6 +119,9 @@ class Floor:
         self.long_model = 0.0
         self.long_persist = 0.0
         self.long_diff_sq = 0.0
+        self.cross = 0.0  # actual change x the model's forecast change, exponentially weighted
+        self.spread = 0.0  # the model's forecast change squared, the same way
+        self.weight = 1.0  # the share of the model's forecast change served (see the module docstring)
 
     def update(self, error: float, persistence_error: float) -> str | None:
         """One reading's errors (model, persistence): ``"demote"``, ``"restore"`` or None."""
@@ -108,6 +137,13 @@ class Floor:
         self.long_persist += (p_sq - self.long_persist) / long
         self.long_diff_sq += (diff * diff - self.long_diff_sq) / long
         self.n += 1
+        if self.shrink:
+            # The actual change is persistence's error; the model's forecast change is that minus its own.
+            change = persistence_error - error
+            self.cross += (persistence_error * change - self.cross) / self.window
+            self.spread += (change * change - self.spread) / self.window
+            if self.n >= self.window and self.spread > 0.0:
+                self.weight = min(1.0, max(0.0, self.cross / self.spread))
         if self.demoted:
             self.cusum = max(0.0, self.cusum + p_sq - sq)
         else:
@@ -146,6 +182,9 @@ class Floor:
             "since": self.since,
             "long_model": self.long_model,
             "long_persist": self.long_persist,
+            "cross": self.cross,
+            "spread": self.spread,
+            "weight": self.weight,
         }
 
     def from_state(self, state: dict[str, float | int | bool]) -> None:
@@ -159,6 +198,12 @@ class Floor:
         self.diff_sq = float(state.get("diff_sq", 2.0 * self.scale * self.scale))
         self.long_diff_sq = float(state.get("long_diff_sq", 2.0 * self.long_persist * self.long_persist))
         self.since = int(state.get("since", self.window))
+        # Snapshots from before the soft floor: the model served whole until a window of new readings.
+        self.cross, self.spread = float(state.get("cross", 0.0)), float(state.get("spread", 0.0))
+        weight = float(state.get("weight", 1.0))
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"floor weight {weight} outside [0, 1]")
+        self.weight = weight if self.shrink else 1.0
 
     def long_rmse(self) -> tuple[float, float]:
         """The long view's RMSE of the model and of persistence (for events)."""

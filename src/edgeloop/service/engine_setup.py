@@ -23,6 +23,7 @@ def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
         auto_train=auto_train,
         floor_margin=settings.model.floor_margin,
         floor_window=settings.model.floor_window,
+        floor_shrink=settings.model.floor_shrink,
         gap_intervals=settings.model.gap_intervals,
         consolidate_after=Span.parse(settings.model.consolidate_after),
         refresh_every=Span.parse(settings.model.refresh_every),
