@@ -24,7 +24,7 @@ import contextlib
 import logging
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt
@@ -33,6 +33,8 @@ from paho.mqtt import _packet
 from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
+
+from edgeloop.adapters.publish_decode import Decoded, Delivery, decode_publishes
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class _BatchingClient(_FastAckClient):
     _read_buf = b""
     _read_pos = 0
     _read_sock: Any = None
+    # Takes the plain PUBLISH packets of each read as one list (see deliver_batches); None: paho's path.
+    _on_messages: Callable[[list[Delivery]], None] | None = None
 
     def _sock_recv(self, bufsize: int) -> bytes:
         # paho reads each packet in three or more recv calls (its type, each byte of its length, the
@@ -106,7 +110,11 @@ class _BatchingClient(_FastAckClient):
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         # paho reads one packet per select() when nothing of ours is in flight (the input side):
-        # go on while read bytes wait here, since select() cannot see them.
+        # go on while read bytes wait here, since select() cannot see them. With a batch hook, plain
+        # PUBLISH packets are taken from the buffer first (_read_publishes); paho reads the rest.
+        batches = self._on_messages is not None
+        if batches and self._read_publishes(may_read=True):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = super().loop_read(max_packets)
         while (
             rc == MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -114,8 +122,55 @@ class _BatchingClient(_FastAckClient):
             and self._sock is not None
             and self._read_sock is self._sock
         ):
+            # No socket read of ours here: under steady traffic that could go on without writing.
+            if batches and self._read_publishes(may_read=False):
+                break
             rc = super().loop_read(max_packets)
         return rc
+
+    def _read_publishes(self, *, may_read: bool) -> bool:
+        """Deliver the plain PUBLISH packets at the head of the read buffer to ``_on_messages``.
+
+        Only between packets (paho holds no partly read one) and with nothing that paho's delivery
+        would do differently: no ``on_log``/logger (paho logs every PUBLISH) and no
+        ``message_callback_add`` filters. With ``may_read``, reads the socket once when the buffer is
+        empty or ends in part of such a packet. True when every byte read was taken: nothing waits for paho.
+        """
+        sock = self._sock
+        if (
+            sock is None
+            or self._in_packet["command"]
+            or self._on_log is not None
+            or self._logger is not None
+            or self._on_message_filtered._root._children
+        ):
+            return False
+        buf, pos = self._read_buf, self._read_pos
+        if self._read_sock is not sock:
+            buf, pos = b"", 0
+        v5 = self._protocol == mqtt.MQTTv5
+        decoded = decode_publishes(buf, pos, v5=v5, manual_ack=self._manual_ack)
+        if may_read and (decoded.partial or decoded.pos >= len(buf)):
+            # Empty, or ends in part of a PUBLISH: read on. Errors, end of stream and "nothing yet"
+            # are left for paho's own read to meet again and handle.
+            try:
+                data = mqtt.Client._sock_recv(self, READ_SIZE)
+            except OSError:
+                data = b""
+            if data:
+                buf = buf[decoded.pos :] + data if decoded.pos < len(buf) else data
+                more = decode_publishes(buf, 0, v5=v5, manual_ack=self._manual_ack)
+                decoded = Decoded(decoded.deliveries + more.deliveries, more.pos, more.partial)
+        self._read_buf, self._read_pos, self._read_sock = buf, decoded.pos, sock
+        messages = decoded.deliveries
+        if messages:
+            with self._msgtime_mutex:  # paho's keepalive: bytes arrived
+                self._last_bytes_received = mqtt.time_func()
+            hook = self._on_messages
+            if hook is not None:
+                with self._in_callback_mutex:  # as paho holds it around on_message
+                    hook(messages)
+        return decoded.pos >= len(buf) and bool(buf)
 
     def _packet_queue(
         self,
@@ -172,6 +227,20 @@ def publish_many(
     if isinstance(client, _BatchingClient):
         return client.publish_many(messages, qos)
     return [client.publish(topic, payload, qos) for topic, payload in messages]
+
+
+def deliver_batches(client: mqtt.Client, hook: Callable[[list[Delivery]], None] | None) -> bool:
+    """Hand the plain PUBLISH packets of each read to ``hook`` as one list, on verified paho.
+
+    ``hook`` runs on paho's network thread in place of ``on_message`` for those messages (see
+    :mod:`edgeloop.adapters.publish_decode`; their MQTT 5 properties are not decoded); every other
+    message still reaches ``on_message``, in the order received. Returns False (nothing changed)
+    when the client is paho's own. None turns it off.
+    """
+    if not isinstance(client, _BatchingClient):
+        return False
+    client._on_messages = hook
+    return True
 
 
 def ack_many(client: mqtt.Client, mids: Sequence[int]) -> None:
