@@ -254,6 +254,16 @@ def test_split_reads_with_large_payloads() -> None:
         assert got == expected, k
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_end_of_the_stream_after_messages_is_a_lost_connection(batched: bool) -> None:
+    with feed(batched=batched) as f:
+        f.send(publish(b"a/b", b"x", mid=1) + publish(b"a/c", b"y", qos=0))
+        assert len(f.events) == 2
+        f.peer.close()
+        assert f.client.loop_read() == mqtt.MQTT_ERR_CONN_LOST
+        assert f.client._sock is None
+
+
 def test_keepalive_sees_the_bytes() -> None:
     with feed(batched=True) as f:
         f.client._last_bytes_received = 0.0

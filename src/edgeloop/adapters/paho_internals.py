@@ -148,7 +148,9 @@ class _BatchingClient(_FastAckClient):
         ):
             return False
         buf, pos = self._read_buf, self._read_pos
-        if self._read_sock is not sock:
+        if self._read_sock is not sock or pos >= len(buf):
+            # Nothing left of what was read: an empty buffer, so that a read that ends the stream
+            # (or finds nothing) reports "not all taken" and paho's own read meets it.
             buf, pos = b"", 0
         v5 = self._protocol == mqtt.MQTTv5
         decoded = decode_publishes(buf, pos, v5=v5, manual_ack=self._manual_ack)
