@@ -115,6 +115,11 @@ class MosquittoBroker:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The running mosquitto's process id (tests freeze and kill it)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def log_path(self) -> Path | None:
         return Path(self._tmp.name) / "mosquitto.log" if self._tmp else None
 

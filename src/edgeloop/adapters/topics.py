@@ -1,7 +1,7 @@
 """Topic names: filling a topic template and the MQTT v5 shared-subscription form of a filter.
 
-Kept apart from the MQTT session because the NATS transport, the retrain services and the benchmarks
-build the same topic names without holding an MQTT client.
+Kept apart from the MQTT session (:mod:`edgeloop.adapters.mqtt`) because the NATS transport builds the
+same topic names and holds no MQTT client.
 
 >>> shared_filter("edgeloop/lab/+/telemetry", "edge")
 '$share/edge/edgeloop/lab/+/telemetry'

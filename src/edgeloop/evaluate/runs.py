@@ -2,8 +2,8 @@
 
 :class:`RunResult` (with its :class:`RetrainRecord` list) is what one strategy did on one data set and
 target; :class:`TargetHeader` is what the report needs of that data set and target besides the runs.
-Kept apart from the replay loop in :mod:`edgeloop.evaluate.replay`, so the metrics, plots and report
-that read these need not import the engine and the trainer that produce them.
+Kept apart from the replay loop in :mod:`edgeloop.evaluate.replay` that produces them: these are what
+the metrics, plots and report read, and they read none of the loop.
 """
 
 from __future__ import annotations

@@ -334,18 +334,12 @@ class EdgeService(AnswerPath):
         # unacknowledged and come again to the next run (with a persistent session).
         self.inbox.accepting = False
         # Every step below is bounded; if the whole still hangs (a supervisor would kill us at its
-        # grace period, with nothing to show why), leave the stacks of all threads in the log.
-        watchdog = threading.current_thread() is threading.main_thread()
-        if watchdog:
+        # grace period, with nothing to show why), leave the stacks of all threads in the log. Only
+        # when the edge is the process (`edgeloop edge`): the timer is process-wide, and it stays
+        # armed through the interpreter's exit, which can hang too.
+        if threading.current_thread() is threading.main_thread():
             with contextlib.suppress(ValueError, RuntimeError, OSError):
                 faulthandler.dump_traceback_later(SHUTDOWN_STUCK_S, exit=False)
-        try:
-            self._shutdown_steps()
-        finally:
-            if watchdog:
-                faulthandler.cancel_dump_traceback_later()
-
-    def _shutdown_steps(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_RETRY_S
         while self._unsent and not self._retry_unsent() and time.monotonic() < deadline:
             time.sleep(PUBLISH_RETRY_PAUSE)

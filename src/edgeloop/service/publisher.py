@@ -70,9 +70,12 @@ class SimulatorPublisher:
     def run(self) -> None:
         self.session.start()
         pacer = Pacer(self.rate)
+        done = 0  # steps that produced readings: a live simulator caught up with the clock skips some
         try:
-            while not self._stop.is_set() and (self.steps is None or pacer.ticks < self.steps):
-                for payload in self.simulator.step():
+            while not self._stop.is_set() and (self.steps is None or done < self.steps):
+                payloads = self.simulator.step()
+                done += bool(payloads)
+                for payload in payloads:
                     self.session.publish(self._topics[payload["device"]], orjson.dumps(payload), qos=self.qos)
                     self.published += 1
                 pacer.wait(self._stop)
