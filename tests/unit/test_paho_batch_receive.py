@@ -312,23 +312,31 @@ def test_decoder_leaves_malformed_packets_to_paho() -> None:
 def test_transport_lets_readings_in_before_a_control_message() -> None:
     settings = Settings(site="s")
     inbox = Inbox(100)
-    seen: list[tuple[bytes, int]] = []
+    seen: list[tuple[Any, int]] = []
     transport = MqttTransport(
-        settings, inbox, lambda payload: seen.append((payload, inbox.queue.qsize())), client_id="t"
+        settings,
+        inbox,
+        lambda payload: seen.append((payload, inbox.queue.qsize())),
+        client_id="t",
+        models=lambda message: seen.append((message, inbox.queue.qsize())),
     )
     reading = "edgeloop/s/d1/telemetry"
+    model = transport.models_prefix + "fleet"
     transport._on_messages(
         [
             Delivery(reading, b"1", 1, 1, False),
             Delivery(transport.events_topic, b"event", 2, 1, False),
             Delivery(reading, b"2", 3, 0, False),
+            Delivery(model, b"signed", 4, 1, False),
+            Delivery(reading, b"3", 5, 1, True),
         ]
     )
-    assert seen == [(b"event", 1)]
+    assert seen == [(b"event", 1), ((model, b"signed"), 2)]
     items = [inbox.queue.get_nowait() for _ in range(inbox.queue.qsize())]
     assert [(i.topic, i.payload, i.mid, i.qos) for i in items] == [
         (reading, b"1", 1, 1),
         (reading, b"2", 3, 0),
+        (reading, b"3", 5, 1),
     ]
 
 
