@@ -157,10 +157,7 @@ class _BatchingClient(_FastAckClient):
         if may_read and (decoded.partial or decoded.pos >= len(buf)):
             # Empty, or ends in part of a PUBLISH: read on. Errors, end of stream and "nothing yet"
             # are left for paho's own read to meet again and handle.
-            try:
-                data = mqtt.Client._sock_recv(self, READ_SIZE)
-            except OSError:
-                data = b""
+            data = self._recv_available()
             if data:
                 buf = buf[decoded.pos :] + data if decoded.pos < len(buf) else data
                 more = decode_publishes(buf, 0, v5=v5, manual_ack=self._manual_ack)
@@ -175,6 +172,29 @@ class _BatchingClient(_FastAckClient):
                 with self._in_callback_mutex:  # as paho holds it around on_message
                     hook(messages)
         return decoded.pos >= len(buf) and bool(buf)
+
+    def _recv_available(self) -> bytes:
+        # What the socket holds, up to READ_SIZE; b"" for nothing, an error or the end of the stream
+        # (paho's own read meets those again). A TLS socket returns one record per recv and brokers
+        # write a record per packet, so read the records already here as well.
+        recv = mqtt.Client._sock_recv
+        try:
+            data = recv(self, READ_SIZE)
+        except OSError:
+            return b""
+        if not data or not hasattr(self._sock, "pending"):
+            return data
+        parts, total = [data], len(data)
+        while total < READ_SIZE:
+            try:
+                more = recv(self, READ_SIZE - total)
+            except OSError:
+                break
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+        return b"".join(parts)
 
     def _packet_queue(
         self,
