@@ -83,6 +83,8 @@ class _BatchingClient(_FastAckClient):
     with one ``send`` instead of one each. Reads take what the socket holds (up to
     :data:`READ_SIZE`) and :meth:`_sock_recv` serves paho's small reads from it; bytes left from a
     closed connection are never served on the next (they belong to the socket they were read from).
+    With a batch hook (:func:`deliver_batches`), :meth:`loop_read` first hands the plain PUBLISH
+    packets at the head of what was read to the hook (:meth:`_read_publishes`); paho reads the rest.
     """
 
     _deferring: int | None = None  # thread id whose packets wait for one wake-up at the end
