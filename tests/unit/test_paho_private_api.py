@@ -12,7 +12,11 @@ and ``properties`` tables. Read ``_packet_queue``, ``_packet_write`` and ``_send
 PUBACK is the four bytes ``_send_command_with_mid`` packs. Read ``MQTTMessage`` and every use of
 ``.info`` in paho/mqtt/client.py: ``_LeanMessage`` is valid while ``_handle_publish`` and ``publish``
 build messages by the module-global name and only ``publish`` and ``_do_on_publish`` read ``info``,
-both under ``_out_message_mutex``. Then add the version to ``PAHO_VERIFIED`` and update the digests.
+both under ``_out_message_mutex``. Read ``_packet_read``, ``_packet_handle``, ``_handle_publish``,
+``_handle_on_message``, ``_easy_log`` and ``_check_keepalive``: batched receive is valid while a PUBLISH
+delivers as ``edgeloop.adapters.publish_decode`` says and nothing else reads it (see
+``test_paho_batch_receive.py``, which compares both paths byte stream by byte stream). Then add the
+version to ``PAHO_VERIFIED`` and update the digests.
 """
 
 from __future__ import annotations
@@ -336,3 +340,44 @@ def test_bytes_of_a_closed_connection_are_never_read_on_the_next() -> None:
         client._sock = None
         for s in (old, old_peer, new, new_peer):
             s.close()
+
+
+# sha256 of the paho 2.2.0 code batched receive (paho_internals.deliver_batches, publish_decode) stands
+# in for or reads: it decodes PUBLISH packets as _packet_read/_packet_handle/_handle_publish/
+# decode_publish would (pinned above: _handle_publish, decode_publish, loop_read, _sock_recv), only
+# between packets (_in_packet["command"] == 0, reset by _packet_read), records the bytes for
+# _check_keepalive (_last_bytes_received under _msgtime_mutex), and leaves to paho whatever
+# _handle_on_message would route to message_callback_add filters (MQTTMatcher's _root._children)
+# or _easy_log would log.
+BATCH_RECEIVE_SHA256 = {
+    "Client._packet_read": "bbe32d8af1e37955175d7835c8b0a16a61435dbc40e563f447f08b102c776347",
+    "Client._packet_handle": "ac4c129ed409db421a6f85be6fdce91ebee5bdf1048bcc67034930c2617472f5",
+    "Client._handle_on_message": "8ccc46fdb090aeadac6c4afea7e684dd714ca2d4b163f38271b0a30dbaa112ed",
+    "Client._easy_log": "02c7afc1854c3a9d0a65b6184f18920fe732da5359b88b84613751d7bc0935c0",
+    "Client._check_keepalive": "162b7cd2a4d56585298c5753eb056f318d014f15827b0d1661574b4eccf79063",
+    "Client.message_callback_add": "ccabe4ba3af0ef9deb8dce3926865051df350c3026138ff3d410f405dc99ae76",
+    "MQTTMatcher": "00e415638ca8756709d9a958f3880b8aa7dba4962a4d5b68d6175992760008c2",
+}
+
+
+def test_paho_receive_is_as_read() -> None:
+    from paho.mqtt.matcher import MQTTMatcher
+
+    for name, code in {
+        "Client._packet_read": mqtt.Client._packet_read,
+        "Client._packet_handle": mqtt.Client._packet_handle,
+        "Client._handle_on_message": mqtt.Client._handle_on_message,
+        "Client._easy_log": mqtt.Client._easy_log,
+        "Client._check_keepalive": mqtt.Client._check_keepalive,
+        "Client.message_callback_add": mqtt.Client.message_callback_add,
+        "MQTTMatcher": MQTTMatcher,
+    }.items():
+        assert _sha(code) == BATCH_RECEIVE_SHA256[name], (
+            f"paho's {name} changed: re-verify batched receive "
+            "(paho_internals._BatchingClient._read_publishes and edgeloop.adapters.publish_decode)"
+        )
+    client = mqtt_client.make_client(BrokerSettings(), role="t", manual_ack=True)
+    assert client._in_packet["command"] == 0
+    assert not client._on_message_filtered._root._children
+    assert isinstance(client._last_bytes_received, float)
+    assert paho_internals.deliver_batches(client, lambda _m: None) == paho_internals.PRIVATE_API_OK

@@ -7,7 +7,9 @@ and ``tests/unit/test_paho_private_api.py`` fails until someone re-reads paho's 
   queued;
 - :class:`_BatchingClient` reads many packets per ``recv`` and queues a batch of publishes or
   acknowledgements with one wake-up of the network thread, a batch of PUBACKs as one write
-  (:func:`publish_many`, :func:`ack_many`);
+  (:func:`publish_many`, :func:`ack_many`); with a batch hook (:func:`deliver_batches`) it also
+  decodes the plain PUBLISH packets of each read itself (:mod:`edgeloop.adapters.publish_decode`)
+  and hands them over as one list, leaving every other packet to paho;
 - :class:`_LeanProperties` stands in for ``Properties`` where paho decodes an incoming PUBLISH
   (``paho.mqtt._packet.decode_publish``), so an MQTT 5 message without properties costs no
   property tables;
@@ -24,7 +26,7 @@ import contextlib
 import logging
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt
@@ -33,6 +35,8 @@ from paho.mqtt import _packet
 from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
+
+from edgeloop.adapters.publish_decode import Decoded, Delivery, decode_publishes
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,8 @@ class _BatchingClient(_FastAckClient):
     with one ``send`` instead of one each. Reads take what the socket holds (up to
     :data:`READ_SIZE`) and :meth:`_sock_recv` serves paho's small reads from it; bytes left from a
     closed connection are never served on the next (they belong to the socket they were read from).
+    With a batch hook (:func:`deliver_batches`), :meth:`loop_read` first hands the plain PUBLISH
+    packets at the head of what was read to the hook (:meth:`_read_publishes`); paho reads the rest.
     """
 
     _deferring: int | None = None  # thread id whose packets wait for one wake-up at the end
@@ -87,6 +93,8 @@ class _BatchingClient(_FastAckClient):
     _read_buf = b""
     _read_pos = 0
     _read_sock: Any = None
+    # Takes the plain PUBLISH packets of each read as one list (see deliver_batches); None: paho's path.
+    _on_messages: Callable[[list[Delivery]], None] | None = None
 
     def _sock_recv(self, bufsize: int) -> bytes:
         # paho reads each packet in three or more recv calls (its type, each byte of its length, the
@@ -106,7 +114,11 @@ class _BatchingClient(_FastAckClient):
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         # paho reads one packet per select() when nothing of ours is in flight (the input side):
-        # go on while read bytes wait here, since select() cannot see them.
+        # go on while read bytes wait here, since select() cannot see them. With a batch hook, plain
+        # PUBLISH packets are taken from the buffer first (_read_publishes); paho reads the rest.
+        batches = self._on_messages is not None
+        if batches and self._read_publishes(may_read=True):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = super().loop_read(max_packets)
         while (
             rc == MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -114,8 +126,77 @@ class _BatchingClient(_FastAckClient):
             and self._sock is not None
             and self._read_sock is self._sock
         ):
+            # No socket read of ours here: under steady traffic that could go on without writing.
+            if batches and self._read_publishes(may_read=False):
+                break
             rc = super().loop_read(max_packets)
         return rc
+
+    def _read_publishes(self, *, may_read: bool) -> bool:
+        """Deliver the plain PUBLISH packets at the head of the read buffer to ``_on_messages``.
+
+        Only between packets (paho holds no partly read one) and with nothing that paho's delivery
+        would do differently: no ``on_log``/logger (paho logs every PUBLISH) and no
+        ``message_callback_add`` filters. With ``may_read``, reads the socket once when the buffer is
+        empty or ends in part of such a packet. True when every byte read was taken: nothing waits for paho.
+        """
+        sock = self._sock
+        if (
+            sock is None
+            or self._in_packet["command"]
+            or self._on_log is not None
+            or self._logger is not None
+            or self._on_message_filtered._root._children
+        ):
+            return False
+        buf, pos = self._read_buf, self._read_pos
+        if self._read_sock is not sock or pos >= len(buf):
+            # Nothing left of what was read: an empty buffer, so that a read that ends the stream
+            # (or finds nothing) reports "not all taken" and paho's own read meets it.
+            buf, pos = b"", 0
+        v5 = self._protocol == mqtt.MQTTv5
+        decoded = decode_publishes(buf, pos, v5=v5, manual_ack=self._manual_ack)
+        if may_read and (decoded.partial or decoded.pos >= len(buf)):
+            # Empty, or ends in part of a PUBLISH: read on. Errors, end of stream and "nothing yet"
+            # are left for paho's own read to meet again and handle.
+            data = self._recv_available()
+            if data:
+                buf = buf[decoded.pos :] + data if decoded.pos < len(buf) else data
+                more = decode_publishes(buf, 0, v5=v5, manual_ack=self._manual_ack)
+                decoded = Decoded(decoded.deliveries + more.deliveries, more.pos, more.partial)
+        self._read_buf, self._read_pos, self._read_sock = buf, decoded.pos, sock
+        messages = decoded.deliveries
+        if messages:
+            with self._msgtime_mutex:  # paho's keepalive: bytes arrived
+                self._last_bytes_received = mqtt.time_func()
+            hook = self._on_messages
+            if hook is not None:
+                with self._in_callback_mutex:  # as paho holds it around on_message
+                    hook(messages)
+        return decoded.pos >= len(buf) and bool(buf)
+
+    def _recv_available(self) -> bytes:
+        # What the socket holds, up to READ_SIZE; b"" for nothing, an error or the end of the stream
+        # (paho's own read meets those again). A TLS socket returns one record per recv and brokers
+        # write a record per packet, so read the records already here as well.
+        recv = mqtt.Client._sock_recv
+        try:
+            data = recv(self, READ_SIZE)
+        except OSError:
+            return b""
+        if not data or not hasattr(self._sock, "pending"):
+            return data
+        parts, total = [data], len(data)
+        while total < READ_SIZE:
+            try:
+                more = recv(self, READ_SIZE - total)
+            except OSError:
+                break
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+        return b"".join(parts)
 
     def _packet_queue(
         self,
@@ -172,6 +253,20 @@ def publish_many(
     if isinstance(client, _BatchingClient):
         return client.publish_many(messages, qos)
     return [client.publish(topic, payload, qos) for topic, payload in messages]
+
+
+def deliver_batches(client: mqtt.Client, hook: Callable[[list[Delivery]], None] | None) -> bool:
+    """Hand the plain PUBLISH packets of each read to ``hook`` as one list, on verified paho.
+
+    ``hook`` runs on paho's network thread in place of ``on_message`` for those messages (see
+    :mod:`edgeloop.adapters.publish_decode`; their MQTT 5 properties are not decoded); every other
+    message still reaches ``on_message``, in the order received. Returns False (nothing changed)
+    when the client is paho's own. None turns it off.
+    """
+    if not isinstance(client, _BatchingClient):
+        return False
+    client._on_messages = hook
+    return True
 
 
 def ack_many(client: mqtt.Client, mids: Sequence[int]) -> None:

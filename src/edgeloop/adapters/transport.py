@@ -62,6 +62,22 @@ class Inbox:
             time.sleep(INBOX_FULL_PAUSE)
         self.put(item)
 
+    def put_many_waiting(self, items: Sequence[Received]) -> None:
+        """Put ``items`` in order, as many at a time as there is room for (never past ``maximum``)."""
+        put, qsize, maximum = self.put, self.queue.qsize, self.maximum
+        i, n = 0, len(items)
+        while i < n:
+            if not self.accepting:
+                self.left += n - i
+                return
+            room = maximum - qsize()
+            if room <= 0:
+                time.sleep(INBOX_FULL_PAUSE)
+                continue
+            for item in items[i : i + room]:
+                put(item)
+            i += room
+
     def put(self, item: Received) -> None:
         if self.accepting:
             self.queue.put(item)
