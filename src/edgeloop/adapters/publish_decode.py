@@ -35,7 +35,7 @@ class Decoded(NamedTuple):
     partial: bool  # stopped at a packet of the kind taken that is not complete in ``buf``
 
 
-def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
+def varint(buf: bytes | bytearray | memoryview, i: int, end: int) -> tuple[int, int]:
     """(value, index after it) of a variable byte integer at ``i``; (-1, i) incomplete, (-2, i) too long."""
     value = shift = 0
     while True:
@@ -68,7 +68,7 @@ def decode_publishes(buf: bytes, pos: int, *, v5: bool, manual_ack: bool) -> Dec
         if length < 0x80:
             i = pos + 2
         else:
-            length, i = _varint(buf, pos + 1, end)
+            length, i = varint(buf, pos + 1, end)
             if length == -2:
                 return Decoded(out, pos, False)
             if length == -1:
@@ -95,7 +95,7 @@ def decode_publishes(buf: bytes, pos: int, *, v5: bool, manual_ack: bool) -> Dec
             if buf[p] == 0:  # no properties: what devices send
                 p += 1
             else:
-                props, p = _varint(buf, p, stop)
+                props, p = varint(buf, p, stop)
                 p += props
                 if props < 0 or p > stop:
                     return Decoded(out, pos, False)

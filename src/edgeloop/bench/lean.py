@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Self
 
+from edgeloop.adapters.publish_decode import varint as decode_varint
 from edgeloop.bench.loadgen import unique_client_id
 from edgeloop.config import BrokerSettings
 from edgeloop.errors import BrokerError
@@ -59,18 +60,12 @@ def varint(value: int) -> bytes:
 
 def read_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
     """Decode a variable byte integer at ``pos``; returns (value, position after it)."""
-    value, shift = 0, 0
-    while True:
-        if pos >= len(buf):
-            raise IndexError("incomplete variable byte integer")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 21:
-            raise ValueError("malformed variable byte integer")
+    value, after = decode_varint(buf, pos, len(buf))
+    if value == -1:
+        raise IndexError("incomplete variable byte integer")
+    if value == -2:
+        raise ValueError("malformed variable byte integer")
+    return value, after
 
 
 def _utf8(text: str) -> bytes:
