@@ -288,7 +288,8 @@ class TargetReplay:
                 }
                 engine.install(scope, LoadedModel(f"{scope}:v{versions[0]}", verdict.result.forecaster, meta))
                 installed = True
-            engine.retrain_finished(scope, installed=installed)
+            rejected = verdict is not None and not verdict.promote
+            engine.retrain_finished(scope, installed=installed, rejected=rejected)
             device = job.record.device
             job.record.effective_at = position[device] if device is not None else step
             job.record.effective_ts = float(engine.stream_ts)

@@ -94,10 +94,12 @@ class LifecycleControl:
         if failure.gave_up:
             self.engine.retrain_finished(failure.scope, installed=False)
 
-    def _retrain_answered(self, request_id: str | None, scope: str, *, installed: bool) -> None:
+    def _retrain_answered(
+        self, request_id: str | None, scope: str, *, installed: bool, rejected: bool = False
+    ) -> None:
         done = self.retrains.answered(request_id) if request_id else self.retrains.answered_scope(scope)
         if done is not None:
-            self.engine.retrain_finished(done, installed=installed)
+            self.engine.retrain_finished(done, installed=installed, rejected=rejected)
 
     def _handle_outcomes(self) -> None:
         for report in self.dispatcher.poll():
@@ -118,7 +120,9 @@ class LifecycleControl:
         installed = False
         if outcome.decision == "promoted" and outcome.version is not None:
             installed = self._install(outcome.scope, outcome.version)
-        self._retrain_answered(request_id, outcome.scope, installed=installed)
+        self._retrain_answered(
+            request_id, outcome.scope, installed=installed, rejected=outcome.decision == "rejected"
+        )
 
     def _handle_control(self) -> None:
         """Events from other processes (trainer service, other replicas): swap models they promote.
@@ -164,7 +168,8 @@ class LifecycleControl:
                     installed = self._install(scope, version)
                 self._retrain_answered(rid, scope, installed=installed)
             elif event.kind == "model_rejected" or (event.kind == "retrain_finished" and not event.metrics):
-                self._retrain_answered(rid, event.scope, installed=False)
+                rejected = event.kind == "model_rejected"
+                self._retrain_answered(rid, event.scope, installed=False, rejected=rejected)
             elif event.kind == "model_rolled_back":
                 self._sync_models()
 
