@@ -10,11 +10,14 @@ import pytest
 
 from edgeloop.config import DriftSettings, Settings
 from edgeloop.engine import decisions
-from edgeloop.engine.engine import Engine, EngineOutput
+from edgeloop.engine.engine import Engine, EngineOutput, RetrainRequest
+from edgeloop.lifecycle.retrains import Retrains, RetryPolicy
 from edgeloop.models.forecasters import Persistence
 from edgeloop.models.modelfile import LoadedModel
+from edgeloop.retrain.job import RetrainOutcome
 from edgeloop.service.edge import build_engine
-from edgeloop.telemetry.schema import Telemetry
+from edgeloop.service.lifecycle_control import LifecycleControl
+from edgeloop.telemetry.schema import Event, Telemetry
 
 N = 6000
 ONSET = 1500
@@ -160,3 +163,32 @@ def test_a_rejected_refresh_extends_a_running_hold_off_and_a_new_model_ends_it()
     assert b.holdoff_until is not None
     eng.install("voc_ppb", LoadedModel("voc_ppb:v2", Persistence(5), {"scores": {"val_rmse": 1.0}}))
     assert b.holdoff_until is None
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, bool, bool]] = []
+
+    def retrain_finished(self, scope: str, *, installed: bool, rejected: bool = False) -> None:
+        self.finished.append((scope, installed, rejected))
+
+
+class _Edge(LifecycleControl):
+    """The edge's retrain answers, without transport, store or alerts."""
+
+    def __init__(self) -> None:
+        self.engine = _Engine()  # type: ignore[assignment]
+        self.retrains = Retrains(RetryPolicy())
+
+    def _emit(self, events: list[Event]) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("decision", "rejected"), [("rejected", True), ("failed", False)])
+def test_the_edge_tells_the_engine_whether_a_retrain_was_judged_no_better(
+    decision: str, rejected: bool
+) -> None:
+    edge = _Edge()
+    rid = edge.retrains.add(RetrainRequest("voc_ppb@b", "drift", "test"))
+    edge._apply_outcome(RetrainOutcome("voc_ppb@b", decision, "test"), rid)
+    assert edge.engine.finished == [("voc_ppb@b", False, rejected)]  # type: ignore[attr-defined]
