@@ -39,12 +39,6 @@ class ModelSettings(_Section):
         description="Span (e.g. 3d, or 5000 readings) between validated champion/challenger refreshes "
         "of a scope, never sooner than train_window/2 readings; 0: off",
     )
-    rejected_holdoff: str = Field(
-        "36h",
-        description="Span (e.g. 36h, or 2000 readings) after a device's drift or consolidation retrain (or, "
-        "then, a refresh serving it) found nothing better than the serving model during which its alarms "
-        "ask for no retrain; 0: off",
-    )
     train_window: int = Field(4000, ge=100, description="Most recent readings per device a training uses")
     validation_fraction: float = Field(0.25, gt=0.05, lt=0.6, description="Newest share held out to validate")
     min_validation_samples: int = Field(
@@ -87,7 +81,7 @@ class ModelSettings(_Section):
     )
     lgbm_rounds: int = Field(200, ge=10, description="LightGBM boosting rounds")
 
-    @field_validator("consolidate_after", "refresh_every", "rejected_holdoff", mode="before")
+    @field_validator("consolidate_after", "refresh_every", mode="before")
     @classmethod
     def _check_span(cls, value: Any) -> str:
         Span.parse(value)  # YAML gives 2000 as a number: kept as the text "2000" (readings)

@@ -150,52 +150,26 @@ def alarm(engine: Engine, track: _Track, ts: float, out: EngineOutput) -> None:
         "threshold": track.guard.detector.threshold,
     }
     label = engine.serving_label(track.device, track.target)
-    reason = (
-        f"forecast error of {label} rose (rolling RMSE {rmse:.4g})"
-        if rmse is not None
-        else "forecast error rose"
-    )
-    busy = scope in engine.pending or track.status in ("retraining", "drifting")
-    held = not busy and track.holdoff_until is not None and ts < track.holdoff_until
-    if held:
-        reason += (
-            f"; no retrain before {_iso(track.holdoff_until)}: the last one after an alarm found nothing "
-            "better than the serving model"
+    out.events.append(
+        Event(
+            "drift_detected",
+            scope,
+            ts,
+            reason=f"forecast error of {label} rose (rolling RMSE {rmse:.4g})"
+            if rmse is not None
+            else "forecast error rose",
+            metrics=metrics,
+            version=label,
         )
-    out.events.append(Event("drift_detected", scope, ts, reason=reason, metrics=metrics, version=label))
-    if busy:
+    )
+    if scope in engine.pending or track.status in ("retraining", "drifting"):
         return  # already collecting data since an earlier alarm: keep that count going
-    if held:
-        return  # see hold_off: a retrain now would most likely change nothing
-    track.holdoff_until = None
     track.status = "drifting"
     track.alarm_ts = ts
     track.since_alarm = 0
     # A new regime starts here: once a full cycle of it is in, retrain on all of it.
     track.regime_ts = ts if engine.consolidate_after is not None else None
     track.regime_n = 0
-
-
-def hold_off(engine: Engine, track: _Track) -> None:
-    """The device's drift or consolidation retrain found nothing better than the serving model: its
-    alarms ask for no retrain for ``model.rejected_holdoff`` of reading time.
-
-    Trained on the device's newest readings since the alarm, no challenger beat the model serving it
-    on the newest holdout: the error rise is one a fresh model does not fix (an occupied room's CO2,
-    a noisy stretch). Alarms of the same kind soon after would train on more of the same, and each
-    costs a training, so they are reported but not acted on until the span has passed. The floor
-    keeps guarding the device meanwhile (it serves persistence if the model falls below it), the
-    scheduled refresh still runs, and a consolidation already announced still comes. A refresh of the
-    scope serving the device, asked while it is held off, that finds nothing better either starts the
-    span again (the same evidence, newer); a new model serving the device ends it (the rejections were
-    against the model it replaced).
-    """
-    span = engine.rejected_holdoff
-    if span is None:
-        return
-    interval = track.interval or 60.0
-    seconds = span.amount if span.seconds else span.amount * interval
-    track.holdoff_until = engine.stream_ts + seconds
 
 
 def maybe_request_drift_retrain(engine: Engine, track: _Track, out: EngineOutput) -> None:
@@ -315,19 +289,6 @@ def request(
 ) -> None:
     engine.pending.add(scope)
     postpone_refresh(engine, scope)
-    if engine.rejected_holdoff is not None:
-        # Whether this retrain's rejection starts (the device's own drift or consolidation retrain) or
-        # starts again (a refresh asked while a device it serves is held off) a hold-off: see hold_off.
-        if trigger in ("drift", "consolidate"):
-            target, device = parse_scope(scope)
-            track = engine.tracks.get((device, target)) if device is not None else None
-            if track is not None:
-                track.holdoff_retrain = True
-        elif trigger == "refresh":
-            now = engine.stream_ts
-            for t in engine._tracks_served_by(scope):
-                if t.holdoff_until is not None and now < t.holdoff_until:
-                    t.holdoff_retrain = True
     out.retrains.append(
         RetrainRequest(scope, trigger, reason, since_ts=since_ts, requested_ts=engine.stream_ts)
     )

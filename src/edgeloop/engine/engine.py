@@ -80,7 +80,6 @@ class Engine(ModelSlots):
         gap_intervals: float | None = 5.0,
         consolidate_after: Span | None = None,
         refresh_every: Span | None = None,
-        rejected_holdoff: Span | None = None,
         train_window: int = 4000,
         max_devices: int = 10_000,
         device_idle_s: float = 86_400.0,
@@ -117,7 +116,6 @@ class Engine(ModelSlots):
             consolidate_after if consolidate_after and not consolidate_after.off else None
         )
         self.refresh_every = refresh_every if refresh_every and not refresh_every.off else None
-        self.rejected_holdoff = rejected_holdoff if rejected_holdoff and not rejected_holdoff.off else None
         self.train_window = train_window
         self._refresh_at: dict[str, float] = {}  # scope -> stream time its next refresh is due
         self._deferred: list[Event] = []  # events of install(), emitted with the next batch

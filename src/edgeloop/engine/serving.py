@@ -62,7 +62,6 @@ class ModelSlots:
             track.model_rmse.reset()
             track.since_model = [0, 0.0, 0.0, 0.0]
             track.shadow_forecast = None
-            track.holdoff_until = None  # the rejections it stood for were against the model replaced
             decisions.reset_floor(self._engine, track, f"{model.label} now serves", model.label)
             if fleet and track.status in ("drifting", "retraining"):
                 continue  # a new fleet model does not cancel a device's own drift retrain
@@ -84,18 +83,9 @@ class ModelSlots:
                     fallback.label if fallback else None,
                 )
 
-    def retrain_finished(self, scope: str, *, installed: bool, rejected: bool = False) -> None:
-        """The adapter reports a retrain's end; a failed or rejected one may be asked again later.
-
-        ``rejected``: it ran and judged its challenger no better than the serving model (not a
-        failure to train): after a device's drift or consolidation retrain, its alarms are held off.
-        """
+    def retrain_finished(self, scope: str, *, installed: bool) -> None:
+        """The adapter reports a retrain's end; a failed or rejected one may be asked again later."""
         self.pending.discard(scope)
-        for track in self._tracks_served_by(scope):
-            if track.holdoff_retrain:
-                track.holdoff_retrain = False
-                if rejected and not installed:
-                    decisions.hold_off(self._engine, track)
         if not installed:
             target, device = parse_scope(scope)
             if device is None:

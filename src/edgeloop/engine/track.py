@@ -54,8 +54,6 @@ class _Track:
         "regime_n",
         "regime_ts",
         "own_scope",
-        "holdoff_retrain",
-        "holdoff_until",
     )
 
     def __init__(
@@ -88,10 +86,6 @@ class _Track:
         self.regime_ts: float | None = None
         self.regime_n = 0
         self.own_scope = scope_of(target, device)  # the device's own model's scope, built once
-        # A retrain is in flight whose rejection would hold off the device's alarm retrains; and the
-        # reading time until which they are held off (see decisions.hold_off).
-        self.holdoff_retrain = False
-        self.holdoff_until: float | None = None
 
     @property
     def demoted(self) -> bool:

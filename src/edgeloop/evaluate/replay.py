@@ -288,8 +288,7 @@ class TargetReplay:
                 }
                 engine.install(scope, LoadedModel(f"{scope}:v{versions[0]}", verdict.result.forecaster, meta))
                 installed = True
-            rejected = verdict is not None and not verdict.promote
-            engine.retrain_finished(scope, installed=installed, rejected=rejected)
+            engine.retrain_finished(scope, installed=installed)
             device = job.record.device
             job.record.effective_at = position[device] if device is not None else step
             job.record.effective_ts = float(engine.stream_ts)

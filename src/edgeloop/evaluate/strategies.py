@@ -8,9 +8,7 @@ the drift guard the engine gets and in who asks for retrains:
 - ``static``: the initial model, never retrained (its guard never alarms).
 - ``periodic``: the initial model, retrained every N readings by the replay itself.
 - ``original``: the original system's rule, rolling RMSE over ``drift.window`` > an absolute
-  threshold, with no warm-up, no budget and no hold-off after a rejected retrain (the refresh and
-  ``model.rejected_holdoff`` are edgeloop's policy, off for every strategy that is not one of its
-  policies). Its only guard is a gap of ``retrain_min_samples``: the
+  threshold, with no warm-up and no budget. Its only guard is a gap of ``retrain_min_samples``: the
   engine restarts its post-alarm wait on every alarm, so an alarm on every sample would never
   let a retrain through (see the report).
 - ``rmse-threshold``, ``relative``, ``page-hinkley``, ``adwin``: edgeloop's policies exactly as
@@ -204,7 +202,6 @@ def build_strategy_engine(
     window = s.drift.window
     if strategy.family != "policy":
         engine.refresh_every = None  # a scheduled refresh is part of edgeloop's policy, not of these
-        engine.rejected_holdoff = None  # so is holding off alarms after a rejected retrain
     if strategy.family == "baseline":
         engine.guard_factory = lambda _ref: _unguarded(NeverDetector(window), 0)
         # Pure baselines: no floor and no consolidation either (they never see an alarm anyway).

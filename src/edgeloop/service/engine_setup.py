@@ -27,7 +27,6 @@ def build_engine(settings: Settings, *, auto_train: bool = True) -> Engine:
         gap_intervals=settings.model.gap_intervals,
         consolidate_after=Span.parse(settings.model.consolidate_after),
         refresh_every=Span.parse(settings.model.refresh_every),
-        rejected_holdoff=Span.parse(settings.model.rejected_holdoff),
         train_window=settings.model.train_window,
         max_devices=settings.limits.max_devices,
         device_idle_s=settings.limits.device_idle_s,

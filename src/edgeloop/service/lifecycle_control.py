@@ -94,12 +94,10 @@ class LifecycleControl:
         if failure.gave_up:
             self.engine.retrain_finished(failure.scope, installed=False)
 
-    def _retrain_answered(
-        self, request_id: str | None, scope: str, *, installed: bool, rejected: bool = False
-    ) -> None:
+    def _retrain_answered(self, request_id: str | None, scope: str, *, installed: bool) -> None:
         done = self.retrains.answered(request_id) if request_id else self.retrains.answered_scope(scope)
         if done is not None:
-            self.engine.retrain_finished(done, installed=installed, rejected=rejected)
+            self.engine.retrain_finished(done, installed=installed)
 
     def _handle_outcomes(self) -> None:
         for report in self.dispatcher.poll():
@@ -120,9 +118,7 @@ class LifecycleControl:
         installed = False
         if outcome.decision == "promoted" and outcome.version is not None:
             installed = self._install(outcome.scope, outcome.version)
-        self._retrain_answered(
-            request_id, outcome.scope, installed=installed, rejected=outcome.decision == "rejected"
-        )
+        self._retrain_answered(request_id, outcome.scope, installed=installed)
 
     def _handle_control(self) -> None:
         """Events from other processes (trainer service, other replicas): swap models they promote.
@@ -168,8 +164,7 @@ class LifecycleControl:
                     installed = self._install(scope, version)
                 self._retrain_answered(rid, scope, installed=installed)
             elif event.kind == "model_rejected" or (event.kind == "retrain_finished" and not event.metrics):
-                rejected = event.kind == "model_rejected"
-                self._retrain_answered(rid, event.scope, installed=False, rejected=rejected)
+                self._retrain_answered(rid, event.scope, installed=False)
             elif event.kind == "model_rolled_back":
                 self._sync_models()
 
