@@ -9,8 +9,9 @@ and ``tests/unit/test_paho_private_api.py`` fails until someone re-reads paho's 
   acknowledgements with one wake-up of the network thread, a batch of PUBACKs as one write
   (:func:`publish_many`, :func:`ack_many`), packing and recording a batch of QoS 0/1 publishes in
   one loop as paho's ``publish`` would (:mod:`edgeloop.adapters.publish_encode`); with a batch hook
-  (:func:`deliver_batches`) it also decodes the plain PUBLISH packets of each read itself (:mod:`edgeloop.adapters.publish_decode`)
-  and hands them over as one list, leaving every other packet to paho;
+  (:func:`deliver_batches`) it also decodes the plain PUBLISH packets of each read itself
+  (:mod:`edgeloop.adapters.publish_decode`) and hands them over as one list, leaving every other
+  packet to paho;
 - :class:`_LeanProperties` stands in for ``Properties`` where paho decodes an incoming PUBLISH
   (``paho.mqtt._packet.decode_publish``), so an MQTT 5 message without properties costs no
   property tables;
