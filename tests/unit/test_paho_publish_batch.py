@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import struct
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -45,6 +46,7 @@ PUBLISH_PATH_SHA256 = {
     "MQTTMessage.__init__": "af92f9a50f5f90e4f45d39c578fe129901f2c7c0f3c4fbb71ae5259f91f34b15",
     "MQTTMessageInfo.__init__": "517706c942bd3cb7ce6f5b707bb9d63cac68111c32573cf4d8f737f763b22d7c",
     "MQTTMessageInfo._set_as_published": "6e546f718e97af4450c34f1f79c3c2ee739938655cef648bed489a8552c361eb",
+    "MQTTMessageInfo.is_published": "75a22e144e790a0bee255ea58e586ccfe7c4b5cf74608a21e224c77e20178a2f",
     "MQTTMessageInfo.wait_for_publish": "2118a68b8d1a00368aa5b38c85b1cb4f42c4dce80a741a5537dc9069142db74a",
 }
 
@@ -238,14 +240,36 @@ def test_lean_publish_wakes_the_network_thread_once() -> None:
 
 
 @verified
-def test_wait_for_publish_returns_after_the_puback() -> None:
+@pytest.mark.parametrize("qos", [0, 1])
+def test_wait_for_publish_returns_after_the_puback(qos: int) -> None:
+    # A waiter without a timeout, blocked before the message is published, and many racing: a lost
+    # wake-up would leave a thread waiting for ever.
     lean = _client("5", True)
-    (info,) = paho_internals.publish_many(lean, _messages(1), 1)
-    waiter = threading.Thread(target=info.wait_for_publish, args=(10,))
-    waiter.start()
-    _puback(lean, info.mid)
-    waiter.join(10)
-    assert not waiter.is_alive() and info.is_published()
+    infos = paho_internals.publish_many(lean, _messages(200), qos)
+    assert all(isinstance(i, publish_encode.LeanInfo) for i in infos)
+    waiters = [threading.Thread(target=i.wait_for_publish, daemon=True) for i in infos]
+    for waiter in waiters[:100]:
+        waiter.start()
+    waiting = threading.Event()
+    threading.Timer(0.05, waiting.set).start()
+    waiting.wait()
+    for k, info in enumerate(infos):
+        if k == 100:
+            for waiter in waiters[100:]:
+                waiter.start()
+        if qos:
+            _puback(lean, info.mid)
+        else:
+            info._set_as_published()  # what paho's _packet_write does once the packet is written
+    deadline = time.monotonic() + 10
+    for waiter in waiters:
+        waiter.join(max(0.0, deadline - time.monotonic()))
+    assert not any(w.is_alive() for w in waiters)
+    assert all(i.is_published() for i in infos)
+    assert not lean._out_messages and lean._inflight_messages == 0
+    fresh = publish_encode.LeanInfo(7)
+    assert not fresh.is_published() and fresh._condition is fresh._condition
+    assert tuple(fresh) == (mqtt.MQTT_ERR_SUCCESS, 7) and str(fresh) == str(mqtt.MQTTMessageInfo(7))
 
 
 @verified
@@ -270,6 +294,8 @@ def _paho(name: str) -> Any:
 
 
 def test_paho_publish_path_is_as_read() -> None:
+    # LeanInfo keeps its Condition in paho's slot and every other field as paho's __init__ sets them
+    assert mqtt.MQTTMessageInfo.__slots__ == ("_condition", "_iterpos", "_published", "mid", "rc")
     for name, digest in PUBLISH_PATH_SHA256.items():
         source = inspect.getsource(_paho(name))
         assert hashlib.sha256(source.encode()).hexdigest() == digest, (

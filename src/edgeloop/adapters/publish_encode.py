@@ -13,6 +13,10 @@ packet with one join, and leaves paho's bookkeeping exactly as a loop of ``publi
   still unacknowledged;
 - QoS 0: an ``MQTTMessageInfo`` with its packet queued, or ``MQTT_ERR_NO_CONN``.
 
+The infos are :class:`LeanInfo`: paho's, with the ``Condition`` made only for a thread that checks or
+waits on it (the edge checks the last of each batch); making one per message was about as costly as
+the rest of the loop.
+
 Only for QoS 0 and 1, without retain or properties, with no ``on_log``/logger (paho logs every
 packet) and a network thread running (queued packets wait for it to be woken). Any message paho would
 treat otherwise (a payload that is not ``bytes``, an empty or invalid topic, a packet near the MQTT
@@ -23,7 +27,9 @@ raises. Runs on verified paho only (``paho_internals._BatchingClient``).
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -32,8 +38,52 @@ _H = struct.Struct("!H")
 _PUBLISH = mqtt.PUBLISH
 _SMALL = [bytes((n,)) for n in range(128)]  # remaining lengths of one byte
 _LARGEST = 1 << 20  # bigger packets take paho's path (its size checks; rare)
+_OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _QUEUE_SIZE = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+
+
+_CONDITION: Any = mqtt.MQTTMessageInfo.__dict__[
+    "_condition"
+]  # paho's slot, where LeanInfo keeps its Condition
+_MAKING = threading.Lock()  # makes each LeanInfo's Condition once
+
+
+class LeanInfo(mqtt.MQTTMessageInfo):
+    """paho's ``MQTTMessageInfo`` whose ``Condition`` (about 1 us to make) is made when first used.
+
+    Only a thread that reads ``_condition`` (``is_published``, ``wait_for_publish``) makes it. Marking
+    the message published sets ``_published`` first and then wakes the Condition if one exists: a
+    waiter makes it before it checks ``_published`` under it, so it either finds ``_published`` set or
+    is waiting when the Condition is notified, as with paho's own.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self._published = False
+        _CONDITION.__set__(self, None)
+        self.rc = _OK
+        self._iterpos = 0
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        condition = _CONDITION.__get__(self)
+        if condition is None:
+            with _MAKING:
+                condition = _CONDITION.__get__(self)
+                if condition is None:
+                    condition = threading.Condition()
+                    _CONDITION.__set__(self, condition)
+        return condition
+
+    def _set_as_published(self) -> None:
+        self._published = True
+        condition = _CONDITION.__get__(self)
+        if condition is not None:
+            with condition:
+                condition.notify()
 
 
 class OutMessage(mqtt.MQTTMessage):
@@ -50,7 +100,7 @@ class OutMessage(mqtt.MQTTMessage):
         self.payload = payload
         self.qos = 1
         self.retain = False
-        self.info = mqtt.MQTTMessageInfo(mid)
+        self.info = LeanInfo(mid)
         self.properties = None
 
 
@@ -111,7 +161,7 @@ def queue_publishes(
                     mid = 1
                 client._last_mid = mid
             if qos == 0:
-                info = mqtt.MQTTMessageInfo(mid)
+                info: mqtt.MQTTMessageInfo = LeanInfo(mid)
                 infos.append(info)
                 if client._sock is None:
                     info.rc = _NO_CONN
