@@ -43,9 +43,8 @@ _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _QUEUE_SIZE = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
 
 
-_CONDITION: Any = mqtt.MQTTMessageInfo.__dict__[
-    "_condition"
-]  # paho's slot, where LeanInfo keeps its Condition
+# paho's slot, where LeanInfo keeps its Condition (None until made)
+_CONDITION: Any = mqtt.MQTTMessageInfo.__dict__["_condition"]
 _MAKING = threading.Lock()  # makes each LeanInfo's Condition once
 
 
