@@ -15,8 +15,10 @@ build messages by the module-global name and only ``publish`` and ``_do_on_publi
 both under ``_out_message_mutex``. Read ``_packet_read``, ``_packet_handle``, ``_handle_publish``,
 ``_handle_on_message``, ``_easy_log`` and ``_check_keepalive``: batched receive is valid while a PUBLISH
 delivers as ``edgeloop.adapters.publish_decode`` says and nothing else reads it (see
-``test_paho_batch_receive.py``, which compares both paths byte stream by byte stream). Then add the
-version to ``PAHO_VERIFIED`` and update the digests.
+``test_paho_batch_receive.py``, which compares both paths byte stream by byte stream). Read the paho
+code ``test_paho_publish_batch.py`` pins: the lean publish path is valid while it leaves what paho's
+``publish`` leaves, which that test compares. Then add the version to ``PAHO_VERIFIED`` and update the
+digests.
 """
 
 from __future__ import annotations
