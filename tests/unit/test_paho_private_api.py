@@ -29,6 +29,7 @@ import socket
 import threading
 
 import paho.mqtt.client as mqtt
+from tests.unit.paho_stubs import CountingPair
 
 from edgeloop.adapters import mqtt_client, paho_internals
 from edgeloop.config import BrokerSettings
@@ -160,27 +161,13 @@ def test_ack_many_queues_the_bytes_of_one_ack_each() -> None:
     assert len(batched._out_packet) == (1 if paho_internals.PRIVATE_API_OK else len(mids))
 
 
-class _CountingPair:
-    """Stands in for paho's wake-up socket: counts the bytes written to it."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def send(self, data: bytes) -> int:
-        self.sent += 1
-        return len(data)
-
-    def close(self) -> None:
-        pass
-
-
 def test_publish_many_wakes_the_network_thread_once() -> None:
     if not paho_internals.PRIVATE_API_OK:
         return  # paho's own path: one wake-up per packet
     from paho.mqtt.client import _ConnectionState
 
     client = mqtt_client.make_client(BrokerSettings(), role="t")
-    pair = _CountingPair()
+    pair = CountingPair()
     # As while connected with a network thread (loop_start); the thread never runs, so nothing is
     # written to the socket.
     sock, peer = socket.socketpair()

@@ -18,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.client import CONNACK, PUBACK, _ConnectionState
+from tests.unit.paho_stubs import CountingPair
 
 from edgeloop.adapters import mqtt_client, paho_internals, publish_encode
 from edgeloop.config import BrokerSettings
@@ -51,20 +52,6 @@ PUBLISH_PATH_SHA256 = {
 }
 
 
-class _Pair:
-    """Stands in for paho's wake-up socket."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def send(self, data: bytes) -> int:
-        self.sent += 1
-        return len(data)
-
-    def close(self) -> None:
-        pass
-
-
 class _Sock:
     """A connected socket that keeps what paho writes to it (only paho's own ``loop_write`` writes here)."""
 
@@ -82,7 +69,7 @@ class _Sock:
 def _client(protocol: str, lean: bool, *, window: int = 1000, max_queued: int = 0) -> Any:
     client: Any = mqtt_client.make_client(BrokerSettings(), role="t", protocol=protocol)  # type: ignore[arg-type]
     client.lean_publish = lean
-    client._sockpairW = _Pair()
+    client._sockpairW = CountingPair()
     client._thread = threading.Thread(target=lambda: None)  # as under loop_start; never started
     client._max_inflight_messages = window
     client._max_queued_messages = max_queued

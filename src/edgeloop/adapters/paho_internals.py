@@ -39,7 +39,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 
 from edgeloop.adapters.publish_decode import Decoded, Delivery, decode_publishes
-from edgeloop.adapters.publish_encode import lean_publish_ok, queue_publishes
+from edgeloop.adapters.publish_encode import lean_publish_ok, out_packet, queue_publishes
 
 log = logging.getLogger(__name__)
 
@@ -212,17 +212,7 @@ class _BatchingClient(_FastAckClient):
     ) -> MQTTErrorCode:
         if self._deferring is None or self._deferring != threading.get_ident() or self._thread is None:
             return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
+        self._out_packet.append(out_packet(command, packet, mid, qos, info))
         self._deferred = True
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 

@@ -124,6 +124,19 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
+def out_packet(command: int, packet: bytes | bytearray, mid: int, qos: int, info: Any) -> mqtt._OutPacket:
+    """An entry of paho's ``_out_packet`` queue, as paho's ``_packet_queue`` builds it."""
+    return {
+        "command": command,
+        "mid": mid,
+        "qos": qos,
+        "pos": 0,
+        "to_process": len(packet),
+        "packet": packet,
+        "info": info,
+    }
+
+
 def queue_publishes(
     client: mqtt.Client, messages: Sequence[tuple[str, bytes]], qos: int
 ) -> tuple[list[mqtt.MQTTMessageInfo], bool]:
@@ -196,16 +209,6 @@ def queue_publishes(
                     payload,
                 )
             )
-            append(
-                {
-                    "command": _PUBLISH,
-                    "mid": mid,
-                    "qos": qos,
-                    "pos": 0,
-                    "to_process": len(packet),
-                    "packet": packet,
-                    "info": info,
-                }
-            )
+            append(out_packet(_PUBLISH, packet, mid, qos, info))
             queued = True
     return infos, queued
