@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from tests.unit.test_drift import FACTORIES, run, step_errors
+from tests.unit.drift_support import FACTORIES, run, step_errors
 
 from edgeloop.drift import DriftGuard, RelativeRmse, RmseThreshold
 
