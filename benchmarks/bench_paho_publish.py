@@ -15,15 +15,13 @@ alternate paho's ``publish`` per message and ``paho_internals``' lean path
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_paho_receive import machine
+from bench_paho_receive import compare, machine
 
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.adapters.mqtt import MqttSession
@@ -77,22 +75,14 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     args = parser.parse_args()
     print(machine())
-    results: dict[str, list[dict[str, float]]] = {"paho": [], "lean": []}
     with MosquittoBroker() as broker:
-        for k in range(args.rounds):
-            order = ("paho", "lean") if k % 2 == 0 else ("lean", "paho")
-            for name in order:
-                figures = publish_round(broker, args, name == "lean", k)
-                results[name].append(figures)
-                print(f"round {k + 1} {name:5} " + "  ".join(f"{f} {v:,.2f}" for f, v in figures.items()))
-    for figure, what in (("us_publishing_thread", "publishing thread"), ("us_process", "process")):
-        median: dict[str, Any] = {
-            name: statistics.median(r[figure] for r in rounds) for name, rounds in results.items()
-        }
-        saved = 1 - median["lean"] / median["paho"]
-        print(
-            f"median CPU per QoS 1 message published, {what}: paho {median['paho']:.2f} us, lean "
-            f"{median['lean']:.2f} us ({100 * saved:.0f}% less)"
+        compare(
+            args.rounds,
+            ("paho", "lean"),
+            lambda lean, k: publish_round(broker, args, lean, k),
+            (("us_publishing_thread", "publishing thread"), ("us_process", "process")),
+            verb="published",
+            digits=2,
         )
 
 

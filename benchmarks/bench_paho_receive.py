@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt
@@ -151,6 +152,37 @@ def machine() -> str:
     )
 
 
+def compare(
+    rounds: int,
+    names: tuple[str, str],
+    run_round: Callable[[bool, int], dict[str, float]],
+    figures: Sequence[tuple[str, str]],
+    *,
+    verb: str,
+    digits: int,
+) -> None:
+    """Run ``rounds`` rounds of paho's path (``names[0]``) and ours (``names[1]``), alternating which
+    goes first so a busy machine slows both alike; print each round, then the medians per figure."""
+    base, other = names
+    results: dict[str, list[dict[str, float]]] = {base: [], other: []}
+    width = max(map(len, names)) + 1
+    for k in range(rounds):
+        for name in names if k % 2 == 0 else names[::-1]:
+            round_figures = run_round(name == other, k)
+            results[name].append(round_figures)
+            cells = "  ".join(f"{f} {v:,.{digits}f}" for f, v in round_figures.items())
+            print(f"round {k + 1} {name:{width}}{cells}")
+    for figure, what in figures:
+        median: dict[str, Any] = {
+            name: statistics.median(r[figure] for r in runs) for name, runs in results.items()
+        }
+        saved = 1 - median[other] / median[base]
+        print(
+            f"median CPU per QoS 1 message {verb}, {what}: {base} {median[base]:.{digits}f} us, "
+            f"{other} {median[other]:.{digits}f} us ({100 * saved:.0f}% less)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000)
@@ -163,22 +195,14 @@ def main() -> None:
         publish(args.publish[0], int(args.publish[1]), args.messages, args.rate, args.protocol)
         return
     print(machine())
-    results: dict[str, list[dict[str, float]]] = {"paho": [], "batched": []}
     with MosquittoBroker() as broker:
-        for k in range(args.rounds):
-            order = ("paho", "batched") if k % 2 == 0 else ("batched", "paho")
-            for name in order:
-                figures = receive_round(broker, args, name == "batched", k)
-                results[name].append(figures)
-                print(f"round {k + 1} {name:8} " + "  ".join(f"{n} {v:,.1f}" for n, v in figures.items()))
-    for figure, what in (("us_cpu_per_msg", "process"), ("us_network_thread", "paho network thread")):
-        median: dict[str, Any] = {
-            name: statistics.median(r[figure] for r in rounds) for name, rounds in results.items()
-        }
-        saved = 1 - median["batched"] / median["paho"]
-        print(
-            f"median CPU per QoS 1 message received, {what}: paho {median['paho']:.1f} us, batched "
-            f"{median['batched']:.1f} us ({100 * saved:.0f}% less)"
+        compare(
+            args.rounds,
+            ("paho", "batched"),
+            lambda batched, k: receive_round(broker, args, batched, k),
+            (("us_cpu_per_msg", "process"), ("us_network_thread", "paho network thread")),
+            verb="received",
+            digits=1,
         )
 
 
