@@ -136,7 +136,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
     drift: Annotated[
         str | None, typer.Option(help="Scheduled drift DEVICE:KIND@STEP (default: regime change on dev-001).")
-    ] = "dev-001:regime_change@4500",
+    ] = "dev-001:regime_change@5000",
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Run without a scheduled drift.")] = False,
     dashboard: Annotated[bool, typer.Option(help="Also start the dashboard.")] = True,
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8501,
@@ -156,8 +156,13 @@ def demo(
         {"data_dir": ("--data-dir", data_dir), "broker.url": ("--broker", broker)},
         fixed={
             # A simulated day is 1,440 readings: train on a day of the fleet, retrain on a day after a drift.
+            # The regime change (reading 5,000) comes after the first model's detector is calibrated
+            # (1,440 + training + 1,540 readings) even when training takes 10-20 s of a busy machine.
             "model.min_train_samples": devices * 1440,
             "model.retrain_min_samples": 1440,
+            # A fleet refresh every three simulated days: one installed just as the regime change
+            # begins would take the drifted device's new errors for its normal scale and hide it.
+            "model.refresh_every": "3d",
             # A demo leaves nothing queued at a shared broker when it ends, and shares its stream with no one.
             "broker.session_expiry": 0,
             "broker.shared_group": None,

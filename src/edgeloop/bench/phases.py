@@ -102,7 +102,10 @@ def window(
     slot = COLLECT_SLOT if rate is None else None
     sent = rig.load.run(site=edge.site, qos=edge.qos, duration=duration, rate=rate, slot=slot)
     usage = rig.watch.usage(sent.started, sent.ended)
-    edge.drain(base + sent.count)
+    # Silence is not loss: on two cores the edge's retrain worker or a snapshot can hold the edge
+    # off for over a second after the generator stopped, so wait up to 5 s of silence before the
+    # readings still unanswered are counted as lost (a complete window returns at once).
+    edge.drain(base + sent.count, quiet=5.0)
     k, t = edge.arrays()
     origin = sent.started if with_timeline else None
     result = {"name": name, "offered_rate": rate, **analyze(sent, k, t, origin=origin), **usage}
