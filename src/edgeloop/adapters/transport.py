@@ -58,9 +58,7 @@ class Inbox:
 
     def put_waiting(self, item: Received) -> None:
         """Put ``item``, waiting while the inbox is full (the caller's thread stops reading meanwhile)."""
-        while self.queue.qsize() >= self.maximum and self.accepting:
-            time.sleep(INBOX_FULL_PAUSE)
-        self.put(item)
+        self.put_many_waiting((item,))
 
     def put_many_waiting(self, items: Sequence[Received]) -> None:
         """Put ``items`` in order, as many at a time as there is room for (never past ``maximum``)."""
