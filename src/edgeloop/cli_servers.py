@@ -157,7 +157,7 @@ def demo(
         fixed={
             # A simulated day is 1,440 readings: train on a day of the fleet, retrain on a day after a drift.
             # The regime change (reading 5,000) comes after the first model's detector is calibrated
-            # (1,440 + training + 1,540 readings) even when training takes 10-20 s of a busy machine.
+            # (about reading 1,440 + 1,540: the simulator holds while the first model trains).
             "model.min_train_samples": devices * 1440,
             "model.retrain_min_samples": 1440,
             # A fleet refresh every three simulated days: one installed just as the regime change

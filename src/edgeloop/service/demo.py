@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,18 @@ def prepare_data_dir(path: Path, console: Console) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / DEMO_MARKER).write_text("made by edgeloop demo; the next demo run empties this folder\n")
     console.print(f"data: {path} (store, models, MLflow; left in place for inspection)")
+
+
+def first_model_training(edge: EdgeService) -> Callable[[], bool]:
+    """True while the edge trains its first model: the simulated world waits for it.
+
+    The demo packs a simulated minute into a hundredth of a second, so the few seconds a training
+    takes would be hours of readings, which at one reading a minute they are not; on a busy machine
+    the first model would arrive after the scheduled regime change. Later retrains run while the
+    stream flows, as on a real site.
+    """
+    engine = edge.engine
+    return lambda: not engine.serving and bool(engine.pending)
 
 
 def status_view(edge: EdgeService, elapsed: float, rate: float, drift: DriftSpec | None) -> Group:
@@ -158,7 +170,9 @@ def run_demo(
         edge.start()
         if not edge.ready.wait(30):
             raise SystemExit("the edge did not connect to the broker within 30 s")
-        publisher = SimulatorPublisher(live_settings, simulator, rate=rate, protocol=protocol).start()
+        publisher = SimulatorPublisher(
+            live_settings, simulator, rate=rate, protocol=protocol, hold=first_model_training(edge)
+        ).start()
         if dashboard:
             dash = _start_dashboard(live_settings, dashboard_port, config_path, console)
         if drift is not None:
@@ -233,6 +247,7 @@ def _report(
         kinds[event.kind] = kinds.get(event.kind, 0) + 1
     report = {
         "published": publisher.published,
+        "held_s": round(publisher.held, 1),
         "processed": edge.stats.processed,
         "predictions": edge.stats.predictions,
         "dropped": dict(edge.stats.dropped),
@@ -243,6 +258,7 @@ def _report(
     }
     console.print(
         f"published {report['published']}, answered {report['predictions']}, dropped {report['dropped']}"
+        f" (the simulator held {report['held_s']:g} s while the first model trained)"
     )
     for target, row in summary.items():
         console.print(

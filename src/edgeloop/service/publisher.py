@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -17,6 +17,8 @@ from edgeloop.config import Settings
 from edgeloop.telemetry.simulator import Simulator
 
 log = logging.getLogger(__name__)
+
+HOLD_POLL = 0.05  # seconds between two looks at a hold condition
 
 
 def telemetry_topic(settings: Settings, device: str) -> str:
@@ -42,6 +44,10 @@ class Pacer:
         if delay > 0:
             stop.wait(delay)
 
+    def shift(self, seconds: float) -> None:
+        """Move the schedule ``seconds`` later (after a hold: no burst to catch up)."""
+        self.start += seconds
+
 
 class SimulatorPublisher:
     """Publishes one reading per device per step, ``rate`` steps per second, until stopped."""
@@ -55,12 +61,16 @@ class SimulatorPublisher:
         qos: int | None = None,
         steps: int | None = None,
         protocol: str = "5",
+        hold: Callable[[], bool] | None = None,
     ) -> None:
+        """``hold``: while it returns True the simulated world stands still (checked every step)."""
         self.settings = settings
         self.simulator = simulator
         self.rate = rate
         self.qos = settings.broker.qos if qos is None else qos
         self.steps = steps
+        self.hold = hold
+        self.held = 0.0  # seconds spent holding
         self.published = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,8 +89,19 @@ class SimulatorPublisher:
                     self.session.publish(self._topics[payload["device"]], orjson.dumps(payload), qos=self.qos)
                     self.published += 1
                 pacer.wait(self._stop)
+                if self.hold is not None and self.hold():
+                    pacer.shift(self._held())
         finally:
             self.session.close()
+
+    def _held(self) -> float:
+        assert self.hold is not None
+        began = time.monotonic()
+        while self.hold() and not self._stop.wait(HOLD_POLL):
+            pass
+        waited = time.monotonic() - began
+        self.held += waited
+        return waited
 
     def start(self) -> SimulatorPublisher:
         self._thread = threading.Thread(target=self.run, name="edgeloop-simulator", daemon=True)
