@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import orjson
 import pytest
 from tests.unit.lifecycle_support import engine, offset_model, readings
 
@@ -94,80 +93,45 @@ def test_a_fast_retrain_soon_after_the_alarm_then_a_consolidation_one_cycle_late
     assert eng.tracks[("b", "voc_ppb")].regime_ts is None  # consolidated once, not again
 
 
-def refreshes(interval: float, values: np.ndarray, *, promote_at: int | None = None) -> list[int]:
-    """Reading indices of the refresh requests of a scope whose refreshes are all rejected (except
-    that a new model is installed at reading ``promote_at``)."""
-    eng = engine(refresh_every="2h", train_window=200, consolidate_after="0")
-    eng.install("voc_ppb", offset_model(0.0), probation=False)
-    at = []
-    for i, msg in enumerate(readings("d", values, interval=interval)):
-        if i == promote_at:
-            eng.install("voc_ppb", offset_model(0.0, "voc_ppb:v2"), probation=False)
-        out = eng.process([msg])
-        for r in out.retrains:
-            assert r.trigger == "refresh" and r.scope == "voc_ppb" and r.since_ts is None
-            at.append(i)
-            eng.retrain_finished(r.scope, installed=False)
-    return at
-
-
-def spaced(at: list[int], gaps: list[int]) -> bool:
-    # Checked every 16th reading of a device: due times are met within 16 readings.
-    steps = np.diff([0, *at]) - np.array(gaps[: len(at)])
-    return bool(len(at) == len(gaps) and ((steps >= 0) & (steps < 16)).all())
-
-
 def test_refresh_is_scheduled_in_time_never_sooner_than_half_a_training_window() -> None:
-    values = 100 + np.cumsum(np.random.default_rng(7).normal(0, 1, 1000))
-    # Every 2 h: 120 readings at 1/min; 720 at 1/10 s. At 1/h, 2 h is 2 readings: 100 (half the
-    # training window) instead. The clock starts once the interval is known (at the 16th reading).
-    # Each rejected refresh doubles the wait for the next, up to 4x.
-    assert spaced(refreshes(60.0, values), [15 + 120, 240, 480])
-    assert spaced(refreshes(10.0, values), [15 + 720])
-    assert spaced(refreshes(3600.0, values), [15 + 100, 200, 400])
+    rng = np.random.default_rng(7)
+    values = 100 + np.cumsum(rng.normal(0, 1, 1000))
 
-
-def test_a_new_model_brings_the_refresh_back_to_its_interval() -> None:
-    values = 100 + np.cumsum(np.random.default_rng(7).normal(0, 1, 2000))
-    # Misses at 143 and 383 (waits 240, then 480); v2 arrives at 400: its clock restarts at 120.
-    at = refreshes(60.0, values, promote_at=400)
-    assert at[:2] == refreshes(60.0, values)[:2]
-    assert 120 <= at[2] - 400 < 120 + 32  # the clock starts at the first check after the install
-    assert 0 <= at[3] - at[2] - 240 < 16  # and doubles again after a miss
-
-
-def test_a_refresh_backoff_survives_a_restart() -> None:
-    values = 100 + np.cumsum(np.random.default_rng(7).normal(0, 1, 1500))
-    msgs = readings("d", values)
-
-    def settings() -> Engine:
+    def refreshes(interval: float) -> list[int]:
         eng = engine(refresh_every="2h", train_window=200, consolidate_after="0")
         eng.install("voc_ppb", offset_model(0.0), probation=False)
-        return eng
-
-    def run(eng: Engine, start: int, end: int) -> list[int]:
         at = []
-        for i in range(start, end):
-            for r in eng.process([msgs[i]]).retrains:
+        for i, msg in enumerate(readings("d", values, interval=interval)):
+            out = eng.process([msg])
+            for r in out.retrains:
+                assert r.trigger == "refresh" and r.scope == "voc_ppb" and r.since_ts is None
                 at.append(i)
                 eng.retrain_finished(r.scope, installed=False)
         return at
 
-    first = settings()
-    at = run(first, 0, 400)  # two misses: the next refresh waits 4 x 2 h
-    second = settings()
-    second.import_state(orjson.loads(orjson.dumps(first.export_state())))
-    assert at + run(second, 400, 1500) == refreshes(60.0, values)  # 143, 383, 863, 1343
+    def spaced(at: list[int], first: int, every: int) -> bool:
+        # Checked every 16th reading of a device: due times are met within 16 readings.
+        steps = np.diff([0, *at]) - np.array([first, *[every] * (len(at) - 1)])
+        return bool(len(at) and ((steps >= 0) & (steps < 16)).all())
+
+    # Every 2 h: 120 readings at 1/min; 720 at 1/10 s. At 1/h, 2 h is 2 readings: 100 (half the
+    # training window) instead. The clock starts once the interval is known (at the 16th reading).
+    at = refreshes(60.0)
+    assert len(at) == 7 and spaced(at, 15 + 120, 120)
+    at = refreshes(10.0)
+    assert len(at) == 1 and spaced(at, 15 + 720, 720)
+    at = refreshes(3600.0)
+    assert len(at) == 8 and spaced(at, 15 + 100, 100)
 
 
-def asked_for(devices: tuple[str, ...], *, drift: bool = True) -> list[tuple[str, int]]:
-    """(trigger, reading) of every retrain request; device b's errors grow 8x from reading 2,000."""
+@pytest.mark.parametrize("devices", [("b",), ("a", "b")])
+def test_a_devices_drift_retrain_postpones_the_refresh_of_a_scope_that_serves_only_it(
+    devices: tuple[str, ...],
+) -> None:
     rng = np.random.default_rng(8)
-    n, onset = 6000, 2000
+    n, onset, every = 4000, 2000, 600  # refresh every 10 h at 1 reading a minute
     series = {d: 100 + np.cumsum(rng.normal(0, 1, n)) for d in devices}
-    noise = rng.normal(0, 8, n - onset)
-    if drift:
-        series["b"][onset:] += noise
+    series["b"][onset:] += rng.normal(0, 8, n - onset)
     eng = engine(retrain_min_samples=60, consolidate_after="0", train_window=1000, refresh_every="10h")
     eng.install("voc_ppb", offset_model(0.0), probation=False)
     asked: list[tuple[str, int]] = []
@@ -176,29 +140,17 @@ def asked_for(devices: tuple[str, ...], *, drift: bool = True) -> list[tuple[str
         for r in out.retrains:
             asked.append((r.trigger, i + 10))
             eng.retrain_finished(r.scope, installed=False)
-    return asked
-
-
-@pytest.mark.parametrize("devices", [("b",), ("a", "b")])
-def test_a_devices_drift_retrain_postpones_the_refresh_of_a_scope_that_serves_only_it(
-    devices: tuple[str, ...],
-) -> None:
-    every = 600  # refresh every 10 h at 1 reading a minute
-    asked = asked_for(devices)
     drift = [at for trigger, at in asked if trigger == "drift"]
     refresh = [at for trigger, at in asked if trigger == "refresh"]
-    assert drift and drift[0] > 2000 and refresh and refresh[0] < 2000
+    assert drift and drift[0] > onset and refresh and refresh[0] < onset
+    after = [at for at in refresh if at > drift[0]]
     if devices == ("b",):
         # Its only device was just trained on: the next refresh waits a full span from the drift retrain.
-        after = [at for at in refresh if at > drift[0]]
         assert not after or after[0] >= drift[0] + every
     else:
-        # Device a's readings were not looked at: the fleet's refresh keeps its schedule (the same
-        # as without b's drift: 600 readings, then twice and four times that after each miss).
-        assert refresh == [at for trigger, at in asked_for(devices, drift=False) if trigger == "refresh"]
-        gaps = [b - a for a, b in itertools.pairwise(refresh)]
-        assert len(gaps) == 2 and refresh[-1] > drift[0]
-        assert all(0 <= gap - k * every < 32 for gap, k in zip(gaps, (2, 4), strict=True))
+        # Device a's readings were not looked at: the fleet's refresh keeps its schedule.
+        assert after and after[0] < drift[0] + every
+        assert all(0 <= b - a - every < 32 for a, b in itertools.pairwise(refresh))
 
 
 # -- the promotion rule ------------------------------------------------------------------------------

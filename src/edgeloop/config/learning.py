@@ -37,8 +37,7 @@ class ModelSettings(_Section):
     refresh_every: str = Field(
         "36h",
         description="Span (e.g. 3d, or 5000 readings) between validated champion/challenger refreshes "
-        "of a scope, never sooner than train_window/2 readings, and doubled (up to 4x) after each one "
-        "that found nothing better; 0: off",
+        "of a scope, never sooner than train_window/2 readings; 0: off",
     )
     train_window: int = Field(4000, ge=100, description="Most recent readings per device a training uses")
     validation_fraction: float = Field(0.25, gt=0.05, lt=0.6, description="Newest share held out to validate")

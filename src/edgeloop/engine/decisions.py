@@ -21,8 +21,6 @@ from edgeloop.telemetry.schema import PERSISTENCE_VERSION, Event
 if TYPE_CHECKING:
     from edgeloop.engine.engine import Engine
 
-REFRESH_DOUBLINGS = 2  # a refresh's wait doubles at most twice: 4 x model.refresh_every
-
 # -- probation ------------------------------------------------------------------------------
 
 
@@ -233,33 +231,8 @@ def maybe_refresh(engine: Engine, track: _Track, ts: float, out: EngineOutput) -
         # Its only device has a drift retrain or a consolidation coming, on the same newest
         # readings: that one takes the refresh's place (and restarts its clock, see postpone_refresh).
         return
-    base = refresh_seconds(engine, track)
-    misses = engine._refresh_misses.get(scope, 0)
-    engine._refresh_at[scope] = ts + base * (1 << misses)
-    engine._refreshing[scope] = base
-    reason = f"scheduled refresh every {refresh_text(engine)}"
-    if misses:
-        reason += f" (x{1 << misses}: the last {misses} found nothing better)"
-    request(engine, scope, "refresh", reason, None, out, {})
-
-
-def refresh_finished(engine: Engine, scope: str, *, installed: bool) -> None:
-    """A refresh that found nothing better doubles the wait for the next one, up to
-    4 x ``model.refresh_every`` (``REFRESH_DOUBLINGS``); any new model of the scope resets it.
-
-    A challenger trained on much the same readings as a champion it just lost to rarely wins the
-    next time, and each try costs a training: on the occupancy CO2 control, where nothing beats the
-    serving model for long, refreshes were most of its trainings.
-    """
-    base = engine._refreshing.pop(scope, None)
-    if base is None or installed:
-        return
-    misses = engine._refresh_misses.get(scope, 0)
-    if misses >= REFRESH_DOUBLINGS:
-        return
-    engine._refresh_misses[scope] = misses + 1
-    if scope in engine._refresh_at:
-        engine._refresh_at[scope] += base * (1 << misses)  # from base x 2^misses to twice that
+    engine._refresh_at[scope] = ts + refresh_seconds(engine, track)
+    request(engine, scope, "refresh", f"scheduled refresh every {refresh_text(engine)}", None, out, {})
 
 
 def postpone_refresh(engine: Engine, scope: str) -> None:

@@ -118,9 +118,6 @@ class Engine(ModelSlots):
         self.refresh_every = refresh_every if refresh_every and not refresh_every.off else None
         self.train_window = train_window
         self._refresh_at: dict[str, float] = {}  # scope -> stream time its next refresh is due
-        # scope -> refreshes in a row that found nothing better, and the base wait of one in flight
-        self._refresh_misses: dict[str, int] = {}
-        self._refreshing: dict[str, float] = {}
         self._deferred: list[Event] = []  # events of install(), emitted with the next batch
 
     # -- state across restarts (see edgeloop.engine.state) ---------------------------------------

@@ -32,8 +32,6 @@ class ModelSlots:
     probation_samples: int
     _initial_threshold: dict[str, int]
     _refresh_at: dict[str, float]
-    _refresh_misses: dict[str, int]
-    _refreshing: dict[str, float]
 
     @property
     def _engine(self) -> Engine:
@@ -53,7 +51,6 @@ class ModelSlots:
         )
         self.pending.discard(scope)
         self._refresh_at.pop(scope, None)  # a new model restarts its scope's refresh clock
-        self._refresh_misses.pop(scope, None)  # at the plain interval
         fleet = parse_scope(scope)[1] is None
         # A refresh replaces a model by a validated, slightly better one trained on the same stream:
         # its error scale barely moves, so detectors keep their calibration (recalibrating would
@@ -89,7 +86,6 @@ class ModelSlots:
     def retrain_finished(self, scope: str, *, installed: bool) -> None:
         """The adapter reports a retrain's end; a failed or rejected one may be asked again later."""
         self.pending.discard(scope)
-        decisions.refresh_finished(self._engine, scope, installed=installed)
         if not installed:
             target, device = parse_scope(scope)
             if device is None:

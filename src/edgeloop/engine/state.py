@@ -42,8 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgeloop.engine.decisions import REFRESH_DOUBLINGS
-
 if TYPE_CHECKING:
     from edgeloop.engine.engine import Engine
     from edgeloop.engine.rows import ServedModel
@@ -140,7 +138,6 @@ def _export_header(engine: Engine, extra: Mapping[str, Any] | None = None) -> di
             for scope, s in engine.serving.items()
         },
         "refresh_at": dict(engine._refresh_at),
-        "refresh_misses": dict(engine._refresh_misses),
     }
 
 
@@ -207,9 +204,6 @@ def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = No
         stream_ts = _finite(state["stream_ts"])
         serving = dict(state["serving"])
         refresh_at = {str(k): _finite(v) for k, v in dict(state.get("refresh_at") or {}).items()}
-        misses = {
-            str(k): min(int(v), REFRESH_DOUBLINGS) for k, v in dict(state.get("refresh_misses") or {}).items()
-        }
     except _MALFORMED as exc:
         raise StateError(f"malformed snapshot: {exc!r}") from exc
     report = RestoreReport()
@@ -231,7 +225,6 @@ def import_state(engine: Engine, state: Any, load_model: ModelLoader | None = No
     engine.samples_per_target.update(counts)
     engine._initial_threshold.update(thresholds)
     engine._refresh_at.update({k: v for k, v in refresh_at.items() if k in engine.serving})
-    engine._refresh_misses.update({k: max(v, 0) for k, v in misses.items() if k in engine.serving})
     engine.stream_ts = max(engine.stream_ts, stream_ts)
     return report
 
