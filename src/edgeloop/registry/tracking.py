@@ -54,11 +54,6 @@ class Tracker:
         m = settings.mlflow
         return cls(settings.tracking_uri, m.experiment, m.model_prefix, enabled=m.enabled and enabled)
 
-    def connect(self) -> None:
-        """Import MLflow and open its store now (creating its tables and the experiment if new)."""
-        if self.enabled:
-            self._mlflow()
-
     def _mlflow(self) -> Any:
         quiet_telemetry(os.environ)  # before MLflow is imported: it starts its telemetry client then
         import mlflow

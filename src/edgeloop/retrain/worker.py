@@ -58,34 +58,6 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-_WARM: dict[str, Any] = {}  # what the warm-up made ready for the first request
-
-
-def _warm_up(settings: Any) -> None:
-    """Import the training libraries and open an embedded MLflow store while no request is waiting.
-
-    Otherwise the first retrain pays for them, and the drift retrain that heals a device is often
-    the first request: about 5 s on an idle two-core machine (LightGBM 1.6 s, MLflow with a new
-    store's tables 3 s), several times that while it is busy. The worker runs at a lower priority
-    than the edge, so this takes idle CPU. An MLflow server is left to the first request (an
-    unreachable one would hold the warm-up in MLflow's retries). A failure here is not one: the first
-    request does the same and reports it.
-    """
-    try:
-        import lightgbm  # noqa: F401  (importing is the warm-up: training imports it late)
-
-        from edgeloop.registry.mlflow_server import embedded_db
-        from edgeloop.registry.tracking import Tracker
-        from edgeloop.retrain.job import run_retrain  # noqa: F401
-
-        tracker = Tracker.from_settings(settings)
-        if embedded_db(tracker.tracking_uri) is not None:
-            tracker.connect()
-        _WARM["tracker"] = tracker
-    except Exception as exc:
-        log.info("warm-up of the retrain worker failed (the first retrain will retry): %r", exc)
-
-
 def serve(settings_line: bytes, lines: Any, out: Any) -> None:
     """Answer each request line on ``out`` until ``lines`` ends."""
     from edgeloop.config import Settings
@@ -93,9 +65,7 @@ def serve(settings_line: bytes, lines: Any, out: Any) -> None:
 
     settings = Settings.model_validate(orjson.loads(settings_line))
     setup_logging(settings.log_level, json=settings.log_json)
-    tracker: Any = None
-    warming = threading.Thread(target=_warm_up, args=(settings,), name="edgeloop-warm-up", daemon=True)
-    warming.start()
+    tracker = None
     for line in lines:
         try:
             message = orjson.loads(line)
@@ -103,12 +73,12 @@ def serve(settings_line: bytes, lines: Any, out: Any) -> None:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             log.error("ignored an unreadable request from the edge: %s", exc)
             continue
-        warming.join()  # never two threads in the training libraries' imports or MLflow's set-up
         try:
+            # Imported on the first request: a worker that never trains costs the edge no import time.
             from edgeloop.registry.tracking import Tracker
             from edgeloop.retrain.job import run_retrain
 
-            tracker = tracker or _WARM.pop("tracker", None) or Tracker.from_settings(settings)
+            tracker = tracker or Tracker.from_settings(settings)
             outcome = run_retrain(
                 settings,
                 request["scope"],
