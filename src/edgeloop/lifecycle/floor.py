@@ -125,49 +125,68 @@ class Floor:
 
     def update(self, error: float, persistence_error: float) -> str | None:
         """One reading's errors (model, persistence): ``"demote"``, ``"restore"`` or None."""
+        # Runs for every reading of every device: state is read into locals once and written back once,
+        # and a standard error is only computed when the difference it bounds is positive (``x > noise``
+        # with ``noise >= 0`` is false for ``x <= 0``), the same arithmetic in the same order as ever.
+        window = self.window
         sq, p_sq = error * error, persistence_error * persistence_error
         bar = (1.0 + self.margin) ** 2  # on squared errors
-        self.scale += (p_sq - self.scale) / self.window
-        self.short_model += (sq - self.short_model) / self.window
+        self.scale = scale = self.scale + (p_sq - self.scale) / window
+        self.short_model = short_model = self.short_model + (sq - self.short_model) / window
         diff = sq - p_sq
-        self.diff_sq += (diff * diff - self.diff_sq) / self.window
-        self.since += 1
-        long = LONG_WINDOWS * self.window
-        self.long_model += (sq - self.long_model) / long
-        self.long_persist += (p_sq - self.long_persist) / long
-        self.long_diff_sq += (diff * diff - self.long_diff_sq) / long
-        self.n += 1
+        diff2 = diff * diff
+        self.diff_sq = diff_sq = self.diff_sq + (diff2 - self.diff_sq) / window
+        self.since = since = self.since + 1
+        long = LONG_WINDOWS * window
+        self.long_model = long_model = self.long_model + (sq - self.long_model) / long
+        self.long_persist = long_persist = self.long_persist + (p_sq - self.long_persist) / long
+        self.long_diff_sq = long_diff_sq = self.long_diff_sq + (diff2 - self.long_diff_sq) / long
+        self.n = n = self.n + 1
         if self.shrink:
             # The actual change is persistence's error; the model's forecast change is that minus its own.
             change = persistence_error - error
-            self.cross += (persistence_error * change - self.cross) / self.window
-            self.spread += (change * change - self.spread) / self.window
-            if self.n >= self.window and self.spread > 0.0:
-                self.weight = min(1.0, max(0.0, self.cross / self.spread))
-        if self.demoted:
-            self.cusum = max(0.0, self.cusum + p_sq - sq)
+            self.cross = cross = self.cross + (persistence_error * change - self.cross) / window
+            self.spread = spread = self.spread + (change * change - self.spread) / window
+            if n >= window and spread > 0.0:
+                self.weight = min(1.0, max(0.0, cross / spread))
+        demoted = self.demoted
+        if demoted:
+            cusum = self.cusum + p_sq - sq
         else:
-            self.cusum = max(0.0, self.cusum + sq - bar * p_sq)
-        if self.n < self.window:
+            cusum = self.cusum + sq - bar * p_sq
+        self.cusum = cusum = max(0.0, cusum)
+        if n < window:
             return None
-        limit = CUSUM_SHARE * self.window * self.scale
-        noise = _noise(self.short_model - self.scale, self.diff_sq, min(self.n, 2 * self.window - 1))
-        long_noise = _noise(self.long_model - self.long_persist, self.long_diff_sq, min(self.n, 2 * long - 1))
-        long_bad = self.long_model - bar * self.long_persist > long_noise
-        if not self.demoted:
-            if long_bad or (self.cusum > limit and self.short_model - bar * self.scale > noise):
+        limit = CUSUM_SHARE * window * scale
+        long_excess = long_model - bar * long_persist
+        if not demoted:
+            if long_excess > 0.0:
+                long_bad = long_excess > _noise(long_model - long_persist, long_diff_sq, min(n, 2 * long - 1))
+            else:
+                long_bad = False
+            if long_bad or (cusum > limit and self._beyond_noise(short_model - bar * scale, n)):
                 self.demoted, self.cusum, self.long_view, self.since = True, 0.0, long_bad, 0
                 return "demote"
             return None
         if (
-            self.cusum > limit
-            and not long_bad
-            and self.since >= self.window
-            and self.scale - bar * self.short_model > noise
+            cusum > limit
+            and since >= window
+            and not (
+                long_excess > 0.0
+                and long_excess > _noise(long_model - long_persist, long_diff_sq, min(n, 2 * long - 1))
+            )
+            and self._beyond_noise(scale - bar * short_model, n)
         ):
             self.demoted, self.cusum = False, 0.0
             return "restore"
         return None
+
+    def _beyond_noise(self, excess: float, n: int) -> bool:
+        """Whether ``excess`` (of one mean squared error over the other, over the window) clears ``Z``
+        standard errors of their difference."""
+        return excess > 0.0 and excess > _noise(
+            self.short_model - self.scale, self.diff_sq, min(n, 2 * self.window - 1)
+        )
 
     def to_state(self) -> dict[str, float | int | bool]:
         return {
