@@ -97,6 +97,28 @@ class _Sequential(_Calibrating):
             for abs_error in self._abs_errors_oldest_first():
                 self._feed(min(abs_error * self._inv_scale, NORMALISED_CLIP))
 
+    def update(self, error: float) -> bool:
+        """Feed one forecast error; True when this sample raises an alarm."""
+        # _Windowed.update with _push and _decide inlined: this runs for every reading of every device.
+        error = float(error)
+        if not math.isfinite(error):
+            self._ignored += 1
+            return False
+        self._samples += 1
+        self._rolling.add(error)
+        if self._armed:
+            alarm = self._feed(min(abs(error) * self._inv_scale, NORMALISED_CLIP))
+        else:
+            if self._live_reference is None:
+                self._cal_sum += error * error
+                self._cal_abs_sum += abs(error)
+                self._cal_n += 1
+            # Calibration needs `calibration` errors at least: most samples before it stop here.
+            alarm = self._cal_n >= self.calibration and self._decide(error)
+        if alarm:
+            self._alarms += 1
+        return alarm
+
     def _decide(self, error: float) -> bool:
         if not self._armed:
             if not self._try_calibrate():

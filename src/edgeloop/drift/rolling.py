@@ -51,25 +51,26 @@ class RollingRmse:
         buf = self._buf
         i = self._i
         old = buf[i]
-        total = self.sum_sq + (sq - old)
         buf[i] = sq
-        resum = False
-        if self.count < self.window:
-            self.count += 1
-        else:
-            # A glitch leaving the window (its square dwarfing everything else) leaves the running sum
-            # as mostly rounding error: re-sum exactly now rather than at the end of the lap.
-            resum = total < old * 1e-3
+        total = self.sum_sq + (sq - old)
         i += 1
-        if i == self.window:
-            i = 0
+        window = self.window
+        if i == window:
             # Add/subtract keeps accumulating rounding error; an exact re-sum once per lap bounds it at
             # O(1) amortised cost.
-            resum = True
-        if resum:
-            total = math.fsum(buf[: self.count])
-        self.sum_sq = total
+            self._i = 0
+            if self.count < window:
+                self.count += 1
+            self.sum_sq = math.fsum(buf[: self.count])
+            return
         self._i = i
+        if self.count < window:
+            self.count += 1
+        elif total < old * 1e-3:
+            # A glitch leaving the window (its square dwarfing everything else) leaves the running sum
+            # as mostly rounding error: re-sum exactly now rather than at the end of the lap.
+            total = math.fsum(buf)
+        self.sum_sq = total
 
     @property
     def full(self) -> bool:

@@ -65,7 +65,36 @@ def process_wave(engine: Engine, wave: list[Telemetry], out: EngineOutput) -> No
             forecast = track.last_forecast
             persistence = hist[-1] if hist else None
             if forecast is not None and persistence is not None:
-                _score(engine, track, value, forecast, persistence, ts, out)
+                # Score the forecast made for `value`: error windows, probation, floor, drift, retrain waits.
+                error = value - forecast
+                p_err, m_err = value - persistence, value - track.mean.value
+                track.model_rmse.add(error)
+                track.persist_rmse.add(p_err)
+                track.mean_rmse.add(m_err)
+                acc = track.since_model
+                acc[0] += 1
+                acc[1] += error * error
+                acc[2] += p_err * p_err
+                acc[3] += m_err * m_err
+                own = track.model_forecast
+                if own is not None:
+                    # Drift, probation and the floor judge the model itself, also while it is demoted.
+                    own_error = value - own
+                    if track.shadow_forecast is not None:
+                        decisions.probation(engine, track, value, own_error, p_err, out)
+                    floor = track.floor
+                    if floor is not None:
+                        verdict = floor.update(own_error, p_err)
+                        if verdict is not None:
+                            decisions.floor_verdict(engine, track, floor, verdict, ts, out)
+                    if track.guard.update(own_error):
+                        decisions.alarm(engine, track, ts, out)
+                if track.alarm_ts is not None and track.status == "drifting":
+                    track.since_alarm += 1
+                    decisions.maybe_request_drift_retrain(engine, track, out)
+                if track.regime_ts is not None:
+                    track.regime_n += 1
+                    decisions.maybe_consolidate(engine, track, out)
             samples[target] += 1
             oldest = hist[0] if len(hist) == lags else None
             hist.append(value)
@@ -111,47 +140,6 @@ def process_wave(engine: Engine, wave: list[Telemetry], out: EngineOutput) -> No
         matrix = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(rows) * lags)
         _forecast(engine, scope, members, matrix.reshape(len(rows), lags))
     _assemble(wave, scored, out)
-
-
-def _score(
-    engine: Engine,
-    track: _Track,
-    value: float,
-    forecast: float,
-    persistence: float,
-    ts: float,
-    out: EngineOutput,
-) -> None:
-    """Score the forecast made for ``value``: error windows, probation, floor, drift, retrain waits."""
-    error = value - forecast
-    p_err, m_err = value - persistence, value - track.mean.value
-    track.model_rmse.add(error)
-    track.persist_rmse.add(p_err)
-    track.mean_rmse.add(m_err)
-    acc = track.since_model
-    acc[0] += 1
-    acc[1] += error * error
-    acc[2] += p_err * p_err
-    acc[3] += m_err * m_err
-    own = track.model_forecast
-    if own is not None:
-        # Drift, probation and the floor judge the model itself, also while it is demoted.
-        own_error = value - own
-        if track.shadow_forecast is not None:
-            decisions.probation(engine, track, value, own_error, p_err, out)
-        floor = track.floor
-        if floor is not None:
-            verdict = floor.update(own_error, p_err)
-            if verdict is not None:
-                decisions.floor_verdict(engine, track, floor, verdict, ts, out)
-        if track.guard.update(own_error):
-            decisions.alarm(engine, track, ts, out)
-    if track.alarm_ts is not None and track.status == "drifting":
-        track.since_alarm += 1
-        decisions.maybe_request_drift_retrain(engine, track, out)
-    if track.regime_ts is not None:
-        track.regime_n += 1
-        decisions.maybe_consolidate(engine, track, out)
 
 
 def _forecast(engine: Engine, scope: str, members: list[_Track], matrix: np.ndarray) -> None:

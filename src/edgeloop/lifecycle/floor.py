@@ -135,7 +135,7 @@ class Floor:
         self.short_model = short_model = self.short_model + (sq - self.short_model) / window
         diff = sq - p_sq
         diff2 = diff * diff
-        self.diff_sq = diff_sq = self.diff_sq + (diff2 - self.diff_sq) / window
+        self.diff_sq += (diff2 - self.diff_sq) / window
         self.since = since = self.since + 1
         long = LONG_WINDOWS * window
         self.long_model = long_model = self.long_model + (sq - self.long_model) / long
@@ -150,10 +150,7 @@ class Floor:
             if n >= window and spread > 0.0:
                 self.weight = min(1.0, max(0.0, cross / spread))
         demoted = self.demoted
-        if demoted:
-            cusum = self.cusum + p_sq - sq
-        else:
-            cusum = self.cusum + sq - bar * p_sq
+        cusum = self.cusum + p_sq - sq if demoted else self.cusum + sq - bar * p_sq
         self.cusum = cusum = max(0.0, cusum)
         if n < window:
             return None
