@@ -16,6 +16,7 @@ the engine empties the device's lag window instead of forecasting across the hol
 
 from __future__ import annotations
 
+import math
 import statistics
 
 __all__ = ["Cadence"]
@@ -31,7 +32,7 @@ MIN_GAP_S = 10.0
 class Cadence:
     """Median sampling interval of one device; see the module docstring."""
 
-    __slots__ = ("_dts", "gap_intervals", "gaps", "interval", "last_ts")
+    __slots__ = ("_dts", "_gap_after", "gap_intervals", "gaps", "interval", "last_ts")
 
     def __init__(self, gap_intervals: float | None = 5.0) -> None:
         self.gap_intervals = gap_intervals
@@ -39,13 +40,14 @@ class Cadence:
         self.last_ts: float | None = None
         self.gaps = 0
         self._dts: list[float] = []
+        self._gap_after = math.inf  # a pause longer than this (seconds) is a gap; see _set_interval
 
     def to_state(self) -> dict[str, object]:
         return {"interval": self.interval, "last_ts": self.last_ts, "gaps": self.gaps, "dts": list(self._dts)}
 
     def from_state(self, state: dict[str, object]) -> None:
         interval, last_ts, dts = state["interval"], state["last_ts"], state["dts"]
-        self.interval = None if interval is None else float(interval)  # type: ignore[arg-type]
+        self._set_interval(None if interval is None else float(interval))  # type: ignore[arg-type]
         self.last_ts = None if last_ts is None else float(last_ts)  # type: ignore[arg-type]
         self.gaps = int(state["gaps"])  # type: ignore[call-overload]
         self._dts = [float(v) for v in dts]  # type: ignore[attr-defined]
@@ -59,18 +61,22 @@ class Cadence:
             return False  # the first reading, or a repeated or out-of-order one: nothing to learn
         self.last_ts = ts
         dt = ts - last
-        if (
-            self.gap_intervals is not None
-            and self.interval is not None
-            and dt > max(self.gap_intervals * self.interval, MIN_GAP_S)
-        ):
+        if dt > self._gap_after:
             self.gaps += 1
             return True
         dts = self._dts
         dts.append(dt)
         # A median is robust to jitter and to the odd late reading.
         if (self.interval is None and len(dts) >= FIRST_ESTIMATE) or len(dts) >= BLOCK:
-            self.interval = float(statistics.median(dts))
+            self._set_interval(float(statistics.median(dts)))
             if len(dts) >= BLOCK:
                 dts.clear()
         return False
+
+    def _set_interval(self, interval: float | None) -> None:
+        # The gap limit changes only with the interval: worked out here, not on every reading.
+        self.interval = interval
+        if self.gap_intervals is None or interval is None:
+            self._gap_after = math.inf
+        else:
+            self._gap_after = max(self.gap_intervals * interval, MIN_GAP_S)
