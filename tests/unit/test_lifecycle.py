@@ -11,6 +11,7 @@ from tests.unit.lifecycle_support import engine, offset_model, readings
 
 from edgeloop.adapters.store import Series
 from edgeloop.config import ModelSettings, Settings, Span
+from edgeloop.engine.cadence import Cadence
 from edgeloop.engine.engine import Engine, EngineOutput
 from edgeloop.evaluate.datasets import Track
 from edgeloop.evaluate.replay import TargetReplay
@@ -48,6 +49,19 @@ def test_a_gap_resets_the_lag_window_and_short_jitter_does_not() -> None:
     models = [p.forecasts["voc_ppb"].model for p in out.predictions]
     assert models[:4] == [PERSISTENCE_VERSION] * 4 and models[4:] == ["voc_ppb:v1"] * 5
     assert track.cadence.gaps == 1 and track.interval == 60.0
+
+
+def test_a_restored_cadence_knows_its_gaps() -> None:
+    cadence = Cadence()
+    for t in range(0, 600, 60):
+        cadence.observe(float(t))
+    restored = Cadence()
+    restored.from_state(cadence.to_state())
+    # Five intervals (300 s) is the gap limit learned from 60 s readings: 301 s is a gap, 299 s is not.
+    assert restored.interval == 60.0 and not restored.observe(540.0 + 299.0)
+    assert restored.observe(839.0 + 301.0) and restored.gaps == 1
+    # Without an interval (or with gaps switched off) nothing is a gap.
+    assert not Cadence().observe(0.0) and not Cadence(gap_intervals=None).observe(1e9)
 
 
 # -- fast retrain, consolidation, refresh ------------------------------------------------------------

@@ -78,6 +78,7 @@ class Floor:
     """The floor of one device and target; see the module docstring."""
 
     __slots__ = (
+        "_bar",
         "cross",
         "cusum",
         "demoted",
@@ -102,6 +103,7 @@ class Floor:
             raise ValueError(f"margin must be >= 0 and window >= 1, got {margin}, {window}")
         self.margin = margin
         self.window = window
+        self._bar = (1.0 + margin) ** 2  # the margin on squared errors
         self.shrink = shrink
         self.demoted = False
         self.long_view = False  # whether the last demotion came from the long view
@@ -130,7 +132,7 @@ class Floor:
         # with ``noise >= 0`` is false for ``x <= 0``), the same arithmetic in the same order as ever.
         window = self.window
         sq, p_sq = error * error, persistence_error * persistence_error
-        bar = (1.0 + self.margin) ** 2  # on squared errors
+        bar = self._bar
         self.scale = scale = self.scale + (p_sq - self.scale) / window
         self.short_model = short_model = self.short_model + (sq - self.short_model) / window
         diff = sq - p_sq
