@@ -200,14 +200,13 @@ class _Learn:
 
     def __init__(self, forecaster: Any) -> None:
         self.forecaster = forecaster
-        self.windows: list[list[float]] = []
+        self.windows: list[float] = []  # the windows one after the other, a row of the matrix each
         self.values: list[float] = []
         self.devices: list[str] = []
 
     def apply(self) -> None:
-        self.forecaster.update(
-            np.asarray(self.windows, dtype=np.float64), np.asarray(self.values), self.devices
-        )
+        windows = np.array(self.windows, dtype=np.float64).reshape(len(self.values), -1)
+        self.forecaster.update(windows, np.asarray(self.values), self.devices)
 
 
 def _collect_online(
@@ -220,7 +219,8 @@ def _collect_online(
         batch = learn.get(id(model.forecaster))
         if batch is None:
             batch = learn[id(model.forecaster)] = _Learn(model.forecaster)
-        batch.windows.append([oldest, *hist[:-1]])
+        batch.windows.append(oldest)
+        batch.windows.extend(hist[:-1])
         batch.values.append(hist[-1])
         batch.devices.append(device)
 
