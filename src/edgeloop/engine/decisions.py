@@ -1,6 +1,6 @@
 """The engine's lifecycle decisions on a scored reading: probation, the persistence floor, drift, retrains.
 
-The hot path (:meth:`edgeloop.engine.engine.Engine.process`) does the arithmetic of every reading
+The hot path (:func:`edgeloop.engine.waves.process_wave`) does the arithmetic of every reading
 itself and calls in here only when something may be decided: a model on probation, a floor verdict,
 a drift alarm, a device counting readings since an alarm, a refresh that may be due. Each function
 takes the engine and changes its state as the method it replaced did.
