@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from tests.e2e.browser import BUILD, SKIP_WITHOUT_CHROMIUM, chromium, serving
+
+from edgeloop.adapters.broker import mosquitto_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -87,3 +95,37 @@ def test_dashboard_over_the_demo_store(demo_run: tuple[Path, dict, str], tmp_pat
         expect(page.get_by_text(re.compile(r"voc_ppb@dev-001:v\d+")).first).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(BUILD / "dashboard-demo-device.png"), full_page=True)
+
+
+def test_sigterm_stops_the_demo_and_what_it_started(tmp_path: Path) -> None:
+    """``kill <demo>`` ends it as Ctrl-C does: its private broker and retrain worker stop too."""
+    assert mosquitto_binary(), "mosquitto is needed (apt-get install mosquitto)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
+    cmd = [sys.executable, "-m", "edgeloop", "demo", "--duration", "120", "--no-dashboard",
+           "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not any(line.startswith("scenario:") for line in seen) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+        text = "".join(seen)
+        broker = re.search(r"private mosquitto \(pid (\d+)\)", text)
+        worker = re.search(r"retrain worker started \(pid (\d+)\)", text)
+        assert broker and worker, text[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1.0)
+    while not lines.empty():
+        seen.append(lines.get_nowait())
+    assert "stopping (Ctrl-C or SIGTERM)" in "".join(seen)
+    for pid in (int(broker.group(1)), int(worker.group(1))):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,6 +83,10 @@ def first_model_training(edge: EdgeService) -> Callable[[], bool]:
     """
     engine = edge.engine
     return lambda: not engine.serving and bool(engine.pending)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def status_view(edge: EdgeService, elapsed: float, rate: float, drift: DriftSpec | None) -> Group:
@@ -161,6 +167,9 @@ def run_demo(
     config_path: Path | None,
 ) -> dict[str, Any]:
     console = Console()
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, a service manager) ends the demo as Ctrl-C does: what it started stops too.
+        signal.signal(signal.SIGTERM, _interrupt)
     prepare_data_dir(settings.data_dir, console)
     # Never ahead of the edge's clock, however long the demo runs (see Simulator's clock).
     simulator = Simulator(devices, seed=seed, drifts=[drift] if drift else [], clock=time.time)
@@ -203,7 +212,7 @@ def run_demo(
                         print(plain_status(edge, now - started, rate_now), flush=True)
                         next_plain = now + 10
         except KeyboardInterrupt:
-            console.print("stopping (Ctrl-C)")
+            console.print("stopping (Ctrl-C or SIGTERM)")
         finally:
             publisher.stop()
             time.sleep(0.5)  # let in-flight readings reach the edge
