@@ -86,6 +86,7 @@ def first_model_training(edge: EdgeService) -> Callable[[], bool]:
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not cut the clean-up short
     raise KeyboardInterrupt
 
 
@@ -175,51 +176,60 @@ def run_demo(
     simulator = Simulator(devices, seed=seed, drifts=[drift] if drift else [], clock=time.time)
     with broker_for(settings, console) as (live_settings, protocol):
         edge = EdgeService(live_settings, protocol=protocol)
+        publisher: SimulatorPublisher | None = None
         dash = None
-        edge.start()
-        if not edge.ready.wait(30):
-            raise SystemExit("the edge did not connect to the broker within 30 s")
-        publisher = SimulatorPublisher(
-            live_settings, simulator, rate=rate, protocol=protocol, hold=first_model_training(edge)
-        ).start()
-        if dashboard:
-            dash = _start_dashboard(live_settings, dashboard_port, config_path, console)
-        if drift is not None:
-            console.print(
-                f"scenario: {devices} devices, {rate:g} readings/s each; {drift.kind} on {drift.device} "
-                f"({drift.target}) at reading {drift.at} (~{drift.at / rate:.0f} s)"
-            )
-        started = time.monotonic()
-        last_count, last_time = 0, started
-        rate_now = 0.0
-        interactive = sys.stdout.isatty()
-        try:
-            with (
-                Live(console=console, refresh_per_second=2, transient=False)
-                if interactive
-                else _nullcontext() as live
-            ):
-                next_plain = started
-                while duration is None or time.monotonic() - started < duration:
-                    time.sleep(0.5)
-                    now = time.monotonic()
-                    if now - last_time >= 1.0:
-                        rate_now = (edge.stats.processed - last_count) / (now - last_time)
-                        last_count, last_time = edge.stats.processed, now
-                    if live is not None:
-                        live.update(status_view(edge, now - started, rate_now, drift))
-                    elif now >= next_plain:
-                        print(plain_status(edge, now - started, rate_now), flush=True)
-                        next_plain = now + 10
+        try:  # from here on, Ctrl-C or SIGTERM at any moment stops what was started
+            edge.start()
+            if not edge.ready.wait(30):
+                raise SystemExit("the edge did not connect to the broker within 30 s")
+            publisher = SimulatorPublisher(
+                live_settings, simulator, rate=rate, protocol=protocol, hold=first_model_training(edge)
+            ).start()
+            if dashboard:
+                dash = _start_dashboard(live_settings, dashboard_port, config_path, console)
+            if drift is not None:
+                console.print(
+                    f"scenario: {devices} devices, {rate:g} readings/s each; {drift.kind} on {drift.device} "
+                    f"({drift.target}) at reading {drift.at} (~{drift.at / rate:.0f} s)"
+                )
+            _show_status(edge, duration, drift, console)
         except KeyboardInterrupt:
             console.print("stopping (Ctrl-C or SIGTERM)")
         finally:
-            publisher.stop()
-            time.sleep(0.5)  # let in-flight readings reach the edge
+            if publisher is not None:
+                publisher.stop()
+                time.sleep(0.5)  # let in-flight readings reach the edge
             edge.stop()
             if dash is not None:
                 dash.terminate()
         return _report(edge, publisher, console, settings.data_dir)
+
+
+def _show_status(
+    edge: EdgeService, duration: float | None, drift: DriftSpec | None, console: Console
+) -> None:
+    """A live table in a terminal, a status line every 10 s otherwise, until ``duration`` is over."""
+    started = time.monotonic()
+    last_count, last_time = 0, started
+    rate_now = 0.0
+    interactive = sys.stdout.isatty()
+    with (
+        Live(console=console, refresh_per_second=2, transient=False)
+        if interactive
+        else _nullcontext() as live
+    ):
+        next_plain = started
+        while duration is None or time.monotonic() - started < duration:
+            time.sleep(0.5)
+            now = time.monotonic()
+            if now - last_time >= 1.0:
+                rate_now = (edge.stats.processed - last_count) / (now - last_time)
+                last_count, last_time = edge.stats.processed, now
+            if live is not None:
+                live.update(status_view(edge, now - started, rate_now, drift))
+            elif now >= next_plain:
+                print(plain_status(edge, now - started, rate_now), flush=True)
+                next_plain = now + 10
 
 
 class _nullcontext:
@@ -248,15 +258,15 @@ def _start_dashboard(settings: Settings, port: int, config_path: Path | None, co
 
 
 def _report(
-    edge: EdgeService, publisher: SimulatorPublisher, console: Console, data_dir: Path
+    edge: EdgeService, publisher: SimulatorPublisher | None, console: Console, data_dir: Path
 ) -> dict[str, Any]:
     summary = edge.engine.summary()
     kinds: dict[str, int] = {}
     for event in edge.stats.events:
         kinds[event.kind] = kinds.get(event.kind, 0) + 1
     report = {
-        "published": publisher.published,
-        "held_s": round(publisher.held, 1),
+        "published": publisher.published if publisher is not None else 0,
+        "held_s": round(publisher.held, 1) if publisher is not None else 0.0,
         "processed": edge.stats.processed,
         "predictions": edge.stats.predictions,
         "dropped": dict(edge.stats.dropped),
