@@ -115,4 +115,54 @@ def _target_table(b: dict[str, Any], default: str) -> list[str]:
             f"{fmt(m.get('readings_per_s'))} |"
         )
     lines.append("")
+    return lines + _window_table(b.get("windows", []), default)
+
+
+def _window_table(windows: list[dict[str, Any]], default: str) -> list[str]:
+    """One row per labelled window: the first alarm of each alarming strategy inside it, or ``-``.
+
+    >>> alarm = {"ts": "2013-12-16T18:35:00+00:00", "reading": 4000, "delay_readings": 12, "delay_hours": 1.0}
+    >>> w = {"device": "m", "kind": "anomaly", "start": "2013-12-16T17:35:00+00:00",
+    ...      "end": "2013-12-18T17:00:00+00:00", "in_initial_training": False,
+    ...      "first_alarm": {"page-hinkley": alarm, "river-ph": None}}
+    >>> print("\\n".join(_window_table([w], "page-hinkley")[-4:-1]))
+    | window (device) | kind | start | end | PH* | river-PH |
+    |---|---|---|---|---:|---:|
+    | 1 (m) | anomaly | 2013-12-16T17:35 | 2013-12-18T17:00 | +1h (12) | - |
+    """
+    if not windows:
+        return []
+    names = list(windows[0]["first_alarm"])
+    lines = [
+        "First alarm inside each labelled window: hours (readings) after the window's first reading; "
+        "`-`: no alarm inside. Windows marked *initial training* start in the readings that trained "
+        "the initial model (only their scored readings count).",
+        "",
+        "| window (device) | kind | start | end | "
+        + " | ".join(_short(n) + ("*" if n == default else "") for n in names)
+        + " |",
+        "|---|---|---|---|" + "---:|" * len(names),
+    ]
+    number: dict[str, int] = {}
+    for w in windows:
+        number[w["device"]] = number.get(w["device"], 0) + 1
+        label = f"{number[w['device']]} ({w['device']})"
+        if w["in_initial_training"]:
+            label += ", *initial training*"
+        cells = []
+        for n in names:
+            a = w["first_alarm"][n]
+            cells.append("-" if a is None else f"+{fmt(a['delay_hours'], 3)}h ({a['delay_readings']})")
+        lines.append(
+            f"| {label} | {w['kind']} | {_when(w['start'])} | {_when(w['end'])} | " + " | ".join(cells) + " |"
+        )
+    lines.append("")
     return lines
+
+
+def _when(iso: str | None) -> str:
+    """An ISO-8601 UTC time for a table: no offset, no seconds when they are zero."""
+    if iso is None:
+        return "-"
+    iso = iso.removesuffix("+00:00")
+    return iso.removesuffix(":00") if len(iso) == 19 else iso

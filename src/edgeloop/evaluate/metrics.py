@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeloop.evaluate.datasets import Track
 from edgeloop.evaluate.runs import RunResult, TargetHeader
 from edgeloop.evaluate.strategies import REFERENCES, Strategy
 
@@ -39,14 +40,32 @@ def rmse_of(errors: np.ndarray) -> float | None:
     return float(np.sqrt(np.mean(errors * errors))) if len(errors) else None
 
 
+def first_inside(alarms: Sequence[int], first: int, end: int) -> int | None:
+    """The first of the alarms (in time order) in readings ``[first, end)``: the one that detects that window.
+
+    >>> first_inside([5, 40, 90], 10, 50), first_inside([5, 90], 10, 50)
+    (40, None)
+    """
+    return next((a for a in alarms if first <= a < end), None)
+
+
+def scored_alarms(track: Track, run: RunResult) -> list[int]:
+    """One device's alarms on its scored readings (the training part is not scored)."""
+    return [a for a in run.alarms.get(track.device, []) if a >= track.start]
+
+
+def scored_windows(header: TargetHeader, track: Track) -> list[tuple[int, int, str]]:
+    """One device's labelled windows, none on a control (there, every alarm is a false one)."""
+    return [] if header.control else track.windows
+
+
 def score_windows(alarms: Sequence[int], windows: Sequence[tuple[int, int, str]]) -> dict[str, Any]:
     """Detections and false alarms of one device's alarms against its labelled windows."""
-    delays, used = [], set()
+    delays = []
     for first, end, _ in windows:
-        inside = [a for a in alarms if first <= a < end]
-        if inside:
-            delays.append(inside[0] - first)
-            used.add(inside[0])
+        hit = first_inside(alarms, first, end)
+        if hit is not None:
+            delays.append(hit - first)
     in_any = [a for a in alarms if any(first <= a < end for first, end, _ in windows)]
     return {
         "windows": len(windows),
@@ -104,8 +123,7 @@ def run_metrics(header: TargetHeader, run: RunResult, strategy: Strategy) -> dic
     if strategy.alarms and header.has_ground_truth:
         false_alarms = 0
         for t in header.tracks:
-            windows = [] if header.control else t.windows
-            s = score_windows([a for a in run.alarms[t.device] if a >= t.start], windows)
+            s = score_windows(scored_alarms(t, run), scored_windows(header, t))
             detection["windows"] += s["windows"]
             detection["detected"] += s["detected"]
             detection["delays"] += s["delays"]
@@ -163,39 +181,6 @@ def run_metrics(header: TargetHeader, run: RunResult, strategy: Strategy) -> dic
         "readings_per_s": round(sum(len(t.values) for t in header.tracks) / run.seconds)
         if run.seconds > 0
         else None,
-    }
-
-
-def target_report(
-    header: TargetHeader,
-    runs: dict[str, RunResult],
-    strategies: Sequence[Strategy],
-    descriptions: dict[str, str],
-) -> dict[str, Any]:
-    """The JSON block of one data set and target: facts, then every strategy's metrics."""
-    metrics = {s.name: run_metrics(header, runs[s.name], s) for s in strategies if s.name in runs}
-    ref = {k: metrics[k]["rmse"] for k in ("static", "persistence") if k in metrics}
-    for m in metrics.values():
-        for k, value in ref.items():
-            m[f"rmse_vs_{k}"] = m["rmse"] / value if m["rmse"] is not None and value else None
-        m["description"] = descriptions.get(m["strategy"], "")
-    return {
-        "dataset": header.dataset,
-        "target": header.target,
-        "description": header.description,
-        "control": header.control,
-        "devices": len(header.tracks),
-        "readings": int(sum(len(t.values) for t in header.tracks)),
-        "scored": int(sum(len(t.values) - t.start for t in header.tracks)),
-        "onsets": [
-            {"device": t.device, "at": w[0], "end": w[1], "kind": w[2]}
-            for t in header.tracks
-            for w in t.windows
-        ],
-        "segments": segment_labels(header),
-        "initial_model": header.initial,
-        "original_threshold": {"value": header.threshold, "rule": header.threshold_rule},
-        "strategies": metrics,
     }
 
 
