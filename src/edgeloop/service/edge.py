@@ -65,7 +65,6 @@ from edgeloop.service import health, metrics
 from edgeloop.service.answering import AnswerPath
 from edgeloop.service.delivery import AnsweredMemory, Received
 from edgeloop.service.engine_setup import build_engine
-from edgeloop.service.gcfreeze import Refreezer
 from edgeloop.service.model_sync import ModelSync
 from edgeloop.service.statekeeper import StateKeeper
 from edgeloop.telemetry.parser import TelemetryParser, parser_from_settings
@@ -109,7 +108,6 @@ class EdgeService(AnswerPath):
         self.site = settings.site
         self.parser: TelemetryParser = parser_from_settings(settings)
         self.engine = build_engine(settings)
-        self.refreezer = Refreezer()
         self.registry = LocalRegistry(settings.models_dir)
         self.stats = EdgeStats()
         self.inbox = Inbox(settings.edge.inbox_max)
@@ -166,7 +164,6 @@ class EdgeService(AnswerPath):
 
     def _swapped(self) -> None:
         self.stats.swaps += 1
-        self.refreezer.swapped(time.monotonic())
 
     @property
     def session(self) -> Any:
@@ -217,7 +214,6 @@ class EdgeService(AnswerPath):
         # whose full passes over it paused the loop 50-105 ms every few seconds (bench, 1,000 devices).
         gc.collect()
         gc.freeze()
-        self.refreezer.frozen = len(self.engine.tracks)  # and again as devices appear (status ticks)
         self.dispatcher.start()  # from this thread, which lives as long as the service
         self.ready.set()
         assert self.writer is not None
@@ -243,7 +239,6 @@ class EdgeService(AnswerPath):
                 if now >= next_status:
                     self.writer.put(status=self.engine.status_rows(time.time()))
                     metrics.update_scope_gauges(self.engine)
-                    self.refreezer.maybe_freeze(len(self.engine.tracks), now)
                     next_status = now + s.edge.status_interval
                 if self.state is not None:
                     self.state.tick(now, self.stats.processed)
