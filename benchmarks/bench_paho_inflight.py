@@ -1,9 +1,7 @@
-"""What edgeloop's paho shortcuts (``_FastAckClient``) save, with and without a broker.
+"""What edgeloop's paho shortcut (``_FastAckClient``) saves, with and without a broker.
 
 First the CPU paho spends per PUBACK with a full in-flight window (999 of 1,000 unacknowledged, none
-queued), then the CPU of handling a PUBACK packet as a whole (decode, settle the message) with
-paho's handler and with the shortcut's: no network, so the figures do not depend on machine load
-(both sides run in the same process, alternately). Then one client publishes QoS 1
+queued): no network, so the figure does not depend on machine load. Then one client publishes QoS 1
 messages at a fixed rate to a private Mosquitto and records the time from ``publish`` to its PUBACK
 (``on_publish``), alternating paho's own client and the shortcut (noisy on a busy machine):
 
@@ -13,9 +11,7 @@ messages at a fixed rate to a private Mosquitto and records the time from ``publ
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
-import struct
 import time
 import timeit
 from typing import Any
@@ -23,7 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgeloop.adapters import mqtt_client, paho_internals
+from edgeloop.adapters import mqtt_client
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.config import BrokerSettings
 
@@ -84,48 +80,18 @@ def per_puback_us(cls: type[mqtt.Client]) -> float:
     return 1e6 * min(timeit.repeat(client._update_inflight, number=n, repeat=5)) / n
 
 
-def puback_handled_us(pahos_handler: bool, n: int = 1000, repeat: int = 7) -> float:
-    """CPU per PUBACK through ``_packet_handle``, ``n`` QoS 1 messages in flight (best of ``repeat``)."""
-    client = mqtt_client.make_client(BrokerSettings(), role="bench")
-    if pahos_handler:
-        client._handle_pubackcomp = functools.partial(mqtt.Client._handle_pubackcomp, client)  # type: ignore[method-assign]
-    packets: list[Any] = [
-        {"command": mqtt.PUBACK, "packet": struct.pack("!H", mid), "remaining_length": 2}
-        for mid in range(1, n + 1)
-    ]
-    best = float("inf")
-    for _ in range(repeat):
-        for mid in range(1, n + 1):
-            message = mqtt.MQTTMessage(mid=mid, topic=b"t")
-            message.qos, message.state = 1, mqtt.mqtt_ms_wait_for_puback
-            client._out_messages[mid] = message
-        client._inflight_messages = n
-        started = time.perf_counter()
-        for packet in packets:
-            client._in_packet = packet
-            client._packet_handle()
-        best = min(best, time.perf_counter() - started)
-        assert not client._out_messages
-    return 1e6 * best / n
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--seconds", type=float, default=5)
     args = parser.parse_args()
-    for cls in (mqtt.Client, paho_internals._FastAckClient):
+    for cls in (mqtt.Client, mqtt_client._FastAckClient):
         us = per_puback_us(cls)
         share = us * 5000 / 1e4  # percent of one core at 5,000 PUBACKs per second
         print(f"{cls.__name__:16} {us:8.2f} us per PUBACK, 999 in flight: {share:.1f}% of a core at 5,000/s")
-    for _ in range(2):  # alternating, so a change of machine load shows as a spread
-        for pahos in (True, False):
-            us = puback_handled_us(pahos)
-            name = "paho's handler" if pahos else "edgeloop's"
-            print(f"{name:16} {us:8.2f} us per PUBACK handled: {us / 2:.1f}% of a core at 5,000/s")
     with MosquittoBroker() as broker:
         settings = broker.settings()
-        for cls in (mqtt.Client, paho_internals._FastAckClient, mqtt.Client, paho_internals._FastAckClient):
+        for cls in (mqtt.Client, mqtt_client._FastAckClient, mqtt.Client, mqtt_client._FastAckClient):
             figures = run(cls, settings, args.rate, args.seconds)
             print(f"{cls.__name__:16} " + "  ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
 

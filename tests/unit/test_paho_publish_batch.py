@@ -8,7 +8,6 @@ window that fills, a queue limit, a disconnection and the resend after a reconne
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 import struct
@@ -18,9 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt import _packet
 from paho.mqtt.client import CONNACK, PUBACK, _ConnectionState
-from paho.mqtt.reasoncodes import ReasonCode
 from tests.unit.paho_stubs import CountingPair
 
 from edgeloop.adapters import mqtt_client, paho_internals, publish_encode
@@ -196,46 +193,6 @@ def test_lean_publish_leaves_what_pahos_loop_leaves(protocol: str, qos: int) -> 
         _puback(lean, mid)
     assert _state(lean, []) == _state(paho, [])
     assert lean.lean_publish and isinstance(lean, paho_internals._BatchingClient)
-
-
-class _CountedReasonCode(ReasonCode):
-    built = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        type(self).built += 1
-        super().__init__(*args, **kwargs)
-
-
-@verified
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_a_plain_puback_settles_as_pahos_own_handler_does(
-    protocol: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ours, pahos = _client(protocol, True, window=20), _client(protocol, True, window=20)
-    pahos._handle_pubackcomp = functools.partial(mqtt.Client._handle_pubackcomp, pahos)
-    infos = {ours: paho_internals.publish_many(ours, _messages(30), 1)}
-    infos[pahos] = paho_internals.publish_many(pahos, _messages(30), 1)
-    monkeypatch.setattr(_packet, "ReasonCode", _CountedReasonCode)
-    for mid in (3, 1, 17, 25, 3, 999):  # in flight, queued beyond the window, twice, unknown
-        _puback(pahos, mid)
-        built = _CountedReasonCode.built
-        _puback(ours, mid)
-        assert _CountedReasonCode.built == built  # nothing built for ours
-        assert _state(ours, infos[ours]) == _state(pahos, infos[pahos])
-    assert _CountedReasonCode.built > 0  # paho's own handler does build them
-
-
-@verified
-def test_a_puback_with_a_reason_or_an_on_publish_takes_pahos_handler() -> None:
-    seen: list[tuple[int, int]] = []
-    client = _client("5", True, window=20)
-    paho_internals.publish_many(client, _messages(3), 1)
-    client._in_packet = {"command": PUBACK, "packet": struct.pack("!HB", 1, 0x10), "remaining_length": 3}
-    client._packet_handle()  # "no matching subscribers": still delivered, paho's decode
-    assert 1 not in client._out_messages
-    client.on_publish = lambda _c, _u, mid, reason, _p: seen.append((mid, reason.value))
-    _puback(client, 2)
-    assert seen == [(2, 0)] and 2 not in client._out_messages
 
 
 @verified

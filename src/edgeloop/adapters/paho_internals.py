@@ -4,8 +4,7 @@ Each is limited to :data:`PAHO_VERIFIED`; on any other version it is left out (s
 and ``tests/unit/test_paho_private_api.py`` fails until someone re-reads paho's code:
 
 - :class:`_FastAckClient` skips paho's per-PUBACK rescan of unacknowledged messages when none is
-  queued, and settles a plain "success" PUBACK without building the reason code and properties
-  that only an ``on_publish`` callback would read;
+  queued;
 - :class:`_BatchingClient` reads many packets per ``recv`` and queues a batch of publishes or
   acknowledgements with one wake-up of the network thread, a batch of PUBACKs as one write
   (:func:`publish_many`, :func:`ack_many`), packing and recording a batch of QoS 0/1 publishes in
@@ -37,9 +36,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt import _packet
 from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeloop.adapters.publish_decode import Decoded, Delivery, decode_publishes
 from edgeloop.adapters.publish_encode import lean_publish_ok, out_packet, queue_publishes
@@ -61,9 +58,7 @@ class _FastAckClient(mqtt.Client):
     1,000 with our in-flight limit). When every stored message is already in flight there is nothing
     to find, so the walk is skipped; otherwise paho's own code runs unchanged. Measured by
     ``benchmarks/bench_paho_inflight.py``: 117 us of CPU per PUBACK with 999 in flight without it,
-    0.1 us with it (58% of a core at 5,000 predictions/s, on a loaded 2-core machine). A plain
-    "success" PUBACK is also settled without the objects only an ``on_publish`` callback reads
-    (:meth:`_handle_pubackcomp`).
+    0.1 us with it (58% of a core at 5,000 predictions/s, on a loaded 2-core machine).
     """
 
     def _update_inflight(self) -> MQTTErrorCode:
@@ -71,33 +66,8 @@ class _FastAckClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return super()._update_inflight()
 
-    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
-        # paho decodes every PUBACK into a ReasonCode (each one copies paho's table of reason names)
-        # and a Properties, only to hand both to ``on_publish``: 3.8 % of the edge's CPU at QoS 1 in a
-        # profile. A PUBACK of exactly a packet id means "success, no properties" (MQTT 5.0, 3.4.2.1; the
-        # only form in 3.1.1); with no ``on_publish`` and no paho logging nothing would read what paho
-        # builds, so the message is settled as paho's own code does it. Anything else is paho's.
-        packet = self._in_packet["packet"]
-        if (
-            cmd != "PUBACK"
-            or len(packet) != 2
-            or self._on_publish is not None
-            or self._on_log is not None
-            or self._logger is not None
-        ):
-            return super()._handle_pubackcomp(cmd)
-        (mid,) = _MID.unpack(packet)
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, _PUBACK_SUCCESS, _PUBACK_PROPERTIES)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
 
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id: reason "success"
-_MID = struct.Struct("!H")
-# What _do_on_publish is given by the shortcut above: it hands them only to on_publish, which is unset then.
-_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
-_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 READ_SIZE = 65536  # most bytes one recv takes from the socket
