@@ -19,7 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgeloop.adapters import mqtt_client
+from edgeloop.adapters import mqtt_client, paho_internals
 from edgeloop.adapters.broker import MosquittoBroker
 from edgeloop.config import BrokerSettings
 
@@ -85,13 +85,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--seconds", type=float, default=5)
     args = parser.parse_args()
-    for cls in (mqtt.Client, mqtt_client._FastAckClient):
+    for cls in (mqtt.Client, paho_internals._FastAckClient):
         us = per_puback_us(cls)
         share = us * 5000 / 1e4  # percent of one core at 5,000 PUBACKs per second
         print(f"{cls.__name__:16} {us:8.2f} us per PUBACK, 999 in flight: {share:.1f}% of a core at 5,000/s")
     with MosquittoBroker() as broker:
         settings = broker.settings()
-        for cls in (mqtt.Client, mqtt_client._FastAckClient, mqtt.Client, mqtt_client._FastAckClient):
+        for cls in (mqtt.Client, paho_internals._FastAckClient, mqtt.Client, paho_internals._FastAckClient):
             figures = run(cls, settings, args.rate, args.seconds)
             print(f"{cls.__name__:16} " + "  ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
 

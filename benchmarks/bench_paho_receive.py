@@ -48,7 +48,7 @@ def publish(host: str, port: int, messages: int, rate: float, protocol: str) -> 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"bench-pub-{os.getpid()}",
-        protocol=mqtt_client.PROTOCOLS[protocol],  # type: ignore[index]
+        protocol=mqtt_client.PROTOCOLS[protocol],  # type: ignore[index,unused-ignore]
     )
     client.max_inflight_messages_set(mqtt_client.MAX_INFLIGHT)
     client.max_queued_messages_set(0)

@@ -42,7 +42,7 @@ def _rows(n: int, offset: int) -> list[SampleRow]:
     ]  # fmt: skip
 
 
-def _write(location: str, n: int, offset: int, start: mp.synchronize.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _write(location: str, n: int, offset: int, start: mp.synchronize.Event, out: mp.Queue) -> None:  # type: ignore[type-arg,unused-ignore]
     rows = _rows(n, offset)
     writer = StoreWriter(location, retention_rows=10 * n + 1_000_000, max_buffer_rows=n + BATCH)
     start.wait()
