@@ -261,12 +261,18 @@ def test_checks_use_the_issues_bars_and_count_refreshes_apart_on_stationary_data
     assert not stationary["pass"]
 
 
-def test_report_blocks_targets_and_markdown() -> None:
+def regime_change_replay() -> TargetReplay:
+    """A level shift at reading 900 of 1,600 (400 train the initial model), its onset labelled."""
     y = ar_series(1600, shift_at=900, shift=25.0)
     r = TargetReplay(
         "sim:regime_change", "voc_ppb", make_tracks(y, 400, onsets=(900,)), small_settings(), ReplayConfig()
     )
     r.header.segments, r.header.has_ground_truth = "onsets", True
+    return r
+
+
+def test_report_blocks_targets_and_markdown() -> None:
+    r = regime_change_replay()
     strategies = parse_strategies(["persistence,static,periodic,original,relative,river-ph"])
     runs = {s.name: r.run(s) for s in strategies}
     block = report.target_report(r.header, runs, strategies, {})

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tests.unit.test_evaluate import ar_series, make_tracks, small_settings
+from tests.unit.test_evaluate import regime_change_replay
 
 from edgeloop.evaluate import report
 from edgeloop.evaluate.datasets import Track
-from edgeloop.evaluate.replay import TargetReplay
-from edgeloop.evaluate.runs import ReplayConfig, RunResult, TargetHeader
+from edgeloop.evaluate.runs import RunResult, TargetHeader
 from edgeloop.evaluate.strategies import parse_strategies
 
 STEP = 300.0  # 5-minute readings, as NAB's
@@ -101,11 +100,7 @@ def test_no_windows_on_a_control_or_without_ground_truth() -> None:
 
 
 def test_windows_agree_with_detection_on_a_real_replay() -> None:
-    y = ar_series(1600, shift_at=900, shift=25.0)
-    r = TargetReplay(
-        "sim:regime_change", "voc_ppb", make_tracks(y, 400, onsets=(900,)), small_settings(), ReplayConfig()
-    )
-    r.header.segments, r.header.has_ground_truth = "onsets", True
+    r = regime_change_replay()
     strategies = parse_strategies(["static,relative,river-ph"])
     block = report.target_report(r.header, {s.name: r.run(s) for s in strategies}, strategies, {})
     assert len(block["windows"]) == 1 and set(block["windows"][0]["first_alarm"]) == {"relative", "river-ph"}

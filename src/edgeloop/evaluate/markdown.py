@@ -59,9 +59,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         "Best per row in bold; `*` the default policy.",
         "",
-        "| data set / target | "
-        + " | ".join(_short(n) + ("*" if n == default else "") for n in names)
-        + " |",
+        "| data set / target | " + _strategy_cells(names, default),
         "|---|" + "---:|" * len(names),
     ]
     for b in blocks:
@@ -138,9 +136,7 @@ def _window_table(windows: list[dict[str, Any]], default: str) -> list[str]:
         "`-`: no alarm inside. Windows marked *initial training* start in the readings that trained "
         "the initial model (only their scored readings count).",
         "",
-        "| window (device) | kind | start | end | "
-        + " | ".join(_short(n) + ("*" if n == default else "") for n in names)
-        + " |",
+        "| window (device) | kind | start | end | " + _strategy_cells(names, default),
         "|---|---|---|---|" + "---:|" * len(names),
     ]
     number: dict[str, int] = {}
@@ -158,6 +154,11 @@ def _window_table(windows: list[dict[str, Any]], default: str) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def _strategy_cells(names: list[str], default: str) -> str:
+    """The strategy columns of a header row, the default marked ``*``."""
+    return " | ".join(_short(n) + ("*" if n == default else "") for n in names) + " |"
 
 
 def _when(iso: str | None) -> str:
