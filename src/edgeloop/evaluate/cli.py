@@ -129,7 +129,8 @@ def evaluate(
         "settings_note": (
             f"Engine settings: lags {settings.model.lags}, train window {settings.model.train_window}, "
             f"retrain after {settings.model.retrain_min_samples} readings past an alarm, probation "
-            f"{settings.model.probation_samples}, LightGBM {settings.model.lgbm_rounds} rounds; "
+            f"{settings.model.probation_samples}, LightGBM at most {settings.model.lgbm_rounds} rounds "
+            "(early stopping); "
             f"retrain delay {config.retrain_delay} steps; periodic every {config.periodic_every}; "
             f"detection horizon {config.horizon} readings."
         ),
