@@ -83,7 +83,7 @@ class ModelSettings(_Section):
         200,
         ge=10,
         description="Most LightGBM boosting rounds; early stopping on the last fifth of the training "
-        "rows usually keeps 20-100 trees",
+        "rows keeps as many as help there (20 at least)",
     )
 
     @field_validator("consolidate_after", "refresh_every", mode="before")
