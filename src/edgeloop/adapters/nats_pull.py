@@ -77,11 +77,8 @@ async def pull(
         while running():
             if credit >= batch // 2:
                 low.clear()
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
-                # arrives as the event is set, and this loop would go on after its task was cancelled.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await low.wait()
+                    await asyncio.wait_for(low.wait(), wait)
                 if credit and clock() - heard > wait + REQUEST_GRACE:
                     release(credit)  # the server never answered (a request lost on a reconnect)
                     credit = 0
