@@ -108,7 +108,7 @@ class LinearForecaster:
         return model
 
 
-# Early stopping (LightGBMForecaster.fit): from this many rows in the newest fifth of a training set,
+# Early stopping (LightGBMForecaster.fit): from this many rows in the last fifth of a training set,
 # stop adding trees after this many rounds without improvement there, and never keep fewer than
 # this many (at learning rate 0.05 fewer trees barely move the forecast off the last reading).
 EARLY_STOP_MIN_ROWS = 100
