@@ -22,7 +22,6 @@ import numpy as np
 
 from edgeloop.engine.features import training_pairs
 from edgeloop.evaluate.datasets import DatasetOptions, load_dataset
-from edgeloop.models import forecasters
 from edgeloop.models.forecasters import LightGBMForecaster, forecaster_from_text
 from edgeloop.telemetry.simulator import Simulator
 
@@ -31,13 +30,7 @@ LAGS = 5
 
 
 def fit(x: np.ndarray, t: np.ndarray, rounds: int, *, stop: bool) -> LightGBMForecaster:
-    saved = forecasters.EARLY_STOP_MIN_ROWS
-    if not stop:
-        forecasters.EARLY_STOP_MIN_ROWS = 10**12  # every round kept
-    try:
-        return LightGBMForecaster(LAGS, "delta", rounds=rounds).fit(x, t)
-    finally:
-        forecasters.EARLY_STOP_MIN_ROWS = saved
+    return LightGBMForecaster(LAGS, "delta", rounds=rounds, early_stopping=stop).fit(x, t)
 
 
 def rmse(model: LightGBMForecaster, x: np.ndarray, t: np.ndarray) -> float:

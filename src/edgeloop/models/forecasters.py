@@ -121,12 +121,21 @@ class LightGBMForecaster:
 
     online = False
 
-    def __init__(self, lags: int, formulation: Formulation, *, rounds: int = 200, seed: int = 0) -> None:
+    def __init__(
+        self,
+        lags: int,
+        formulation: Formulation,
+        *,
+        rounds: int = 200,
+        seed: int = 0,
+        early_stopping: bool = True,
+    ) -> None:
         self.lags = lags
         self.formulation: Formulation = formulation
         self.kind = f"lgbm-{formulation}"
         self.rounds = rounds
         self.seed = seed
+        self.early_stopping = early_stopping  # False: exactly `rounds` trees
         self.booster: Any = None
 
     def fit(self, windows: np.ndarray, next_values: np.ndarray) -> LightGBMForecaster:
@@ -148,7 +157,7 @@ class LightGBMForecaster:
         }
         rounds = self.rounds
         n_stop = len(y) // 5
-        if n_stop >= EARLY_STOP_MIN_ROWS and rounds > EARLY_STOP_MIN_ROUNDS:
+        if self.early_stopping and n_stop >= EARLY_STOP_MIN_ROWS and rounds > EARLY_STOP_MIN_ROUNDS:
             # How many trees the data supports, judged on the last fifth of the rows given (a
             # device's newest readings; with several devices, the last devices'), never on the
             # caller's holdout; then all rows again with that many trees. The change from the last
@@ -189,19 +198,26 @@ class LightGBMForecaster:
         return model
 
 
-def make_forecaster(kind: str, lags: int, *, rounds: int = 200, seed: int = 0) -> Any:
+def make_forecaster(
+    kind: str, lags: int, *, rounds: int = 200, seed: int = 0, early_stopping: bool = True
+) -> Any:
+    """An unfitted forecaster of ``kind``; ``rounds`` and ``early_stopping`` apply to the LightGBM kinds."""
     if kind == "persistence":
         return Persistence(lags)
     if kind == "linear":
         return LinearForecaster(lags)
     if kind in ("lgbm-level", "lgbm-delta"):
         return LightGBMForecaster(
-            lags, "level" if kind == "lgbm-level" else "delta", rounds=rounds, seed=seed
+            lags,
+            "level" if kind == "lgbm-level" else "delta",
+            rounds=rounds,
+            seed=seed,
+            early_stopping=early_stopping,
         )
     if kind == "rls":
         return RlsForecaster(lags)
     if kind == "lgbm-rls":
-        return CorrectedForecaster(lags, rounds=rounds, seed=seed)
+        return CorrectedForecaster(lags, rounds=rounds, seed=seed, early_stopping=early_stopping)
     raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
 
 

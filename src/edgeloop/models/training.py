@@ -204,6 +204,9 @@ def train_candidates(
     best = select(kinds, sq_errors)
     served = fitted[best]
     if refit and best != "persistence" and len(split.val_y):
+        # A LightGBM kind stops early again: the trees are chosen on the newest fifth of these rows
+        # (mostly the holdout, the stretch most like the readings to come). Keeping the first fit's
+        # count instead moved the default policy's RMSE on the public series by -0.4 to +0.3 %.
         served = make_forecaster(best, lags, rounds=rounds, seed=seed).fit(
             np.vstack([split.train_x, split.val_x]), np.concatenate([split.train_y, split.val_y])
         )
