@@ -107,6 +107,42 @@ def test_a_fast_retrain_soon_after_the_alarm_then_a_consolidation_one_cycle_late
     assert eng.tracks[("b", "voc_ppb")].regime_ts is None  # consolidated once, not again
 
 
+def test_after_a_retrain_that_kept_the_model_alarms_start_no_retrain_for_a_cycle() -> None:
+    # Three bursts of noise on a random walk; every retrain keeps the serving model.
+    n = 8000
+    rng = np.random.default_rng(6)
+    values = 100 + np.cumsum(rng.normal(0, 1, n))
+    for start in (1500, 2400, 5000):
+        values[start : start + 300] += rng.normal(0, 8, 300)
+
+    def serving() -> Engine:
+        eng = engine(retrain_min_samples=60, consolidate_after="1d", train_window=1000, refresh_every="0")
+        model = LoadedModel("voc_ppb:v1", Persistence(5), {"scores": {"val_rmse": 1.0}})
+        eng.install("voc_ppb", model, probation=False)
+        return eng
+
+    eng = serving()
+    requests, alarms = [], []
+    for i in range(0, n, 50):
+        out = eng.process(readings("b", values[i : i + 50], start=i))
+        alarms += [e for e in out.events if e.kind == "drift_detected"]
+        for r in out.retrains:
+            requests.append((r.trigger, i + 50))
+            eng.retrain_finished(r.scope, installed=False)
+    assert [int(e.ts / 60) // 100 for e in alarms] == [15, 24, 50]  # each burst is detected
+    # The second burst comes within a day (1,440 readings) of the rejected fast retrain: reported,
+    # not retrained on; the consolidation of the first still comes, and the third burst is retrained on.
+    assert [t for t, _ in requests] == ["drift", "consolidate", "drift", "consolidate"]
+    assert requests[2][1] > 5000
+    assert "no retrain before" in alarms[1].reason and "no retrain" not in alarms[2].reason
+    # The quiet time survives a restart.
+    quiet_until = eng.tracks[("b", "voc_ppb")].quiet_until
+    assert quiet_until is not None
+    restored = serving()
+    restored.import_state(eng.export_state())
+    assert restored.tracks[("b", "voc_ppb")].quiet_until == quiet_until
+
+
 def test_refresh_is_scheduled_in_time_never_sooner_than_half_a_training_window() -> None:
     rng = np.random.default_rng(7)
     values = 100 + np.cumsum(rng.normal(0, 1, 1000))

@@ -150,26 +150,43 @@ def alarm(engine: Engine, track: _Track, ts: float, out: EngineOutput) -> None:
         "threshold": track.guard.detector.threshold,
     }
     label = engine.serving_label(track.device, track.target)
-    out.events.append(
-        Event(
-            "drift_detected",
-            scope,
-            ts,
-            reason=f"forecast error of {label} rose (rolling RMSE {rmse:.4g})"
-            if rmse is not None
-            else "forecast error rose",
-            metrics=metrics,
-            version=label,
-        )
+    reason = (
+        f"forecast error of {label} rose (rolling RMSE {rmse:.4g})"
+        if rmse is not None
+        else "forecast error rose"
     )
-    if scope in engine.pending or track.status in ("retraining", "drifting"):
-        return  # already collecting data since an earlier alarm: keep that count going
+    # Already collecting data since an earlier alarm: that count goes on.
+    busy = scope in engine.pending or track.status in ("retraining", "drifting")
+    quiet_until = track.quiet_until
+    held = not busy and quiet_until is not None and ts < quiet_until
+    if held:
+        reason += f"; no retrain before {_iso(quiet_until)}: the device's last retrain kept its model"
+    out.events.append(Event("drift_detected", scope, ts, reason=reason, metrics=metrics, version=label))
+    if busy or held:
+        return
     track.status = "drifting"
     track.alarm_ts = ts
     track.since_alarm = 0
     # A new regime starts here: once a full cycle of it is in, retrain on all of it.
     track.regime_ts = ts if engine.consolidate_after is not None else None
     track.regime_n = 0
+
+
+def quiet(engine: Engine, track: _Track) -> None:
+    """A retrain of the device ended without a new model: its alarms start no retrain for a cycle.
+
+    The challengers trained on its newest readings lost to the serving model (or could not be
+    trained): the rise in error was noise, or is not learnable from these readings. Another alarm
+    soon after would train on much the same readings, most likely with the same outcome, and each
+    costs a training. The alarm is still reported, the floor still demotes a model that loses to
+    persistence, a consolidation already due still comes, and so do scheduled refreshes. The cycle
+    is ``model.consolidate_after`` (none when that is off).
+    """
+    span = engine.consolidate_after
+    if span is None:
+        return
+    seconds = span.amount if span.seconds else span.amount * (track.interval or 60.0)
+    track.quiet_until = engine.stream_ts + seconds
 
 
 def maybe_request_drift_retrain(engine: Engine, track: _Track, out: EngineOutput) -> None:

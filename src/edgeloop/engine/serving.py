@@ -62,6 +62,7 @@ class ModelSlots:
             track.model_rmse.reset()
             track.since_model = [0, 0.0, 0.0, 0.0]
             track.shadow_forecast = None
+            track.quiet_until = None  # alarms about this model are new evidence (see decisions.quiet)
             decisions.reset_floor(self._engine, track, f"{model.label} now serves", model.label)
             if fleet and track.status in ("drifting", "retraining"):
                 continue  # a new fleet model does not cancel a device's own drift retrain
@@ -94,6 +95,7 @@ class ModelSlots:
             # Only the device's own drift retrain ends its wait; a rejected fleet refresh, or a
             # device refresh while the device still collects data after an alarm, leaves it going.
             for track in self._tracks_served_by(scope) if device is not None else ():
+                decisions.quiet(self._engine, track)
                 if track.status == "retraining":
                     track.status = "healthy"
                     track.alarm_ts = None

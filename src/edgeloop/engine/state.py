@@ -167,6 +167,7 @@ def _export_track(engine: Engine, t: _Track) -> dict[str, Any]:
         "cadence": t.cadence.to_state(),
         "regime_ts": t.regime_ts,
         "regime_n": t.regime_n,
+        "quiet_until": t.quiet_until,
         "online": _online_state(engine, t),
     }
 
@@ -284,6 +285,7 @@ def _import_track(engine: Engine, e: dict[str, Any]) -> bool:
         track.floor.from_state(e["floor"])
     track.regime_ts = _optional(e["regime_ts"])
     track.regime_n = int(e["regime_n"])
+    track.quiet_until = _optional(e.get("quiet_until"))  # absent from older snapshots
     online = e.get("online")
     serving = engine._resolve(device, target)
     load_online = getattr(serving.model.forecaster, "load_device_state", None) if serving else None

@@ -54,6 +54,7 @@ class _Track:
         "regime_n",
         "regime_ts",
         "own_scope",
+        "quiet_until",
     )
 
     def __init__(
@@ -86,6 +87,8 @@ class _Track:
         self.regime_ts: float | None = None
         self.regime_n = 0
         self.own_scope = scope_of(target, device)  # the device's own model's scope, built once
+        # Stream time before which an alarm starts no retrain: the device's last one kept its model.
+        self.quiet_until: float | None = None
 
     @property
     def demoted(self) -> bool:
