@@ -32,7 +32,8 @@ class ModelSettings(_Section):
     consolidate_after: str = Field(
         "1d",
         description="Span (e.g. 1d, 12h, or 2000 readings) after an alarm at which a consolidation "
-        "retrain learns the whole new regime; 0: off",
+        "retrain learns the whole new regime, and for which a device whose retrain kept its model starts "
+        "no retrain on another alarm; 0: off",
     )
     refresh_every: str = Field(
         "36h",
