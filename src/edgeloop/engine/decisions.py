@@ -176,11 +176,11 @@ def quiet(engine: Engine, track: _Track) -> None:
     """A retrain of the device ended without a new model: its alarms start no retrain for a cycle.
 
     The challengers trained on its newest readings lost to the serving model (or could not be
-    trained): the rise in error was noise, or is not learnable from these readings. Another alarm
-    soon after would train on much the same readings, most likely with the same outcome, and each
-    costs a training. The alarm is still reported, the floor still demotes a model that loses to
-    persistence, a consolidation already due still comes, and so do scheduled refreshes. The cycle
-    is ``model.consolidate_after`` (none when that is off).
+    trained): the rise in error was noise, or a change these models do not learn. Another alarm
+    within a cycle is most likely more of the same, and each retrain costs a training. The alarm is
+    still reported, the floor still demotes a model that loses to persistence, a consolidation
+    already due (trained on the whole cycle since the first alarm) still comes, and so do the
+    scheduled refreshes. The cycle is ``model.consolidate_after`` (none when that is off).
     """
     span = engine.consolidate_after
     if span is None:
