@@ -11,6 +11,7 @@ import inspect
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -21,7 +22,7 @@ from tests.integration.conftest import tiny_bench_options
 from edgeloop.adapters.broker import MosquittoBroker, mosquitto_binary
 from edgeloop.bench.analysis import analyze, passed
 from edgeloop.bench.cli import bench
-from edgeloop.bench.edge import edge_config
+from edgeloop.bench.edge import EdgeProcess, edge_config
 from edgeloop.bench.lean import LeanSubscriber
 from edgeloop.bench.loadgen import SendLog
 from edgeloop.bench.options import BenchOptions
@@ -45,6 +46,19 @@ def test_analyze_counts_lost_duplicated_and_latency() -> None:
     window = analyze(sent, ks, ts, between=(1.5, 3.5), origin=0.0)
     assert (window["sent"], window["lost"], window["duplicated"]) == (2, 0, 0)
     assert [row[1] for row in window["timeline"]] == [1, 1]
+
+
+def test_the_model_serving_is_not_hidden_by_devices_the_floor_demoted() -> None:
+    # The recorder keeps each change of label in the prediction stream; a demoted device's answers
+    # (persistence) interleave with the model's.
+    stream = [(0.0, 0, "persistence"), (1.0, 50, "voc_ppb:v1"), (1.1, 51, "persistence")]
+    stream += [(1.2, 52, "voc_ppb:v1"), (1.3, 53, "persistence")]
+
+    def serving(models: list[tuple[float, int, str]]) -> str:
+        return EdgeProcess.current_label(SimpleNamespace(models=models))  # type: ignore[arg-type]
+
+    assert serving(stream) == "voc_ppb:v1"  # not the last prediction's label
+    assert serving(stream[:1]) == serving([]) == "persistence"  # no model yet
 
 
 def test_cli_defaults_match_bench_options() -> None:

@@ -157,7 +157,15 @@ class EdgeProcess:
         self.take()
 
     def current_label(self) -> str:
-        return self.models[-1][2] if self.models else PERSISTENCE_VERSION
+        """The model the edge serves: the newest label other than persistence in its predictions.
+
+        Not the last prediction's label: a device the persistence floor demoted is answered by
+        persistence while the model serves the others, so the labels alternate.
+        """
+        for _t, _k, label in reversed(self.models):
+            if label != PERSISTENCE_VERSION:
+                return label
+        return PERSISTENCE_VERSION
 
     def wait_label(self, until: float, accept: Callable[[str], bool]) -> tuple[float, str] | None:
         """Poll until a prediction's model label satisfies ``accept``: (receive time, label), or None."""
