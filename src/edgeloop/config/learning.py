@@ -19,8 +19,8 @@ class ModelSettings(_Section):
         ["persistence", "linear", "lgbm-delta", "rls"],
         description="Formulations tried at training (rls and lgbm-rls keep learning per device after every "
         "reading; lgbm-rls is opt-in: up to 3.3 % more accurate on the public series, costing a quarter "
-        "of the engine's readings/s and 4-8 % of the edge's sustained rate; lgbm-level loses badly once a sensor "
-        "leaves the range it was trained on)",
+        "of the engine's readings/s and 4-8 % of the edge's sustained rate; lgbm-level loses badly once a "
+        "sensor leaves the range it was trained on)",
     )
     min_train_samples: int = Field(
         1440, ge=50, description="Readings of a target (all devices) before its first fleet model is trained"

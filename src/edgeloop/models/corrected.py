@@ -66,7 +66,6 @@ class CorrectedForecaster(RlsForecaster):
         clip: float | None = CLIP,
         rounds: int = 200,
         seed: int = 0,
-        early_stopping: bool = True,
         booster: Any = None,
     ) -> None:
         # The tree output and window each device's state row last forecast from (see _base_change).
@@ -76,7 +75,6 @@ class CorrectedForecaster(RlsForecaster):
         super().__init__(lags, forgetting=forgetting, ridge=ridge, clip=clip)
         self.rounds = rounds
         self.seed = seed
-        self.early_stopping = early_stopping
         self.booster = booster
 
     def fit(self, windows: np.ndarray, next_values: np.ndarray) -> CorrectedForecaster:
@@ -86,9 +84,7 @@ class CorrectedForecaster(RlsForecaster):
         values = np.asarray(next_values, dtype=np.float64)
         ok = np.isfinite(values) & np.isfinite(windows).all(axis=1)
         windows, values = windows[ok], values[ok]
-        tree = LightGBMForecaster(
-            self.lags, "delta", rounds=self.rounds, seed=self.seed, early_stopping=self.early_stopping
-        ).fit(windows, values)
+        tree = LightGBMForecaster(self.lags, "delta", rounds=self.rounds, seed=self.seed).fit(windows, values)
         self.booster = tree.booster
         change = values - windows[:, -1]
         spread = float(np.std(change)) if len(change) > 1 else 0.0

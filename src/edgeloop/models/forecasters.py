@@ -198,26 +198,19 @@ class LightGBMForecaster:
         return model
 
 
-def make_forecaster(
-    kind: str, lags: int, *, rounds: int = 200, seed: int = 0, early_stopping: bool = True
-) -> Any:
-    """An unfitted forecaster of ``kind``; ``rounds`` and ``early_stopping`` apply to the LightGBM kinds."""
+def make_forecaster(kind: str, lags: int, *, rounds: int = 200, seed: int = 0) -> Any:
     if kind == "persistence":
         return Persistence(lags)
     if kind == "linear":
         return LinearForecaster(lags)
     if kind in ("lgbm-level", "lgbm-delta"):
         return LightGBMForecaster(
-            lags,
-            "level" if kind == "lgbm-level" else "delta",
-            rounds=rounds,
-            seed=seed,
-            early_stopping=early_stopping,
+            lags, "level" if kind == "lgbm-level" else "delta", rounds=rounds, seed=seed
         )
     if kind == "rls":
         return RlsForecaster(lags)
     if kind == "lgbm-rls":
-        return CorrectedForecaster(lags, rounds=rounds, seed=seed, early_stopping=early_stopping)
+        return CorrectedForecaster(lags, rounds=rounds, seed=seed)
     raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
 
 
