@@ -11,6 +11,8 @@ class Span:
 
     >>> Span.parse("12h").readings(600.0), Span.parse("2000").readings(600.0), Span.parse("0").off
     (72, 2000, True)
+    >>> Span.parse("12h").duration(600.0), Span.parse("2000").duration(600.0)
+    (43200.0, 1200000.0)
     >>> Span.parse("soon")
     Traceback (most recent call last):
     ...
@@ -41,6 +43,12 @@ class Span:
     @property
     def off(self) -> bool:
         return self.amount == 0
+
+    def duration(self, interval: float | None) -> float:
+        """This span in seconds at ``interval`` seconds a reading (None: not yet known, taken as 60 s)."""
+        if self.seconds:
+            return self.amount
+        return self.amount * (interval if interval and interval > 0 else 60.0)
 
     def readings(self, interval: float | None) -> int:
         """This span in readings at ``interval`` seconds a reading (None: not yet known, taken as 60 s)."""

@@ -182,11 +182,8 @@ def quiet(engine: Engine, track: _Track) -> None:
     already due (trained on the whole cycle since the first alarm) still comes, and so do the
     scheduled refreshes. The cycle is ``model.consolidate_after`` (none when that is off).
     """
-    span = engine.consolidate_after
-    if span is None:
-        return
-    seconds = span.amount if span.seconds else span.amount * (track.interval or 60.0)
-    track.quiet_until = engine.stream_ts + seconds
+    if engine.consolidate_after is not None:
+        track.quiet_until = engine.stream_ts + engine.consolidate_after.duration(track.interval)
 
 
 def maybe_request_drift_retrain(engine: Engine, track: _Track, out: EngineOutput) -> None:
@@ -284,9 +281,7 @@ def refresh_seconds(engine: Engine, track: _Track) -> float:
     # its data with the champion rarely differs, and each one costs a training.
     assert engine.refresh_every is not None
     interval = track.interval or 60.0  # set by then (see _maybe_refresh)
-    span = engine.refresh_every
-    seconds = span.amount if span.seconds else span.amount * interval
-    return max(seconds, (engine.train_window // 2) * interval)
+    return max(engine.refresh_every.duration(interval), (engine.train_window // 2) * interval)
 
 
 def refresh_text(engine: Engine) -> str:

@@ -92,8 +92,9 @@ class ModelSlots:
             if device is None:
                 # Not enough or not good enough data yet: ask again once twice as much has arrived.
                 self._initial_threshold[target] = self.samples_per_target[target] * 2
-            # Only the device's own drift retrain ends its wait; a rejected fleet refresh, or a
-            # device refresh while the device still collects data after an alarm, leaves it going.
+            # The device's alarms are held for a cycle (decisions.quiet). Only the device's own drift
+            # retrain ends its wait; a rejected fleet refresh, or a device refresh while the device
+            # still collects data after an alarm, leaves it going.
             for track in self._tracks_served_by(scope) if device is not None else ():
                 decisions.quiet(self._engine, track)
                 if track.status == "retraining":
